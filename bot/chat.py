@@ -1,0 +1,224 @@
+"""The customer socket, ``/ws/chat``: one :class:`ChatConnection` per websocket.
+
+Lifecycle: wait for ``start``; open or create the session; subscribe to the
+conversation's channel *before* replaying the stored events (so nothing
+published in between is missed, and duplicates are dropped by event id);
+then store each message, ``ack`` it once Redis has it, and hand the turn to
+the :class:`~bot.turns.TurnRunner`.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import time
+from typing import TYPE_CHECKING, Any
+
+from websockets.asyncio.server import ServerConnection
+from websockets.exceptions import ConnectionClosed
+
+from bot import frames
+from bot.errors import FrameError, StoreError
+from bot.store import CUSTOMER_KINDS, NewEvent, parse_event_id
+
+if TYPE_CHECKING:
+    from bot.server import App
+
+log = logging.getLogger("deskmate.chat")
+
+MAX_QUEUED = 2000  # frames waiting for a slow client before it is dropped (it can resume)
+MESSAGE_FIELDS = ("type", "session_id", "event_id", "ts", "role", "text", "buttons", "cards",
+                  "agent", "client_id", "payload")
+
+
+class RateLimiter:
+    """Token bucket: ``rate`` frames per ``window`` seconds, bursts up to ``rate``."""
+
+    def __init__(self, rate: int, window: float) -> None:
+        self.capacity = float(rate)
+        self.per_second = rate / window
+        self.tokens = float(rate)
+        self.stamp = time.monotonic()
+
+    def allow(self) -> bool:
+        now = time.monotonic()
+        self.tokens = min(self.capacity, self.tokens + (now - self.stamp) * self.per_second)
+        self.stamp = now
+        if self.tokens >= 1:
+            self.tokens -= 1
+            return True
+        return False
+
+
+class ChatConnection:
+    def __init__(self, ws: ServerConnection, app: App) -> None:
+        self.ws = ws
+        self.app = app
+        self.settings = app.settings
+        self.store = app.store
+        self.sid: str | None = None
+        self.status = "bot"
+        self.last_id: tuple[int, int] = (0, 0)  # newest stored event this client has
+        self.streams: set[str] = set()  # streams this client saw start
+        self.held: list[dict[str, Any]] | None = None  # live frames held during replay
+        self.out: asyncio.Queue[dict[str, Any]] = asyncio.Queue()
+        self.limiter = RateLimiter(self.settings.rate_messages, self.settings.rate_window)
+
+    async def serve(self) -> None:
+        writer = asyncio.create_task(self._write())
+        try:
+            async for raw in self.ws:
+                await self._on_frame(raw)
+        except ConnectionClosed:
+            pass
+        finally:
+            if self.sid:
+                await self.app.hub.unsubscribe(self.store.keys.channel(self.sid), self._on_live)
+            writer.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await writer
+
+    # -- outgoing -------------------------------------------------------------
+
+    def send(self, frame: dict[str, Any]) -> None:
+        self.out.put_nowait(frame)
+
+    def error(self, code: str, message: str) -> None:
+        self.app.metrics.errors.labels(code).inc()
+        self.send({"type": "error", "code": code, "message": message})
+
+    async def _write(self) -> None:
+        # One writer per connection: a slow client delays only its own queue.
+        with contextlib.suppress(ConnectionClosed):
+            while True:
+                frame = await self.out.get()
+                await self.ws.send(self.app.encode(frame))
+
+    def _on_live(self, frame: dict[str, Any]) -> None:
+        if self.held is not None:
+            self.held.append(frame)
+            return
+        if self.out.qsize() > MAX_QUEUED:
+            log.warning("session %s: client too slow, dropping it", self.sid)
+            asyncio.ensure_future(self.ws.close(1013, "too slow; reconnect to resume"))
+            return
+        self._forward(frame)
+
+    def _forward(self, frame: dict[str, Any]) -> None:
+        """Send one live or replayed frame if the customer should see it."""
+        kind = frame.get("type")
+        if kind in CUSTOMER_KINDS:
+            position = parse_event_id(frame["event_id"])
+            if position <= self.last_id:
+                return  # already replayed
+            self.last_id = position
+            if kind == "message":
+                message = {k: frame[k] for k in MESSAGE_FIELDS if k in frame}
+                message.setdefault("buttons", [])
+                message.setdefault("cards", [])
+                message.setdefault("agent", None)
+                stream_id = frame.get("stream_id")
+                if stream_id in self.streams:
+                    # The client has the text already; close its stream with the stored id.
+                    self.streams.discard(stream_id)
+                    self.send({"type": "stream_end", "session_id": self.sid,
+                               "stream_id": stream_id, "event_id": frame["event_id"],
+                               "text": message.get("text", ""), "buttons": message["buttons"],
+                               "cards": message["cards"]})
+                    return
+                self.send(message)
+            else:
+                self.send(frame)
+                if kind == "handoff":
+                    self.status = {"requested": "waiting", "agent_joined": "agent",
+                                   "agent_left": "bot"}.get(frame.get("state", ""), self.status)
+        elif kind == "stream_start":
+            self.streams.add(frame["stream_id"])
+            self.send(frame)
+        elif kind == "stream_delta":
+            if frame.get("stream_id") in self.streams:
+                self.send(frame)
+        elif kind == "typing":
+            self.send(frame)
+
+    # -- incoming -------------------------------------------------------------
+
+    async def _on_frame(self, raw: str | bytes) -> None:
+        try:
+            frame = frames.parse(raw, max_bytes=self.settings.max_frame_bytes,
+                                 max_text=self.settings.max_text_chars)
+            if isinstance(frame, frames.Start):
+                await self._start(frame)
+                return
+            if self.sid is None:
+                raise FrameError("start_required", "send a 'start' frame first")
+            if not self.limiter.allow():
+                raise FrameError("rate_limited", "too many messages; slow down")
+            if isinstance(frame, frames.Message):
+                await self._store_message(frame.client_id, {"text": frame.text})
+            elif isinstance(frame, frames.Action):
+                await self._store_message(frame.client_id, {
+                    "text": frame.title or frame.payload, "payload": frame.payload})
+            elif isinstance(frame, frames.Track):
+                await self.store.append(self.sid, [NewEvent("track", {"name": frame.name,
+                                                                      "data": frame.data})])
+        except FrameError as exc:
+            self.error(exc.code, exc.message)
+        except StoreError as exc:
+            log.warning("session %s: %s", self.sid, exc)
+            if "expired" in str(exc):
+                self.error("session_expired", "this conversation has expired; start a new one")
+            else:
+                self.error("unavailable", "the chat is briefly unavailable; please retry")
+
+    async def _start(self, frame: frames.Start) -> None:
+        if self.sid is not None:
+            raise FrameError("already_started", "this connection already has a session")
+        record = None
+        sid, token, after = frame.session_id, frame.token, frame.after
+        if sid and token:
+            record = await self.store.authenticate(sid, token)
+        if record is None:
+            sid, token = await self.store.create_session(frame.customer)
+            record = await self.store.session(sid) or {}
+            after = None
+            self.app.metrics.sessions_started.labels("new").inc()
+        else:
+            self.app.metrics.sessions_started.labels("resumed").inc()
+        assert sid is not None and token is not None
+        self.held = []
+        self.sid = sid
+        self.status = record.get("status", "bot")
+        await self.app.hub.subscribe(self.store.keys.channel(sid), self._on_live)
+        self.send({"type": "session", "session_id": sid, "token": token, "status": self.status})
+        if after:
+            self.last_id = parse_event_id(after)
+        try:
+            for event in await self.store.events(sid, after, kinds=CUSTOMER_KINDS):
+                self._forward(event.frame(sid))
+        finally:
+            held, self.held = self.held, None
+            for live in held or []:
+                self._forward(live)
+        log.info("session %s %s", sid, "resumed" if frame.session_id == sid else "started")
+        self.app.runner.kick(sid)  # answers anything left pending by a crashed instance
+
+    async def _store_message(self, client_id: str, data: dict[str, Any]) -> None:
+        assert self.sid is not None
+        started = time.perf_counter()
+        fields: dict[str, str | None] = {"last_message": str(data["text"])[:200], "last_role": "user"}
+        if self.status == "closed":
+            fields["status"] = "bot"  # writing again reopens a closed conversation
+            self.status = "bot"
+        result = await self.store.append(
+            self.sid,
+            [NewEvent("message", {"role": "user", "buttons": [], "cards": [], "agent": None,
+                                  "client_id": client_id, **data})],
+            client_id=client_id, fields=fields,
+        )
+        self.send({"type": "ack", "client_id": client_id, "event_id": result.event_ids[0]})
+        self.app.metrics.messages.labels(str(result.duplicate).lower()).inc()
+        self.app.metrics.ack_seconds.observe(time.perf_counter() - started)
+        if not result.duplicate:
+            self.app.runner.kick(self.sid)

@@ -1,0 +1,128 @@
+"""All settings in one place.
+
+Values come from ``DESKMATE_*`` environment variables (``REDIS_URL`` is honoured
+too, as Docker and PaaS setups expect), CLI flags override them, and every value
+is typed and checked here so that a bad setting fails at start with a message
+that names it.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+import os
+from collections.abc import Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from bot.errors import ConfigError
+
+LOG_LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR")
+
+
+@dataclass(frozen=True)
+class Settings:
+    """Server settings; defaults are the ones ``make run`` uses."""
+
+    host: str = "127.0.0.1"  # interface to bind; 0.0.0.0 in containers
+    port: int = 8080  # one port serves HTTP and both websockets; 0 picks a free one
+    redis_url: str | None = None  # None: start an embedded redis-server under data_dir
+    project: Path = Path("examples/shop")  # the bot project directory
+    data_dir: Path = Path("var")  # embedded Redis data (AOF) and other local state
+    key_prefix: str = "dm:"  # every Redis key starts with this; lets apps share a Redis
+    max_frame_bytes: int = 16 * 1024  # larger client frames get an error frame
+    max_text_chars: int = 2000  # longer message text gets an error frame
+    rate_messages: int = 20  # customer frames allowed per rate_window per connection
+    rate_window: float = 10.0  # seconds
+    session_ttl: int = 7 * 24 * 3600  # seconds of inactivity before a session expires
+    turn_lock_ttl: float = 30.0  # seconds a turn lock lives without renewal
+    shutdown_grace: float = 10.0  # seconds running turns get to finish on SIGTERM
+    log_level: str = "INFO"
+
+    def __post_init__(self) -> None:
+        _check(0 <= self.port <= 65535, "port", f"must be 0..65535, got {self.port}")
+        _check(self.max_frame_bytes >= 256, "max_frame_bytes", "must be at least 256")
+        _check(self.max_text_chars >= 1, "max_text_chars", "must be at least 1")
+        _check(self.rate_messages >= 1, "rate_messages", "must be at least 1")
+        _check(self.rate_window > 0, "rate_window", "must be positive")
+        _check(self.session_ttl >= 1, "session_ttl", "must be at least 1 second")
+        _check(self.turn_lock_ttl >= 1, "turn_lock_ttl", "must be at least 1 second")
+        _check(self.shutdown_grace >= 0, "shutdown_grace", "must not be negative")
+        _check(bool(self.key_prefix), "key_prefix", "must not be empty")
+        _check(self.log_level in LOG_LEVELS, "log_level", f"must be one of {', '.join(LOG_LEVELS)}")
+        if self.redis_url is not None:
+            _check(
+                self.redis_url.startswith(("redis://", "rediss://", "unix://")),
+                "redis_url",
+                f"must start with redis://, rediss:// or unix://, got {self.redis_url!r}",
+            )
+
+    def replace(self, **changes: Any) -> Settings:
+        """A copy with ``changes`` applied (and validated); ``None`` values are ignored."""
+        return dataclasses.replace(self, **{k: v for k, v in changes.items() if v is not None})
+
+
+def _check(ok: bool, name: str, message: str) -> None:
+    if not ok:
+        raise ConfigError(f"DESKMATE_{name.upper()}", message)
+
+
+def _convert(name: str, raw: str, kind: type) -> Any:
+    try:
+        if kind is Path:
+            return Path(raw).expanduser()
+        if kind is int:
+            return int(raw)
+        if kind is float:
+            return float(raw)
+    except ValueError:
+        raise ConfigError(name, f"expected {kind.__name__}, got {raw!r}") from None
+    return raw
+
+
+def _field_kind(f: dataclasses.Field[Any]) -> type:
+    annotation = str(f.type)
+    if "Path" in annotation:
+        return Path
+    if annotation.startswith("int"):
+        return int
+    if annotation.startswith("float"):
+        return float
+    return str
+
+
+def from_env(env: Mapping[str, str] | None = None) -> Settings:
+    """Settings from ``DESKMATE_*`` variables; unset or empty ones keep their default."""
+    env = os.environ if env is None else env
+    values: dict[str, Any] = {}
+    for f in dataclasses.fields(Settings):
+        name = f"DESKMATE_{f.name.upper()}"
+        raw = env.get(name, "").strip()
+        if f.name == "redis_url" and not raw:
+            raw = env.get("REDIS_URL", "").strip()
+        if raw:
+            value = _convert(name, raw, _field_kind(f))
+            values[f.name] = value.upper() if f.name == "log_level" else value
+    return Settings(**values)
+
+
+def documented() -> list[tuple[str, str, str]]:
+    """(variable, default, type) for every setting, for ``deskmate config``."""
+    rows = []
+    for f in dataclasses.fields(Settings):
+        default = f.default if f.default is not dataclasses.MISSING else None
+        rows.append((f"DESKMATE_{f.name.upper()}", "" if default is None else str(default),
+                     _field_kind(f).__name__))
+    return rows
+
+
+def configure_logging(level: str) -> None:
+    logging.basicConfig(
+        level=getattr(logging, level),
+        format="%(asctime)s %(levelname)s %(name)s %(message)s",
+    )
+    # websockets logs every failed handshake at ERROR with a traceback; ours are enough.
+    logging.getLogger("websockets.server").setLevel(logging.WARNING)
+
+

@@ -1,0 +1,106 @@
+"""Live fan-out: one Redis pub/sub connection per process, many local listeners.
+
+Every instance subscribes to the channels of the conversations its clients
+watch; the reader task hands each frame to the listeners' own queues, so one
+slow client never holds up the others (a listener whose queue is full is told
+to drop its client, which then reconnects and replays from Redis).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import logging
+from collections.abc import Callable
+from typing import Any
+
+import redis.asyncio as aioredis
+from redis.exceptions import RedisError
+
+log = logging.getLogger("deskmate.hub")
+
+Listener = Callable[[dict[str, Any]], None]
+
+
+class Hub:
+    def __init__(self, client: aioredis.Redis) -> None:
+        self._client = client
+        self._pubsub = client.pubsub(ignore_subscribe_messages=False)
+        self._listeners: dict[str, set[Listener]] = {}
+        self._confirmed: dict[str, asyncio.Event] = {}
+        self._task: asyncio.Task[None] | None = None
+        self._lock = asyncio.Lock()
+
+    async def start(self) -> None:
+        self._task = asyncio.create_task(self._read(), name="hub-reader")
+
+    async def stop(self) -> None:
+        if self._task:
+            self._task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._task
+        with contextlib.suppress(RedisError, OSError):
+            await self._pubsub.aclose()
+
+    async def subscribe(self, channel: str, listener: Listener, timeout: float = 5.0) -> None:
+        """Add ``listener``; returns once Redis confirms the subscription, so that a read
+        of the stream made afterwards cannot miss an event published in between."""
+        async with self._lock:
+            listeners = self._listeners.setdefault(channel, set())
+            listeners.add(listener)
+            if len(listeners) > 1:
+                return
+            confirmed = self._confirmed[channel] = asyncio.Event()
+            await self._pubsub.subscribe(channel)
+        await asyncio.wait_for(confirmed.wait(), timeout)
+
+    async def unsubscribe(self, channel: str, listener: Listener) -> None:
+        async with self._lock:
+            listeners = self._listeners.get(channel)
+            if listeners is None:
+                return
+            listeners.discard(listener)
+            if not listeners:
+                del self._listeners[channel]
+                self._confirmed.pop(channel, None)
+                with contextlib.suppress(RedisError, OSError):
+                    await self._pubsub.unsubscribe(channel)
+
+    def _dispatch(self, message: dict[str, Any]) -> None:
+        kind = message.get("type")
+        channel = message.get("channel")
+        if kind == "subscribe" and channel in self._confirmed:
+            self._confirmed[channel].set()
+            return
+        if kind != "message" or channel not in self._listeners:
+            return
+        try:
+            frame = json.loads(message["data"])
+        except (TypeError, ValueError):
+            log.warning("dropping undecodable frame on %s", channel)
+            return
+        for listener in list(self._listeners.get(channel, ())):
+            try:
+                listener(frame)
+            except Exception:  # a broken listener must not stop the fan-out
+                log.exception("listener failed on %s", channel)
+
+    async def _read(self) -> None:
+        backoff = 0.1
+        while True:
+            try:
+                if not self._pubsub.subscribed:
+                    await asyncio.sleep(0.05)
+                    continue
+                message = await self._pubsub.get_message(timeout=1.0)
+                backoff = 0.1
+                if message is not None:
+                    self._dispatch(message)
+            except asyncio.CancelledError:
+                raise
+            except (RedisError, OSError) as exc:
+                # redis-py re-subscribes to every channel when it reconnects.
+                log.warning("pub/sub connection lost (%s); retrying in %.1fs", exc, backoff)
+                await asyncio.sleep(backoff)
+                backoff = min(backoff * 2, 5.0)

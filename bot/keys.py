@@ -1,0 +1,47 @@
+"""The Redis key layout, in one place (documented in docs/architecture.md).
+
+All keys of one conversation share the hash tag ``{sid}`` so that they live in
+one slot; every key starts with the configured prefix so that deskmate (and its
+tests) can share a Redis with other programs and clean up only their own keys.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+
+@dataclass(frozen=True)
+class Keys:
+    prefix: str = "dm:"
+
+    def session(self, sid: str) -> str:
+        """Hash: the session record (status, token hash, cursor, summary fields)."""
+        return f"{self.prefix}s:{{{sid}}}"
+
+    def events(self, sid: str) -> str:
+        """Stream: the append-only event log of one conversation."""
+        return f"{self.prefix}s:{{{sid}}}:ev"
+
+    def client_ids(self, sid: str) -> str:
+        """Hash: client_id -> event_id, so a resent message is stored once."""
+        return f"{self.prefix}s:{{{sid}}}:cid"
+
+    def lock(self, sid: str) -> str:
+        """String: owner token of the turn lock; expires unless renewed."""
+        return f"{self.prefix}s:{{{sid}}}:lock"
+
+    def live(self) -> str:
+        """Sorted set: session id scored by last activity (the live-session index)."""
+        return f"{self.prefix}live"
+
+    def channel(self, sid: str) -> str:
+        """Pub/sub channel: every frame about one conversation, for all instances."""
+        return f"{self.prefix}ch:{sid}"
+
+    def updates_channel(self) -> str:
+        """Pub/sub channel: session summaries for agent consoles."""
+        return f"{self.prefix}ch:sessions"
+
+    def pattern(self) -> str:
+        """SCAN pattern matching every key under this prefix."""
+        return f"{self.prefix}*"

@@ -1,0 +1,82 @@
+"""Lua scripts that make each multi-key write atomic.
+
+Redis runs a script without interleaving other commands, so a conversation's
+events, its session record, the dedupe table, the live index and the live
+fan-out either all change or none do: nothing half-written reaches Redis, and
+subscribers see frames in exactly the order of the stream.
+"""
+
+from __future__ import annotations
+
+# KEYS: session, events, client_ids, live
+# ARGV: sid, now, ttl, channel, updates_channel, client_id, cursor, fields_json,
+#       n, then n pairs (kind, data_json)
+# Returns {duplicate(0|1), event_id...}; error "no_session" if the session expired.
+APPEND = r"""
+if redis.call('EXISTS', KEYS[1]) == 0 then
+  return redis.error_reply('no_session')
+end
+local sid, now, ttl = ARGV[1], ARGV[2], tonumber(ARGV[3])
+local client_id = ARGV[6]
+if client_id ~= '' then
+  local seen = redis.call('HGET', KEYS[3], client_id)
+  if seen then
+    return {1, seen}
+  end
+end
+local n = tonumber(ARGV[9])
+local out = {0}
+local last = nil
+for i = 0, n - 1 do
+  local kind, data = ARGV[10 + 2 * i], ARGV[11 + 2 * i]
+  local id = redis.call('XADD', KEYS[2], '*', 'kind', kind, 'ts', now, 'data', data)
+  out[#out + 1] = id
+  last = id
+  local rest = ''
+  if data ~= '{}' then rest = ',' .. string.sub(data, 2, -2) end
+  redis.call('PUBLISH', ARGV[4], '{"type":"' .. kind .. '","session_id":"' .. sid ..
+    '","event_id":"' .. id .. '","ts":' .. now .. rest .. '}')
+end
+if client_id ~= '' and last then
+  redis.call('HSET', KEYS[3], client_id, out[2])
+end
+local fields = cjson.decode(ARGV[8])
+for k, v in pairs(fields) do
+  if v == cjson.null then
+    redis.call('HDEL', KEYS[1], k)
+  else
+    redis.call('HSET', KEYS[1], k, v)
+  end
+end
+if last then redis.call('HSET', KEYS[1], 'last_event_id', last) end
+if ARGV[7] ~= '' then redis.call('HSET', KEYS[1], 'cursor', ARGV[7]) end
+redis.call('HSET', KEYS[1], 'updated_at', now)
+redis.call('EXPIRE', KEYS[1], ttl)
+redis.call('EXPIRE', KEYS[2], ttl)
+redis.call('EXPIRE', KEYS[3], ttl)
+redis.call('ZADD', KEYS[4], now, sid)
+local summary = {session_id = sid}
+for _, k in ipairs({'status', 'created_at', 'updated_at', 'last_message', 'last_role',
+                    'last_intent', 'sentiment', 'waiting_since', 'agent', 'customer'}) do
+  local v = redis.call('HGET', KEYS[1], k)
+  if v then summary[k] = v end
+end
+redis.call('PUBLISH', ARGV[5], cjson.encode({type = 'session_update', session = summary}))
+return out
+"""
+
+# KEYS: lock; ARGV: owner token. Deletes the lock only if we still own it.
+RELEASE = r"""
+if redis.call('GET', KEYS[1]) == ARGV[1] then
+  return redis.call('DEL', KEYS[1])
+end
+return 0
+"""
+
+# KEYS: lock; ARGV: owner token, ttl_ms. Extends the lock only if we still own it.
+EXTEND = r"""
+if redis.call('GET', KEYS[1]) == ARGV[1] then
+  return redis.call('PEXPIRE', KEYS[1], ARGV[2])
+end
+return 0
+"""

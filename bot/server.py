@@ -1,0 +1,186 @@
+"""The deskmate server: HTTP routes and websockets on one port, on one asyncio loop.
+
+:class:`App` holds what every connection shares (settings, Redis store, live
+hub, turn runner, metrics); :func:`running` is its lifespan — start in order,
+stop in reverse, finishing running turns first on shutdown.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import http
+import json
+import logging
+import signal
+import uuid
+from collections.abc import AsyncIterator
+from pathlib import Path
+from typing import Any
+
+from websockets.asyncio.server import Server, ServerConnection, serve
+from websockets.datastructures import Headers
+from websockets.http11 import Request, Response
+
+from bot.chat import ChatConnection
+from bot.config import Settings
+from bot.embedded_redis import EmbeddedRedis
+from bot.hub import Hub
+from bot.metrics import Metrics
+from bot.store import Store
+from bot.turns import TurnRunner
+from dialogue.project import load_project
+from dialogue.simple import ResponsesPipeline
+from dialogue.types import Pipeline
+
+log = logging.getLogger("deskmate.server")
+
+WEB_DIR = Path(__file__).resolve().parent.parent / "web"
+STATIC = {  # path -> (file in web/, content type)
+    "/widget.js": ("widget.js", "application/javascript; charset=utf-8"),
+    "/demo": ("demo.html", "text/html; charset=utf-8"),
+}
+SOCKETS = {"/ws/chat"}
+HARD_MAX_FRAME = 1 << 20  # frames above max_frame_bytes get an error; above this, close 1009
+SWEEP_EVERY = 60.0
+
+
+class App:
+    """Everything the connections of one server process share."""
+
+    def __init__(self, settings: Settings, store: Store, pipeline: Pipeline) -> None:
+        self.settings = settings
+        self.store = store
+        self.instance = uuid.uuid4().hex[:8]
+        self.metrics = Metrics()
+        self.hub = Hub(store.redis)
+        self.runner = TurnRunner(store, pipeline, self.metrics, lock_ttl=settings.turn_lock_ttl)
+        self.assets: dict[str, bytes] = {}
+
+    def encode(self, frame: dict[str, Any]) -> str:
+        return json.dumps(frame, ensure_ascii=False, separators=(",", ":"))
+
+    def load_assets(self) -> None:
+        for path, (name, _type) in STATIC.items():
+            file = WEB_DIR / name
+            if file.is_file():
+                self.assets[path] = file.read_bytes()
+            else:
+                log.warning("web asset %s is missing; %s will answer 404", file, path)
+
+    # -- HTTP -----------------------------------------------------------------
+
+    async def http(self, connection: ServerConnection, request: Request) -> Response | None:
+        path = request.path.split("?", 1)[0]
+        if path in SOCKETS:
+            return None  # continue with the websocket handshake
+        if path == "/healthz":
+            ok = await self.store.ping()
+            self.metrics.redis_up.set(1 if ok else 0)
+            body = {"status": "ok" if ok else "unhealthy", "redis": "ok" if ok else "down",
+                    "instance": self.instance}
+            status = http.HTTPStatus.OK if ok else http.HTTPStatus.SERVICE_UNAVAILABLE
+            return _response(status, json.dumps(body).encode(), "application/json")
+        if path == "/metrics":
+            return _response(http.HTTPStatus.OK, self.metrics.render(),
+                             "text/plain; version=0.0.4; charset=utf-8")
+        if path == "/":
+            return _response(http.HTTPStatus.FOUND, b"", "text/plain", location="/demo")
+        if path in self.assets:
+            return _response(http.HTTPStatus.OK, self.assets[path], STATIC[path][1])
+        return _response(http.HTTPStatus.NOT_FOUND, b"not found\n", "text/plain; charset=utf-8")
+
+    # -- websockets -----------------------------------------------------------
+
+    async def handle(self, ws: ServerConnection) -> None:
+        path = ws.request.path.split("?", 1)[0] if ws.request else ""
+        gauge = self.metrics.connections.labels(path.rsplit("/", 1)[-1])
+        gauge.inc()
+        try:
+            await ChatConnection(ws, self).serve()
+        except Exception:
+            log.exception("connection handler crashed")
+            await ws.close(1011, "internal error")
+        finally:
+            gauge.dec()
+
+    async def sweep(self) -> None:
+        """Drop expired sessions from the live index, now and then (any instance may)."""
+        while True:
+            await asyncio.sleep(SWEEP_EVERY)
+            with contextlib.suppress(Exception):
+                await self.store.sweep_expired()
+
+
+def _response(status: http.HTTPStatus, body: bytes, content_type: str, *,
+              location: str | None = None) -> Response:
+    headers = Headers()
+    headers["Content-Type"] = content_type
+    headers["Content-Length"] = str(len(body))
+    headers["X-Content-Type-Options"] = "nosniff"
+    headers["Cache-Control"] = "no-cache"
+    if location:
+        headers["Location"] = location
+    return Response(status.value, status.phrase, headers, body)
+
+
+def build_pipeline(settings: Settings) -> Pipeline:
+    return ResponsesPipeline(load_project(settings.project))
+
+
+@contextlib.asynccontextmanager
+async def running(settings: Settings, *, redis_url: str | None = None,
+                  pipeline: Pipeline | None = None) -> AsyncIterator[tuple[App, Server]]:
+    """Start a server; on exit finish running turns, close sockets and Redis, in that order."""
+    url = redis_url or settings.redis_url
+    if url is None:
+        raise ValueError("running() needs a Redis URL; start EmbeddedRedis first")
+    store = Store.from_url(url, prefix=settings.key_prefix, ttl=settings.session_ttl)
+    app = App(settings, store, pipeline or build_pipeline(settings))
+    app.load_assets()
+    await app.hub.start()
+    sweeper = asyncio.create_task(app.sweep())
+    server = await serve(
+        app.handle, settings.host, settings.port,
+        process_request=app.http,
+        max_size=HARD_MAX_FRAME,
+        ping_interval=20, ping_timeout=20, close_timeout=5,
+        server_header="deskmate",
+    )
+    try:
+        yield app, server
+    finally:
+        await app.runner.drain_all(settings.shutdown_grace)
+        server.close(close_connections=True)
+        await server.wait_closed()
+        sweeper.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await sweeper
+        await app.hub.stop()
+        await store.close()
+
+
+def bound_port(server: Server) -> int:
+    return int(next(iter(server.sockets)).getsockname()[1])
+
+
+async def serve_until_signalled(settings: Settings, redis_url: str) -> None:
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, stop.set)
+    async with running(settings, redis_url=redis_url) as (app, server):
+        log.info("deskmate %s listening on http://%s:%d (demo: /demo)", app.instance,
+                 settings.host, bound_port(server), )
+        await stop.wait()
+        log.info("shutting down: finishing running turns, closing connections")
+
+
+def run(settings: Settings) -> None:
+    """Run the server until SIGTERM/SIGINT, with an embedded Redis when no URL is set."""
+    if settings.redis_url:
+        asyncio.run(serve_until_signalled(settings, settings.redis_url))
+        return
+    with EmbeddedRedis(settings.data_dir) as embedded:
+        log.info("using embedded Redis at %s", embedded.url)
+        asyncio.run(serve_until_signalled(settings, embedded.url))

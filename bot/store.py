@@ -1,0 +1,231 @@
+"""Conversation state in Redis, shared by every server instance.
+
+A conversation is an append-only Redis stream of events plus a small session
+hash. Every write goes through one Lua script (see ``bot.lua``), so a write
+is all-or-nothing, deduplicated by ``client_id`` and published to the
+conversation's channel in stream order. Key layout: ``bot.keys``.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import hmac
+import json
+import re
+import secrets
+import time
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import redis.asyncio as aioredis
+from redis.exceptions import RedisError, ResponseError
+
+from bot import lua
+from bot.errors import StoreError
+from bot.keys import Keys
+
+EVENT_ID = re.compile(r"^\d{1,20}-\d{1,20}$")
+# Event kinds a customer sees; the rest (turn analyses, notes, tracking) are for agents.
+CUSTOMER_KINDS = frozenset({"message", "handoff"})
+SESSION_STATUSES = ("bot", "waiting", "agent", "closed")
+
+
+@dataclass(frozen=True)
+class NewEvent:
+    """An event to append; ``data`` must not use the keys type/event_id/ts/session_id."""
+
+    kind: str
+    data: Mapping[str, Any] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class Event:
+    """A stored event."""
+
+    event_id: str
+    kind: str
+    ts: float
+    data: dict[str, Any]
+
+    def frame(self, session_id: str) -> dict[str, Any]:
+        return {"type": self.kind, "session_id": session_id, "event_id": self.event_id,
+                "ts": self.ts, **self.data}
+
+
+@dataclass(frozen=True)
+class Appended:
+    event_ids: list[str]
+    duplicate: bool  # the client_id was seen before; event_ids holds the original id
+
+
+def parse_event_id(value: str) -> tuple[int, int]:
+    ms, seq = value.split("-")
+    return int(ms), int(seq)
+
+
+def hash_token(token: str) -> str:
+    return hashlib.sha256(token.encode()).hexdigest()
+
+
+class Store:
+    """Async access to conversations; one instance per server process."""
+
+    def __init__(self, client: aioredis.Redis, *, prefix: str = "dm:", ttl: int = 7 * 86400) -> None:
+        self.redis = client
+        self.keys = Keys(prefix)
+        self.ttl = ttl
+        self._append = client.register_script(lua.APPEND)
+        self._release = client.register_script(lua.RELEASE)
+        self._extend = client.register_script(lua.EXTEND)
+
+    @classmethod
+    def from_url(cls, url: str, **kwargs: Any) -> Store:
+        client = aioredis.from_url(
+            url, decode_responses=True, socket_timeout=5, socket_connect_timeout=5,
+            health_check_interval=15, retry_on_timeout=True,
+        )
+        return cls(client, **kwargs)
+
+    async def close(self) -> None:
+        await self.redis.aclose()
+
+    async def ping(self) -> bool:
+        try:
+            return bool(await self.redis.ping())
+        except (RedisError, OSError):
+            return False
+
+    # -- sessions -------------------------------------------------------------
+
+    async def create_session(self, customer: Mapping[str, Any] | None = None) -> tuple[str, str]:
+        """A new conversation; returns (session_id, token). Only the token's hash is kept."""
+        sid = secrets.token_urlsafe(16)
+        token = secrets.token_urlsafe(24)
+        now = time.time()
+        record = {
+            "status": "bot", "token_hash": hash_token(token), "created_at": repr(now),
+            "updated_at": repr(now), "customer": json.dumps(dict(customer or {})),
+        }
+        try:
+            async with self.redis.pipeline(transaction=True) as pipe:
+                pipe.hset(self.keys.session(sid), mapping=record)
+                pipe.expire(self.keys.session(sid), self.ttl)
+                pipe.zadd(self.keys.live(), {sid: now})
+                await pipe.execute()
+        except (RedisError, OSError) as exc:
+            raise StoreError(f"could not create session: {exc}") from exc
+        return sid, token
+
+    async def session(self, sid: str) -> dict[str, str] | None:
+        try:
+            record: dict[str, str] = await self.redis.hgetall(self.keys.session(sid))
+        except (RedisError, OSError) as exc:
+            raise StoreError(f"could not read session: {exc}") from exc
+        return record or None
+
+    async def authenticate(self, sid: str, token: str) -> dict[str, str] | None:
+        """The session record if ``token`` opens ``sid``; None for unknown or wrong."""
+        record = await self.session(sid)
+        if record is None or not hmac.compare_digest(record.get("token_hash", ""), hash_token(token)):
+            return None
+        return record
+
+    async def live_sessions(self, limit: int = 500) -> list[str]:
+        """Session ids by most recent activity, from the live index (no KEYS scan)."""
+        return list(await self.redis.zrevrange(self.keys.live(), 0, limit - 1))
+
+    async def sweep_expired(self) -> int:
+        """Drop index entries of sessions whose keys Redis has expired."""
+        cutoff = time.time() - self.ttl
+        stale = await self.redis.zrangebyscore(self.keys.live(), "-inf", cutoff)
+        removed = 0
+        for sid in stale:
+            if not await self.redis.exists(self.keys.session(sid)):
+                removed += await self.redis.zrem(self.keys.live(), sid)
+        return removed
+
+    # -- events ---------------------------------------------------------------
+
+    async def append(
+        self, sid: str, events: Sequence[NewEvent], *, client_id: str | None = None,
+        fields: Mapping[str, str | None] | None = None, cursor: str | None = None,
+    ) -> Appended:
+        """Append ``events`` atomically, update session ``fields`` and the turn ``cursor``.
+
+        With ``client_id``, a second call with the same id stores nothing and
+        returns the first call's event id (``duplicate=True``).
+        """
+        args: list[Any] = [
+            sid, repr(time.time()), self.ttl, self.keys.channel(sid), self.keys.updates_channel(),
+            client_id or "", cursor or "", json.dumps(dict(fields or {})), len(events),
+        ]
+        for ev in events:
+            if not ev.kind.isidentifier():
+                raise ValueError(f"bad event kind {ev.kind!r}")
+            args += [ev.kind, json.dumps(dict(ev.data), separators=(",", ":"), ensure_ascii=False)]
+        keys = [self.keys.session(sid), self.keys.events(sid), self.keys.client_ids(sid),
+                self.keys.live()]
+        try:
+            out = await self._append(keys=keys, args=args)
+        except ResponseError as exc:
+            if "no_session" in str(exc):
+                raise StoreError("session expired or unknown") from exc
+            raise StoreError(f"append failed: {exc}") from exc
+        except (RedisError, OSError) as exc:
+            raise StoreError(f"append failed: {exc}") from exc
+        return Appended(event_ids=[str(x) for x in out[1:]], duplicate=bool(int(out[0])))
+
+    async def events(
+        self, sid: str, after: str | None = None, *, kinds: frozenset[str] | None = None,
+        count: int | None = None,
+    ) -> list[Event]:
+        """Stored events with ids greater than ``after`` (all when None), oldest first."""
+        start = f"({after}" if after else "-"
+        try:
+            rows = await self.redis.xrange(self.keys.events(sid), min=start, max="+", count=count)
+        except (RedisError, OSError) as exc:
+            raise StoreError(f"could not read events: {exc}") from exc
+        out = []
+        for event_id, values in rows:
+            if kinds is None or values["kind"] in kinds:
+                out.append(Event(event_id, values["kind"], float(values["ts"]), json.loads(values["data"])))
+        return out
+
+    async def pending_turns(self, sid: str, cursor: str | None) -> list[Event]:
+        """Customer messages stored after the turn ``cursor``, oldest first."""
+        return [e for e in await self.events(sid, cursor, kinds=frozenset({"message"}))
+                if e.data.get("role") == "user"]
+
+    async def publish(self, sid: str, frame: Mapping[str, Any]) -> None:
+        """Fan out an ephemeral frame (typing, stream deltas) to every instance."""
+        payload = {"session_id": sid, **frame}
+        try:
+            await self.redis.publish(self.keys.channel(sid), json.dumps(payload, ensure_ascii=False))
+        except (RedisError, OSError) as exc:
+            raise StoreError(f"publish failed: {exc}") from exc
+
+    # -- turn lock ------------------------------------------------------------
+
+    async def acquire_lock(self, sid: str, ttl: float) -> str | None:
+        """The owner token if this caller now holds the conversation's turn lock."""
+        owner = secrets.token_hex(8)
+        try:
+            ok = await self.redis.set(self.keys.lock(sid), owner, nx=True, px=int(ttl * 1000))
+        except (RedisError, OSError) as exc:
+            raise StoreError(f"could not take lock: {exc}") from exc
+        return owner if ok else None
+
+    async def extend_lock(self, sid: str, owner: str, ttl: float) -> bool:
+        return bool(await self._extend(keys=[self.keys.lock(sid)], args=[owner, int(ttl * 1000)]))
+
+    async def release_lock(self, sid: str, owner: str) -> None:
+        try:
+            await self._release(keys=[self.keys.lock(sid)], args=[owner])
+        except (RedisError, OSError) as exc:
+            raise StoreError(f"could not release lock: {exc}") from exc
+
+    async def lock_ttl_left(self, sid: str) -> float:
+        """Seconds until the turn lock expires (0 when it is free)."""
+        ms = await self.redis.pttl(self.keys.lock(sid))
+        return max(int(ms), 0) / 1000

@@ -1,0 +1,214 @@
+"""Runs customer turns through the dialogue pipeline, one conversation at a time.
+
+Ordering rule: a conversation's turns are processed only by the holder of its
+Redis turn lock, strictly in stream order, starting after the session's
+``cursor`` (the last customer message answered). The cursor moves in the same
+atomic write that stores the turn's replies, so a turn is answered once even
+if an instance dies, and the next lock holder carries on where it stopped.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import logging
+import time
+import uuid
+from typing import Any
+
+from bot.errors import StoreError
+from bot.metrics import Metrics
+from bot.store import Event, NewEvent, Store
+from dialogue.types import (
+    Conversation,
+    HistoryItem,
+    Pipeline,
+    Reply,
+    SlotSet,
+    StreamedReply,
+    TurnAnalysis,
+    UserMessage,
+)
+
+log = logging.getLogger("deskmate.turns")
+
+HISTORY_EVENTS = 50  # recent messages handed to the pipeline as context
+ERROR_TEXT = "Sorry, something went wrong on my side. Please try again in a moment."
+
+
+class TurnRunner:
+    def __init__(self, store: Store, pipeline: Pipeline, metrics: Metrics, *,
+                 lock_ttl: float = 30.0) -> None:
+        self.store = store
+        self.pipeline = pipeline
+        self.metrics = metrics
+        self.lock_ttl = lock_ttl
+        self._tasks: dict[str, asyncio.Task[None]] = {}
+        self._again: set[str] = set()
+        self.accepting = True
+
+    def kick(self, sid: str) -> None:
+        """Make sure pending turns of ``sid`` get processed (here or by the lock holder)."""
+        if not self.accepting:
+            return
+        if sid in self._tasks:
+            self._again.add(sid)  # the running drain re-checks before it stops
+            return
+        task = asyncio.create_task(self._drain(sid), name=f"turns-{sid}")
+        self._tasks[sid] = task
+        task.add_done_callback(lambda _t: self._done(sid))
+
+    def _done(self, sid: str) -> None:
+        self._tasks.pop(sid, None)
+        if sid in self._again:  # kicked after the drain's last look: go again
+            self._again.discard(sid)
+            self.kick(sid)
+
+    async def drain_all(self, timeout: float) -> None:
+        """Stop taking work and give running turns ``timeout`` seconds to finish."""
+        self.accepting = False
+        tasks = list(self._tasks.values())
+        if not tasks:
+            return
+        _done, pending = await asyncio.wait(tasks, timeout=timeout)
+        for task in pending:
+            task.cancel()
+        for task in pending:
+            with contextlib.suppress(asyncio.CancelledError, Exception):
+                await task
+
+    async def _drain(self, sid: str) -> None:
+        try:
+            while self.accepting:
+                self._again.discard(sid)
+                record = await self.store.session(sid)
+                if record is None or not await self.store.pending_turns(sid, record.get("cursor") or None):
+                    return
+                owner = await self.store.acquire_lock(sid, self.lock_ttl)
+                if owner is None:
+                    # Another instance is answering (and looks again after releasing), or
+                    # one died holding the lock: look again shortly; once nothing is pending
+                    # we stop, and a dead holder's lock expires after lock_ttl.
+                    await asyncio.sleep(min(await self.store.lock_ttl_left(sid), 1.0) + 0.05)
+                    continue
+                keeper = asyncio.create_task(self._keep_lock(sid, owner))
+                try:
+                    while self.accepting and await self._process_next(sid):
+                        pass
+                finally:
+                    keeper.cancel()
+                    with contextlib.suppress(asyncio.CancelledError):
+                        await keeper
+                    with contextlib.suppress(StoreError):
+                        await self.store.release_lock(sid, owner)
+                # Loop: a message stored while we held the lock may have been kicked in
+                # vain elsewhere; the check at the top picks it up.
+        except StoreError as exc:
+            log.warning("session %s: turn processing stopped: %s", sid, exc)
+        except Exception:
+            log.exception("session %s: turn processing crashed", sid)
+
+    async def _keep_lock(self, sid: str, owner: str) -> None:
+        while True:
+            await asyncio.sleep(self.lock_ttl / 3)
+            if not await self.store.extend_lock(sid, owner, self.lock_ttl):
+                log.error("session %s: lost the turn lock", sid)
+                return
+
+    async def _process_next(self, sid: str) -> bool:
+        record = await self.store.session(sid)
+        if record is None:
+            return False
+        pending = await self.store.pending_turns(sid, record.get("cursor") or None)
+        if not pending:
+            return False
+        message = pending[0]
+        started = time.perf_counter()
+        if record.get("status", "bot") != "bot":
+            # An agent has the conversation (or it is closed): the bot stays quiet.
+            await self.store.append(sid, [], cursor=message.event_id)
+            return True
+        await self._answer(sid, record, message)
+        self.metrics.turn_seconds.observe(time.perf_counter() - started)
+        self.metrics.turns.inc()
+        return True
+
+    async def _conversation(self, sid: str, record: dict[str, str], upto: str) -> Conversation:
+        history = []
+        for ev in await self.store.events(sid, kinds=frozenset({"message"})):
+            if ev.event_id == upto:
+                break
+            history.append(HistoryItem(str(ev.data.get("role", "")), str(ev.data.get("text", ""))))
+        return Conversation(
+            session_id=sid, status=record.get("status", "bot"),
+            slots=json.loads(record.get("slots") or "{}"),
+            customer=json.loads(record.get("customer") or "{}"),
+            history=history[-HISTORY_EVENTS:],
+        )
+
+    async def _answer(self, sid: str, record: dict[str, str], message: Event) -> None:
+        conversation = await self._conversation(sid, record, message.event_id)
+        user = UserMessage(message.event_id, str(message.data.get("text", "")),
+                           message.data.get("payload"))
+        events: list[NewEvent] = []
+        fields: dict[str, str | None] = {}
+        slots = dict(conversation.slots)
+        await self.store.publish(sid, {"type": "typing", "role": "bot", "on": True})
+        try:
+            async for out in self.pipeline.respond(conversation, user):
+                if isinstance(out, TurnAnalysis):
+                    events.append(NewEvent("turn", _analysis(out, message.event_id)))
+                    fields["last_intent"] = out.intent
+                    if out.sentiment:
+                        fields["sentiment"] = out.sentiment
+                elif isinstance(out, SlotSet):
+                    slots[out.name] = out.value
+                    events.append(NewEvent("slot", {"name": out.name, "value": out.value}))
+                elif isinstance(out, Reply):
+                    events.append(_bot_message(out.text, out.buttons, out.cards, message.event_id))
+                elif isinstance(out, StreamedReply):
+                    events.append(await self._stream(sid, out, message.event_id))
+            if slots != conversation.slots:
+                fields["slots"] = json.dumps(slots)
+            last = next((e for e in reversed(events) if e.kind == "message"), None)
+            if last is not None:
+                fields["last_message"] = str(last.data["text"])[:200]
+                fields["last_role"] = "bot"
+            # One atomic write: the replies and the cursor move together.
+            await self.store.append(sid, events, fields=fields, cursor=message.event_id)
+        except (asyncio.CancelledError, StoreError):
+            raise
+        except Exception:
+            log.exception("session %s: pipeline failed on %s", sid, message.event_id)
+            self.metrics.errors.labels("pipeline").inc()
+            await self.store.append(sid, [_bot_message(ERROR_TEXT, [], [], message.event_id)],
+                                    cursor=message.event_id)
+        finally:
+            with contextlib.suppress(StoreError):
+                await self.store.publish(sid, {"type": "typing", "role": "bot", "on": False})
+
+    async def _stream(self, sid: str, reply: StreamedReply, reply_to: str) -> NewEvent:
+        stream_id = uuid.uuid4().hex
+        await self.store.publish(sid, {"type": "stream_start", "stream_id": stream_id, "role": "bot"})
+        parts: list[str] = []
+        async for chunk in reply.chunks:
+            if not chunk:
+                continue
+            parts.append(chunk)
+            await self.store.publish(sid, {"type": "stream_delta", "stream_id": stream_id, "text": chunk})
+        event = _bot_message("".join(parts).strip(), reply.buttons, reply.cards, reply_to)
+        return NewEvent("message", {**event.data, "stream_id": stream_id})
+
+
+def _bot_message(text: str, buttons: Any, cards: Any, reply_to: str) -> NewEvent:
+    return NewEvent("message", {
+        "role": "bot", "text": text, "buttons": [b.to_dict() for b in buttons],
+        "cards": list(cards), "agent": None, "reply_to": reply_to,
+    })
+
+
+def _analysis(a: TurnAnalysis, reply_to: str) -> dict[str, Any]:
+    return {"intent": a.intent, "confidence": a.confidence, "sentiment": a.sentiment,
+            "sentiment_score": a.sentiment_score, "policy": a.policy, "reason": a.reason,
+            "sources": a.sources, "reply_to": reply_to}

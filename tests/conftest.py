@@ -1,0 +1,154 @@
+"""Shared fixtures: a real Redis (embedded, or $REDIS_URL), real servers on port 0,
+real websocket clients. Every test gets its own key prefix and deletes only its keys."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import uuid
+from collections.abc import AsyncIterator, Callable, Iterator
+from contextlib import AsyncExitStack
+from pathlib import Path
+from typing import Any
+
+import pytest
+import redis
+from websockets.asyncio.client import ClientConnection, connect
+
+from bot.config import Settings
+from bot.embedded_redis import EmbeddedRedis
+from bot.server import App, bound_port, running
+
+ROOT = Path(__file__).resolve().parent.parent
+TINYBOT = ROOT / "tests" / "fixtures" / "tinybot"
+
+
+@pytest.fixture(scope="session")
+def redis_url(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+    """$REDIS_URL when set (a shared server), else an embedded redis-server for the run."""
+    url = os.environ.get("REDIS_URL") or os.environ.get("DESKMATE_REDIS_URL")
+    if url:
+        yield url
+        return
+    with EmbeddedRedis(tmp_path_factory.mktemp("redis")) as embedded:
+        yield embedded.url
+
+
+def delete_prefix(url: str, prefix: str) -> None:
+    client = redis.Redis.from_url(url)
+    try:
+        keys = list(client.scan_iter(match=f"{prefix}*", count=500))
+        if keys:
+            client.delete(*keys)
+    finally:
+        client.close()
+
+
+@pytest.fixture
+def key_prefix(redis_url: str) -> Iterator[str]:
+    prefix = f"dmtest:{uuid.uuid4().hex[:10]}:"
+    yield prefix
+    delete_prefix(redis_url, prefix)
+
+
+@pytest.fixture
+def sync_redis(redis_url: str) -> Iterator[redis.Redis]:
+    client = redis.Redis.from_url(redis_url, decode_responses=True)
+    yield client
+    client.close()
+
+
+class Client:
+    """A customer on /ws/chat with helpers to wait for frames."""
+
+    def __init__(self, ws: ClientConnection) -> None:
+        self.ws = ws
+        self.session_id: str | None = None
+        self.token: str | None = None
+
+    async def send(self, frame: dict[str, Any] | str | bytes) -> None:
+        await self.ws.send(frame if isinstance(frame, (str, bytes)) else json.dumps(frame))
+
+    async def recv(self, timeout: float = 10.0) -> dict[str, Any]:
+        return json.loads(await asyncio.wait_for(self.ws.recv(), timeout))
+
+    async def until(self, predicate: Callable[[dict[str, Any]], bool],
+                    timeout: float = 10.0) -> list[dict[str, Any]]:
+        """Frames received up to and including the first one matching ``predicate``."""
+        seen = []
+        while True:
+            frame = await self.recv(timeout)
+            seen.append(frame)
+            if predicate(frame):
+                return seen
+
+    async def quiet(self, seconds: float = 0.5) -> list[dict[str, Any]]:
+        """Everything that arrives within ``seconds``."""
+        seen = []
+        try:
+            while True:
+                seen.append(await self.recv(seconds))
+        except TimeoutError:
+            return seen
+
+    async def start(self, session_id: str | None = None, token: str | None = None,
+                    after: str | None = None) -> dict[str, Any]:
+        await self.send({"type": "start", "session_id": session_id, "token": token,
+                         "after": after, "customer": None})
+        frame = await self.recv()
+        assert frame["type"] == "session", frame
+        self.session_id, self.token = frame["session_id"], frame["token"]
+        return frame
+
+    async def say(self, text: str, client_id: str | None = None) -> tuple[dict[str, Any], list[dict[str, Any]]]:
+        """Send a message; return its ack and the frames up to the reply's stream_end."""
+        client_id = client_id or uuid.uuid4().hex
+        await self.send({"type": "message", "client_id": client_id, "text": text})
+        # The bot's typing indicator goes off last, after the reply is stored.
+        frames = await self.until(lambda f: f["type"] == "typing" and not f["on"])
+        frames = [f for f in frames if f["type"] != "typing"]
+        acks = [f for f in frames if f["type"] == "ack"]
+        assert len(acks) == 1 and acks[0]["client_id"] == client_id, frames
+        return acks[0], frames
+
+
+class Servers:
+    """Starts deskmate servers on free ports against the test Redis."""
+
+    def __init__(self, redis_url: str, prefix: str, stack: AsyncExitStack) -> None:
+        self.redis_url = redis_url
+        self.prefix = prefix
+        self.stack = stack
+
+    async def start(self, **overrides: Any) -> Running:
+        settings = Settings(host="127.0.0.1", port=0, project=TINYBOT, key_prefix=self.prefix,
+                            shutdown_grace=2.0).replace(**overrides)
+        url = overrides.pop("redis_url", None) or self.redis_url
+        app, server = await self.stack.enter_async_context(running(settings, redis_url=url))
+        return Running(app, bound_port(server), self.stack)
+
+
+class Running:
+    def __init__(self, app: App, port: int, stack: AsyncExitStack) -> None:
+        self.app = app
+        self.port = port
+        self.stack = stack
+        self.http = f"http://127.0.0.1:{port}"
+
+    async def client(self) -> Client:
+        ws = await self.stack.enter_async_context(
+            connect(f"ws://127.0.0.1:{self.port}/ws/chat", max_size=None,
+                    max_queue=None))  # unread frames must not stall the close handshake
+        return Client(ws)
+
+
+@pytest.fixture
+async def servers(redis_url: str, key_prefix: str) -> AsyncIterator[Servers]:
+    async with AsyncExitStack() as stack:
+        yield Servers(redis_url, key_prefix, stack)
+
+
+@pytest.fixture
+async def server(servers: Servers) -> Running:
+    return await servers.start()
