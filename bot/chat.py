@@ -63,6 +63,7 @@ class ChatConnection:
         self.streams: set[str] = set()  # streams this client saw start
         self.held: list[dict[str, Any]] | None = None  # live frames held during replay
         self.out: asyncio.Queue[dict[str, Any]] = asyncio.Queue()
+        self._tasks: set[asyncio.Future[None]] = set()
         self.limiter = RateLimiter(self.settings.rate_messages, self.settings.rate_window)
 
     async def serve(self) -> None:
@@ -105,9 +106,22 @@ class ChatConnection:
             return
         self._forward(frame)
 
+    async def _resync(self) -> None:
+        """Send stored events missed while the live subscription was down."""
+        if self.sid is None:
+            return
+        after = f"{self.last_id[0]}-{self.last_id[1]}" if self.last_id != (0, 0) else None
+        with contextlib.suppress(StoreError):
+            for event in await self.store.events(self.sid, after, kinds=CUSTOMER_KINDS):
+                self._forward(event.frame(self.sid))
+
     def _forward(self, frame: dict[str, Any]) -> None:
         """Send one live or replayed frame if the customer should see it."""
         kind = frame.get("type")
+        if kind == "resync":
+            self._tasks.add(task := asyncio.ensure_future(self._resync()))
+            task.add_done_callback(self._tasks.discard)
+            return
         if kind in CUSTOMER_KINDS:
             position = parse_event_id(frame["event_id"])
             if position <= self.last_id:

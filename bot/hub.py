@@ -21,6 +21,7 @@ from redis.exceptions import RedisError
 log = logging.getLogger("deskmate.hub")
 
 Listener = Callable[[dict[str, Any]], None]
+RESYNC = '{"type": "resync"}'  # handed to listeners after a reconnect; never sent by Redis
 
 
 class Hub:
@@ -91,6 +92,8 @@ class Hub:
         while True:
             try:
                 if not self._pubsub.subscribed:
+                    if self._listeners and not self._lock.locked():
+                        await self._resubscribe()  # a previous attempt failed
                     await asyncio.sleep(0.05)
                     continue
                 message = await self._pubsub.get_message(timeout=1.0)
@@ -100,7 +103,32 @@ class Hub:
             except asyncio.CancelledError:
                 raise
             except (RedisError, OSError) as exc:
-                # redis-py re-subscribes to every channel when it reconnects.
                 log.warning("pub/sub connection lost (%s); retrying in %.1fs", exc, backoff)
                 await asyncio.sleep(backoff)
                 backoff = min(backoff * 2, 5.0)
+                await self._resubscribe()
+
+    async def _resubscribe(self) -> None:
+        """A fresh pub/sub connection with every channel that still has listeners.
+
+        Frames published while the connection was down are lost for live
+        listeners; clients recover them from the stream when they resume.
+        """
+        async with self._lock:
+            with contextlib.suppress(RedisError, OSError):
+                await self._pubsub.aclose()
+            self._pubsub = self._client.pubsub(ignore_subscribe_messages=False)
+            channels = list(self._listeners)
+            if not channels:
+                return
+            try:
+                await self._pubsub.subscribe(*channels)
+            except (RedisError, OSError) as exc:
+                log.warning("re-subscribing failed (%s); will retry", exc)
+                self._pubsub = self._client.pubsub(ignore_subscribe_messages=False)
+                return
+            log.info("pub/sub re-subscribed to %d channels", len(channels))
+        # Frames published while we were away are gone from pub/sub, but stored events
+        # are in Redis: tell every listener to catch up from its last event id.
+        for channel in channels:
+            self._dispatch({"type": "message", "channel": channel, "data": RESYNC})

@@ -80,3 +80,14 @@ if redis.call('GET', KEYS[1]) == ARGV[1] then
 end
 return 0
 """
+
+# KEYS: lock; ARGV: owner token, ttl_ms. Takes a free lock, or re-takes one this owner
+# still holds (a release that failed during a Redis outage must not block the turn).
+ACQUIRE = r"""
+local held = redis.call('GET', KEYS[1])
+if held == false or held == ARGV[1] then
+  redis.call('SET', KEYS[1], ARGV[1], 'PX', ARGV[2])
+  return 1
+end
+return 0
+"""

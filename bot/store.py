@@ -77,6 +77,7 @@ class Store:
         self.ttl = ttl
         self._append = client.register_script(lua.APPEND)
         self._release = client.register_script(lua.RELEASE)
+        self._acquire = client.register_script(lua.ACQUIRE)
         self._extend = client.register_script(lua.EXTEND)
 
     @classmethod
@@ -207,11 +208,13 @@ class Store:
 
     # -- turn lock ------------------------------------------------------------
 
-    async def acquire_lock(self, sid: str, ttl: float) -> str | None:
-        """The owner token if this caller now holds the conversation's turn lock."""
-        owner = secrets.token_hex(8)
+    async def acquire_lock(self, sid: str, ttl: float, owner: str | None = None) -> str | None:
+        """The owner token if this caller now holds the conversation's turn lock.
+
+        Pass the ``owner`` of a lock whose release failed to take it back at once."""
+        owner = owner or secrets.token_hex(8)
         try:
-            ok = await self.redis.set(self.keys.lock(sid), owner, nx=True, px=int(ttl * 1000))
+            ok = await self._acquire(keys=[self.keys.lock(sid)], args=[owner, int(ttl * 1000)])
         except (RedisError, OSError) as exc:
             raise StoreError(f"could not take lock: {exc}") from exc
         return owner if ok else None

@@ -46,6 +46,7 @@ class TurnRunner:
         self.lock_ttl = lock_ttl
         self._tasks: dict[str, asyncio.Task[None]] = {}
         self._again: set[str] = set()
+        self._unreleased: dict[str, str] = {}  # sid -> owner of a lock we failed to release
         self.accepting = True
 
     def kick(self, sid: str) -> None:
@@ -85,7 +86,8 @@ class TurnRunner:
                 record = await self.store.session(sid)
                 if record is None or not await self.store.pending_turns(sid, record.get("cursor") or None):
                     return
-                owner = await self.store.acquire_lock(sid, self.lock_ttl)
+                owner = await self.store.acquire_lock(sid, self.lock_ttl,
+                                                      self._unreleased.pop(sid, None))
                 if owner is None:
                     # Another instance is answering (and looks again after releasing), or
                     # one died holding the lock: look again shortly; once nothing is pending
@@ -100,8 +102,10 @@ class TurnRunner:
                     keeper.cancel()
                     with contextlib.suppress(asyncio.CancelledError):
                         await keeper
-                    with contextlib.suppress(StoreError):
+                    try:
                         await self.store.release_lock(sid, owner)
+                    except StoreError:
+                        self._unreleased[sid] = owner
                 # Loop: a message stored while we held the lock may have been kicked in
                 # vain elsewhere; the check at the top picks it up.
         except StoreError as exc:

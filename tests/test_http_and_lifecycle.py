@@ -1,0 +1,144 @@
+"""HTTP routes, Redis health, a Redis restart, and graceful shutdown of the real CLI."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+import urllib.error
+import urllib.request
+from pathlib import Path
+
+import pytest
+from websockets.asyncio.client import connect
+
+from bot.embedded_redis import EmbeddedRedis
+from tests.conftest import ROOT, TINYBOT, Client, Running, Servers
+
+
+def get(url: str) -> tuple[int, dict[str, str], bytes]:
+    try:
+        with urllib.request.urlopen(url, timeout=5) as resp:
+            return resp.status, dict(resp.headers), resp.read()
+    except urllib.error.HTTPError as err:
+        return err.code, dict(err.headers), err.read()
+
+
+async def aget(url: str) -> tuple[int, dict[str, str], bytes]:
+    return await asyncio.to_thread(get, url)
+
+
+async def test_healthz_metrics_and_assets(server: Running) -> None:
+    status, headers, body = await aget(server.http + "/healthz")
+    assert status == 200 and json.loads(body)["redis"] == "ok"
+    client = await server.client()
+    await client.start()
+    await client.say("hello")
+    status, headers, body = await aget(server.http + "/metrics")
+    assert status == 200 and headers["Content-Type"].startswith("text/plain")
+    text = body.decode()
+    assert 'deskmate_messages_total{duplicate="false"} 1.0' in text
+    assert "deskmate_turns_total 1.0" in text
+    assert 'deskmate_connections{socket="chat"} 1.0' in text
+    for path, kind in (("/widget.js", "application/javascript"), ("/demo", "text/html")):
+        status, headers, body = await aget(server.http + path)
+        assert status == 200 and headers["Content-Type"].startswith(kind) and body
+    status, _, _ = await aget(server.http + "/nope")
+    assert status == 404
+    status, _, _ = await aget(server.http + "/ws/chat")  # plain GET on the socket path
+    assert status == 426
+
+
+async def test_redis_outage_is_reported_and_survived(servers: Servers, tmp_path: Path) -> None:
+    embedded = EmbeddedRedis(tmp_path).start()
+    try:
+        server = await servers.start(redis_url=embedded.url)
+        client = await server.client()
+        await client.start()
+        ack, _ = await client.say("hello")
+
+        embedded.stop()
+        status, _, body = await aget(server.http + "/healthz")
+        assert status == 503 and json.loads(body)["redis"] == "down"
+        await client.send({"type": "message", "client_id": "during-outage", "text": "anyone?"})
+        frame = await client.until(lambda f: f["type"] == "error", timeout=30)
+        assert frame[-1]["code"] == "unavailable"
+
+        embedded.start()  # same directory: the append-only file brings the data back
+        for _ in range(50):
+            if (await aget(server.http + "/healthz"))[0] == 200:
+                break
+            await asyncio.sleep(0.2)
+        # The client resends the unacked message; the acked one is still there.
+        await client.send({"type": "message", "client_id": "during-outage", "text": "hello again"})
+        # The reply arrives streamed, or (if it was published before this instance's
+        # pub/sub reconnected) as the stored message once the instance catches up.
+        frames = await client.until(lambda f: f["type"] == "stream_end"
+                                    or (f["type"] == "message" and f["role"] == "bot"))
+        assert [f["event_id"] for f in frames if f["type"] == "ack"]
+        reader = await server.client()
+        await reader.start(client.session_id, client.token)
+        history = await reader.quiet(0.7)
+        assert [f["text"] for f in history if f["role"] == "user"] == ["hello", "hello again"]
+        assert history[0]["event_id"] == ack["event_id"]
+    finally:
+        embedded.stop()
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+async def test_cli_run_with_embedded_redis_and_sigterm(tmp_path: Path) -> None:
+    port = free_port()
+    env = {k: v for k, v in os.environ.items() if k not in ("REDIS_URL", "DESKMATE_REDIS_URL")}
+    env.update(PYTHONPATH=str(ROOT), DESKMATE_DATA_DIR=str(tmp_path / "var"))
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "bot.cli", "run", "--port", str(port), "--project", str(TINYBOT)],
+        env=env, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+    try:
+        for _ in range(100):
+            try:
+                status, _, _ = await aget(f"http://127.0.0.1:{port}/healthz")
+                if status == 200:
+                    break
+            except OSError:
+                await asyncio.sleep(0.1)
+        else:
+            pytest.fail("server did not start")
+        assert (tmp_path / "var" / "redis" / "appendonly.aof").exists() or \
+            (tmp_path / "var" / "redis" / "appendonlydir").exists()
+        async with connect(f"ws://127.0.0.1:{port}/ws/chat") as ws:
+            client = Client(ws)
+            await client.start()
+            await client.say("hello")
+            proc.send_signal(signal.SIGTERM)
+            with pytest.raises(Exception) as info:
+                await client.recv(timeout=15)
+            assert "1001" in str(info.value)  # going away
+        assert await asyncio.to_thread(proc.wait, 30) == 0
+        output = proc.stdout.read().decode() if proc.stdout else ""
+        assert "shutting down" in output
+        # The embedded Redis went down with it.
+        time.sleep(0.2)
+        assert not EmbeddedRedis(tmp_path / "var")._ping()
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+
+
+def test_cli_refuses_a_missing_project(tmp_path: Path) -> None:
+    result = subprocess.run(
+        [sys.executable, "-m", "bot.cli", "run", "--project", str(tmp_path / "none")],
+        cwd=ROOT, env={**os.environ, "PYTHONPATH": str(ROOT)}, capture_output=True, text=True,
+        timeout=60)
+    assert result.returncode == 1
+    assert "domain.yml is missing" in result.stderr
