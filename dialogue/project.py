@@ -50,6 +50,7 @@ class Project:
     intents: list[str] = field(default_factory=list)
     responses: dict[str, list[dict[str, Any]]] = field(default_factory=dict)
     slots: dict[str, dict[str, Any]] = field(default_factory=dict)
+    forms: dict[str, list[str]] = field(default_factory=dict)  # form -> required slots
     actions: list[str] = field(default_factory=list)
     examples: dict[str, list[str]] = field(default_factory=dict)  # intent -> texts
     rules: dict[str, list[str]] = field(default_factory=dict)  # intent -> actions, in order
@@ -82,6 +83,9 @@ def _load_domain(project: Project, path: Path) -> None:
             raise ProjectError(str(path), f"response {name!r} needs a list of variations")
         project.responses[name] = [v if isinstance(v, dict) else {"text": str(v)} for v in variations]
     project.slots = dict(domain.get("slots") or {})
+    for form, spec in (domain.get("forms") or {}).items():
+        required = (spec or {}).get("required_slots") or []
+        project.forms[str(form)] = [str(x) for x in required]
     project.actions = [str(a) for a in domain.get("actions") or []]
 
 

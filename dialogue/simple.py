@@ -116,10 +116,16 @@ class ResponsesPipeline:
             return "out_of_scope", score, {}, f"best example match {score:.2f} < {self.threshold}"
         return intent, score, {}, f"nearest example match {score:.2f}"
 
-    def _response_for(self, intent: str) -> tuple[str, str]:
+    def _response_for(self, intent: str, slots: dict[str, Any] | None = None) -> tuple[str, str]:
         for action in self.project.rules.get(intent, []):
             if action in self.project.responses:
                 return action, "rules"
+            for slot in self.project.forms.get(action, []):
+                # A form starts by asking for its first missing slot, as in Rasa.
+                if (slots or {}).get(slot) is None:
+                    for ask in (f"utter_ask_{action}_{slot}", f"utter_ask_{slot}"):
+                        if ask in self.project.responses:
+                            return ask, "rules"
         guess = f"utter_{intent}"
         if guess in self.project.responses:
             return guess, "responses"
@@ -132,7 +138,7 @@ class ResponsesPipeline:
             if name in self.project.slots:
                 slots[name] = value
                 yield SlotSet(name, value)
-        action, policy = self._response_for(intent)
+        action, policy = self._response_for(intent, slots)
         yield TurnAnalysis(intent=intent, confidence=confidence, policy=policy,
                            reason=f"{why}; action {action}")
         variations = self.project.responses.get(action)

@@ -1,0 +1,45 @@
+# deskmate — the two commands: `make run` and `make test`.
+# Both create .venv and install what they need on a fresh machine.
+
+PY      ?= $(shell command -v python3.11 || command -v python3)
+VENV    := .venv
+BIN     := $(VENV)/bin
+STAMP   := $(VENV)/.installed-$(shell cat pyproject.toml | cksum | cut -d' ' -f1)
+PROJECT ?= examples/shop
+PYTEST_ARGS ?=
+
+.PHONY: run test install browser lint clean
+
+$(BIN)/python:
+	$(PY) -m venv $(VENV)
+	$(BIN)/pip install --quiet --upgrade pip
+
+# torch is pinned and installed first on its own: its CPU build of 2.13.0 is what
+# `pip install torch==2.13.0` finds; an unpinned torch would pull a multi-GB CUDA build.
+$(STAMP): pyproject.toml | $(BIN)/python
+	$(BIN)/pip install --quiet torch==2.13.0
+	$(BIN)/pip install --quiet -e '.[dev]'
+	rm -f $(VENV)/.installed-*
+	touch $@
+
+install: $(STAMP)
+
+# Debian's Chromium for the browser tests (no browser download at run time).
+browser:
+	@command -v chromium >/dev/null 2>&1 || { \
+	  if [ "$$(id -u)" = 0 ]; then apt-get update -qq && apt-get install -y -qq chromium >/dev/null; \
+	  elif command -v sudo >/dev/null 2>&1; then sudo apt-get update -qq && sudo apt-get install -y -qq chromium >/dev/null; \
+	  else echo "chromium is not installed and cannot be installed without root: browser tests will be skipped"; fi; }
+
+run: install
+	$(BIN)/deskmate run --project $(PROJECT)
+
+test: install browser
+	HF_HUB_OFFLINE=1 $(BIN)/python -m pytest $(PYTEST_ARGS)
+
+lint: install
+	$(BIN)/ruff check bot dialogue model tests
+	$(BIN)/mypy bot dialogue
+
+clean:
+	rm -rf $(VENV) var build *.egg-info test-artifacts

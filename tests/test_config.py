@@ -1,0 +1,46 @@
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from bot.cli import main
+from bot.config import Settings, from_env
+from bot.errors import ConfigError
+
+
+def test_defaults_and_environment() -> None:
+    assert from_env({}) == Settings()
+    s = from_env({"DESKMATE_PORT": "9000", "REDIS_URL": "redis://h:1/0",
+                  "DESKMATE_PROJECT": "/x", "DESKMATE_RATE_WINDOW": "2.5",
+                  "DESKMATE_LOG_LEVEL": "debug"})
+    assert (s.port, s.redis_url, s.project, s.rate_window, s.log_level) == (
+        9000, "redis://h:1/0", Path("/x"), 2.5, "DEBUG")
+    # DESKMATE_REDIS_URL wins over REDIS_URL; flags (replace) win over both.
+    s = from_env({"REDIS_URL": "redis://a", "DESKMATE_REDIS_URL": "redis://b"})
+    assert s.redis_url == "redis://b"
+    assert s.replace(redis_url="redis://c", port=None).redis_url == "redis://c"
+
+
+@pytest.mark.parametrize(("env", "name"), [
+    ({"DESKMATE_PORT": "eighty"}, "DESKMATE_PORT"),
+    ({"DESKMATE_PORT": "70000"}, "DESKMATE_PORT"),
+    ({"DESKMATE_REDIS_URL": "localhost:6379"}, "DESKMATE_REDIS_URL"),
+    ({"DESKMATE_LOG_LEVEL": "LOUD"}, "DESKMATE_LOG_LEVEL"),
+    ({"DESKMATE_MAX_FRAME_BYTES": "10"}, "DESKMATE_MAX_FRAME_BYTES"),
+    ({"DESKMATE_RATE_WINDOW": "0"}, "DESKMATE_RATE_WINDOW"),
+])
+def test_bad_values_name_the_variable(env: dict[str, str], name: str) -> None:
+    with pytest.raises(ConfigError) as info:
+        from_env(env)
+    assert name in str(info.value)
+
+
+def test_cli_reports_config_errors(monkeypatch: pytest.MonkeyPatch,
+                                   capsys: pytest.CaptureFixture[str]) -> None:
+    monkeypatch.setenv("DESKMATE_PORT", "eighty")
+    assert main(["config"]) == 2
+    assert "DESKMATE_PORT" in capsys.readouterr().err
+    monkeypatch.setenv("DESKMATE_PORT", "8081")
+    assert main(["config"]) == 0
+    assert "8081" in capsys.readouterr().out

@@ -1,0 +1,65 @@
+"""The project loader and the built-in responses pipeline (no I/O involved)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from bot.errors import ProjectError
+from dialogue.project import load_project, parse_examples, strip_entities
+from dialogue.simple import ResponsesPipeline, parse_payload
+from dialogue.types import Conversation, Reply, SlotSet, StreamedReply, TurnAnalysis, UserMessage
+from tests.conftest import ROOT, TINYBOT
+
+
+def test_rasa_examples_keep_entities_as_text() -> None:
+    assert strip_entities("where is [NW-1](order_id) now") == "where is NW-1 now"
+    assert strip_entities('size [42]{"entity": "size"} pls') == "size 42 pls"
+    assert parse_examples("- hi\n- [red](color) shoes\n\n# comment\n-\n") == ["hi", "red shoes"]
+
+
+def test_payloads() -> None:
+    assert parse_payload("/greet") == ("greet", {})
+    assert parse_payload('/choose_size{"size": "42"}') == ("choose_size", {"size": "42"})
+    assert parse_payload("hello") is None
+    assert parse_payload("/x{not json}") is None
+
+
+def test_demo_shop_loads() -> None:
+    project = load_project(ROOT / "examples" / "shop")
+    assert len(project.intents) >= 37 and "utter_greet" in project.responses
+    assert all(len(v) >= 15 for k, v in project.examples.items())
+    assert project.forms["track_order_form"] == ["order_id"]
+
+
+def test_broken_project_names_file_and_line(tmp_path: Path) -> None:
+    (tmp_path / "domain.yml").write_text("version: '3.1'\nresponses:\n  utter_x: [unclosed\n")
+    with pytest.raises(ProjectError) as info:
+        load_project(tmp_path)
+    message = str(info.value)
+    assert "domain.yml" in message and (":3" in message or ":4" in message)
+
+
+async def run(pipeline: ResponsesPipeline, text: str, payload: str | None = None) -> list[object]:
+    conv = Conversation(session_id="s", status="bot")
+    out = []
+    async for item in pipeline.respond(conv, UserMessage("1-0", text, payload)):
+        if isinstance(item, StreamedReply):
+            out.append(Reply("".join([c async for c in item.chunks]), item.buttons))
+        else:
+            out.append(item)
+    return out
+
+
+async def test_pipeline_answers_from_rules_and_falls_back() -> None:
+    pipeline = ResponsesPipeline(load_project(TINYBOT))
+    analysis, reply = await run(pipeline, "hello there")
+    assert isinstance(analysis, TurnAnalysis) and analysis.intent == "greet"
+    assert isinstance(reply, Reply) and reply.text == "Hello! How can I help you today?"
+    analysis, reply = await run(pipeline, "what is the airspeed of a swallow")
+    assert analysis.intent == "out_of_scope" and analysis.policy == "fallback"  # type: ignore[union-attr]
+    assert reply.text == "Sorry, I did not understand that."  # type: ignore[union-attr]
+    slot, analysis, reply = await run(pipeline, "Track", '/track_order{"order_id": "NW-9"}')
+    assert slot == SlotSet("order_id", "NW-9")
+    assert reply.text == "I will look up order NW-9 for you."  # type: ignore[union-attr]
