@@ -39,7 +39,7 @@ test: install browser
 
 lint: install
 	$(BIN)/ruff check bot dialogue model tests
-	$(BIN)/mypy bot dialogue
+	$(BIN)/mypy bot dialogue model
 
 clean:
 	rm -rf $(VENV) var build *.egg-info test-artifacts

@@ -92,7 +92,8 @@ class EmbeddedRedis:
         while time.monotonic() < deadline:
             if self.process.poll() is not None:
                 err = self.process.stderr.read().decode(errors="replace") if self.process.stderr else ""
-                raise DeskmateError(f"embedded redis-server exited at start: {err or 'see ' + str(self.dir / 'redis.log')}")
+                detail = err or f"see {self.dir / 'redis.log'}"
+                raise DeskmateError(f"embedded redis-server exited at start: {detail}")
             if self.socket.exists() and self._ping():
                 return self
             time.sleep(0.05)

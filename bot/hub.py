@@ -27,7 +27,7 @@ RESYNC = '{"type": "resync"}'  # handed to listeners after a reconnect; never se
 class Hub:
     def __init__(self, client: aioredis.Redis) -> None:
         self._client = client
-        self._pubsub = client.pubsub(ignore_subscribe_messages=False)
+        self._pubsub: Any = client.pubsub(ignore_subscribe_messages=False)
         self._listeners: dict[str, set[Listener]] = {}
         self._confirmed: dict[str, asyncio.Event] = {}
         self._task: asyncio.Task[None] | None = None

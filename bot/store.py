@@ -72,7 +72,9 @@ class Store:
     """Async access to conversations; one instance per server process."""
 
     def __init__(self, client: aioredis.Redis, *, prefix: str = "dm:", ttl: int = 7 * 86400) -> None:
-        self.redis = client
+        # Typed as Any: redis-py's annotations cover bytes|str replies, and every client
+        # here is created with decode_responses=True.
+        self.redis: Any = client
         self.keys = Keys(prefix)
         self.ttl = ttl
         self._append = client.register_script(lua.APPEND)

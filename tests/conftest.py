@@ -101,7 +101,8 @@ class Client:
         self.session_id, self.token = frame["session_id"], frame["token"]
         return frame
 
-    async def say(self, text: str, client_id: str | None = None) -> tuple[dict[str, Any], list[dict[str, Any]]]:
+    async def say(self, text: str, client_id: str | None = None,
+                  ) -> tuple[dict[str, Any], list[dict[str, Any]]]:
         """Send a message; return its ack and the frames up to the reply's stream_end."""
         client_id = client_id or uuid.uuid4().hex
         await self.send({"type": "message", "client_id": client_id, "text": text})

@@ -8,7 +8,7 @@ import uuid
 import redis
 
 from bot.keys import Keys
-from tests.conftest import Client, Running, Servers
+from tests.conftest import Running, Servers
 
 
 def stored(sync_redis: redis.Redis, prefix: str, sid: str) -> list[tuple[str, dict[str, str]]]:

@@ -9,7 +9,6 @@ import signal
 import socket
 import subprocess
 import sys
-import time
 import urllib.error
 import urllib.request
 from pathlib import Path
@@ -127,7 +126,7 @@ async def test_cli_run_with_embedded_redis_and_sigterm(tmp_path: Path) -> None:
         output = proc.stdout.read().decode() if proc.stdout else ""
         assert "shutting down" in output
         # The embedded Redis went down with it.
-        time.sleep(0.2)
+        await asyncio.sleep(0.2)
         assert not EmbeddedRedis(tmp_path / "var")._ping()
     finally:
         if proc.poll() is None:
