@@ -85,9 +85,12 @@ class ChatConnection:
     def send(self, frame: dict[str, Any]) -> None:
         self.out.put_nowait(frame)
 
-    def error(self, code: str, message: str) -> None:
+    def error(self, code: str, message: str, client_id: str | None = None) -> None:
         self.app.metrics.errors.labels(code).inc()
-        self.send({"type": "error", "code": code, "message": message})
+        frame: dict[str, Any] = {"type": "error", "code": code, "message": message}
+        if client_id is not None:
+            frame["client_id"] = client_id  # lets the client mark the message that failed
+        self.send(frame)
 
     async def _write(self) -> None:
         # One writer per connection: a slow client delays only its own queue.
@@ -178,13 +181,15 @@ class ChatConnection:
                 await self.store.append(self.sid, [NewEvent("track", {"name": frame.name,
                                                                       "data": frame.data})])
         except FrameError as exc:
-            self.error(exc.code, exc.message)
+            self.error(exc.code, exc.message, frames.client_id_of(raw))
         except StoreError as exc:
             log.warning("session %s: %s", self.sid, exc)
             if "expired" in str(exc):
-                self.error("session_expired", "this conversation has expired; start a new one")
+                self.error("session_expired", "this conversation has expired; start a new one",
+                           frames.client_id_of(raw))
             else:
-                self.error("unavailable", "the chat is briefly unavailable; please retry")
+                self.error("unavailable", "the chat is briefly unavailable; please retry",
+                           frames.client_id_of(raw))
 
     async def _start(self, frame: frames.Start) -> None:
         if self.sid is not None:

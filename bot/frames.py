@@ -131,3 +131,15 @@ def parse(raw: str | bytes, *, max_bytes: int, max_text: int) -> ClientFrame:
         assert name is not None
         return Track(name, data)
     raise FrameError("unknown_type", f"unknown frame type {kind[:40]!r}")
+
+
+def client_id_of(raw: str | bytes) -> str | None:
+    """The ``client_id`` of a frame, if it has a usable one, for naming it in an error."""
+    if isinstance(raw, bytes) or len(raw) > 1 << 20:
+        return None
+    try:
+        frame = json.loads(raw)
+    except (json.JSONDecodeError, RecursionError):
+        return None
+    value = frame.get("client_id") if isinstance(frame, dict) else None
+    return value if isinstance(value, str) and 0 < len(value) <= MAX_ID_CHARS else None

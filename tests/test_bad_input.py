@@ -45,6 +45,8 @@ async def test_bad_frame_gets_error_and_session_goes_on(
     frame = await client.recv()
     assert frame["type"] == "error" and frame["code"] == code, frame
     assert frame["message"]
+    if isinstance(raw, str) and '"client_id": "c"' in raw:
+        assert frame["client_id"] == "c"  # the error names the message it is about
     assert sync_redis.xlen(Keys(key_prefix).events(client.session_id or "")) == 0
     # The same connection still works.
     ack, frames = await client.say("hello")

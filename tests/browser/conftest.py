@@ -68,6 +68,9 @@ class DeskmateServer:
     def start(self) -> None:
         env = {k: v for k, v in os.environ.items() if k not in ("REDIS_URL", "DESKMATE_REDIS_URL")}
         env["DESKMATE_DATA_DIR"] = str(self.data_dir)
+        # The limits the tests (and the widget's defaults) count on, whatever the environment says.
+        env.update(DESKMATE_MAX_TEXT_CHARS="2000", DESKMATE_RATE_MESSAGES="20",
+                   DESKMATE_RATE_WINDOW="10", DESKMATE_LOG_LEVEL="INFO")
         self.data_dir.mkdir(parents=True, exist_ok=True)
         with self.log.open("ab") as log:
             self.process = subprocess.Popen(
@@ -158,13 +161,15 @@ def own_server(tmp_path: Path) -> Iterator[DeskmateServer]:
 # -- the browser ------------------------------------------------------------------------
 
 
-@pytest.fixture(scope="session")
+# Module scope, not session: while the sync API is alive it keeps an asyncio loop marked as
+# running in this thread, and the async tests elsewhere in the suite could not start theirs.
+@pytest.fixture(scope="module")
 def playwright() -> Iterator[Playwright]:
     with sync_playwright() as p:
         yield p
 
 
-@pytest.fixture(scope="session")
+@pytest.fixture(scope="module")
 def browser(playwright: Playwright) -> Iterator[Browser]:
     b = playwright.chromium.launch(executable_path=str(CHROMIUM), args=CHROMIUM_ARGS)
     try:

@@ -37,9 +37,15 @@ def test_chat_then_reload_shows_the_conversation_once(server: DeskmateServer, wi
     widget.wait_sent()
     widget.wait_bot_replies(2)
     before = widget.transcript()
-    assert [role for role, _ in before] == ["user", "bot", "user", "bot"], before
-    assert before[0][1] == "Hello there"
-    widget.page.screenshot(path=artifacts / "widget-conversation.png")
+    assert [text for role, text in before if role == "user"] == [
+        "Hello there", "What are your delivery options?"], before
+    assert before[0] == ("user", "Hello there")
+    shot = artifacts / "widget-conversation.png"
+    widget.page.screenshot(path=shot)
+    if os.environ.get("DESKMATE_UPDATE_DOCS_IMG") == "1":  # the README's picture
+        target = ROOT / "docs" / "img" / "widget.png"
+        target.parent.mkdir(parents=True, exist_ok=True)
+        shutil.copyfile(shot, target)
 
     widget.page.reload()
     widget.page.wait_for_function("() => window.deskmate && window.deskmate.version")
@@ -69,7 +75,7 @@ def test_html_and_script_render_as_inert_text(server: DeskmateServer, widget: Wi
         found = widget.page.evaluate("""() => {
           const root = document.getElementById('deskmate-widget').shadowRoot;
           return {
-            markup: root.querySelectorAll('.msgs img:not(.card img), .msgs script, .msgs b').length,
+            markup: root.querySelectorAll('.bubble img, .msgs script, .bubble b').length,
             jsLinks: root.querySelectorAll('a[href^="javascript"]').length,
             pageImgs: document.querySelectorAll('img').length,
             pageScripts: document.querySelectorAll('script:not([src])').length,
@@ -191,8 +197,9 @@ def test_reconnects_and_delivers_what_was_typed_offline(
     widget.wait_sent()
     widget.wait_bot_replies(2)
     expect(widget.rows(".user")).to_have_count(2)
-    roles = [role for role, _ in widget.transcript()]
-    assert roles == ["user", "bot", "user", "bot"], widget.transcript()
+    transcript = widget.transcript()
+    assert [text for role, text in transcript if role == "user"] == ["hello", "Where is my order?"]
+    assert transcript[0] == ("user", "hello") and transcript[1][0] == "bot", transcript
     # Resumed with `after`, so the first exchange was not sent (or rendered) twice.
     starts = widget.frames("start")
     assert starts[-1]["after"], starts
@@ -223,9 +230,8 @@ def test_mobile_layout_fills_the_screen(server: DeskmateServer,
 
 
 def test_readme_screenshot(server: DeskmateServer, widget: Widget, artifacts: Path) -> None:
-    """The picture in the README: a bot answer, a handoff and an agent's product card.
-    Written to test-artifacts/ always, and to docs/img/widget.png when
-    DESKMATE_UPDATE_DOCS_IMG=1. The agent's turn is injected (see DeskmateServer.inject)."""
+    """A bot answer, a handoff and an agent's product card, in test-artifacts/widget-open.png.
+    The agent's turn is injected (see DeskmateServer.inject) until the agent socket lands."""
     widget.goto(server.url)
     widget.page.locator('.tile[data-id="P2001"] .tile-main').click()
     widget.open()
@@ -239,19 +245,14 @@ def test_readme_screenshot(server: DeskmateServer, widget: Widget, artifacts: Pa
         ("handoff", {"state": "requested", "agent": None}),
         ("handoff", {"state": "agent_joined", "agent": "Anna"}),
         ("message", {"role": "agent", "agent": "Anna", "buttons": [], "cards": CARDS[:2],
-                     "text": "Hi, I'm **Anna**! Yes: taped seams and a 10,000 mm rating. "
-                             "It runs *true to size*."}),
+                     "text": "Hi, I'm **Anna**! Yes: a waterproof shell with taped seams and "
+                             "an adjustable hood. It runs *true to size*."}),
     ])
     expect(widget.rows(".agent")).to_have_count(1)
     widget.input.fill("Great, I'll take an M")
     widget.page.evaluate("window.scrollTo(0, 0)")
     widget.page.wait_for_timeout(400)  # let transitions settle
-    shot = artifacts / "widget-open.png"
-    widget.page.screenshot(path=shot)
-    if os.environ.get("DESKMATE_UPDATE_DOCS_IMG") == "1":
-        target = ROOT / "docs" / "img" / "widget.png"
-        target.parent.mkdir(parents=True, exist_ok=True)
-        shutil.copyfile(shot, target)
+    widget.page.screenshot(path=artifacts / "widget-open.png")
 
 
 def test_a_lost_conversation_starts_over_cleanly(
@@ -276,8 +277,9 @@ def test_a_lost_conversation_starts_over_cleanly(
     expect(widget.rows(".user")).to_have_count(1, timeout=30_000)
     widget.wait_sent()
     widget.wait_bot_replies(1)
-    assert [r for r, _ in widget.transcript()] == ["user", "bot"]
-    assert widget.transcript()[0] == ("user", "Where is my order?")
+    transcript = widget.transcript()
+    assert [text for role, text in transcript if role == "user"] == ["Where is my order?"]
+    assert transcript[0] == ("user", "Where is my order?"), transcript
     assert widget.session_id() != old_sid
 
 
@@ -399,7 +401,8 @@ def test_limits_show_a_notice_and_never_lose_a_message(server: DeskmateServer,
     toast = widget.page.locator("#deskmate-widget .toast")
     expect(toast.first).to_contain_text("too long")
     assert widget.frames("message") == []
-    expect(widget.input).to_have_value("x" * 2001)  # kept, so it can be shortened
+    expect(widget.input).to_have_value("x" * 2001)  # kept whole, so it can be shortened
+    expect(widget.page.locator("#deskmate-widget .counter")).to_have_text("2001 / 2000")
 
     # A burst past the server's rate limit (20 frames / 10 s): the rate_limited errors show a
     # notice, the refused messages stay pending and are resent until every one is stored once.
