@@ -195,3 +195,15 @@ async def test_track_frame_is_stored_for_agents_not_echoed(server: Running, sync
     assert await client.quiet(0.5) == []
     kinds = [e[1]["kind"] for e in stored(sync_redis, key_prefix, client.session_id or "")]
     assert kinds == ["track"]
+
+
+async def test_typing_brackets_the_reply(server: Running) -> None:
+    client = await server.client()
+    await client.start()
+    await client.send({"type": "message", "client_id": "t1", "text": "hello"})
+    frames = await client.until(lambda f: f["type"] == "typing" and not f["on"])
+    kinds = [(f["type"], f.get("on")) for f in frames if f["type"] in ("typing", "stream_start",
+                                                                         "stream_end")]
+    assert kinds == [("typing", True), ("stream_start", None), ("stream_end", None),
+                     ("typing", False)]
+    assert all(f["role"] == "bot" for f in frames if f["type"] == "typing")

@@ -1,0 +1,97 @@
+"""A tiny bot trained end to end: parse schema, out-of-scope, stale/missing artifacts."""
+
+from __future__ import annotations
+
+import json
+import os
+import threading
+import time
+from pathlib import Path
+
+import pytest
+
+from bot.errors import ProjectError
+from model.classifier import load_project_classifier
+
+SCHEMA = {"intent", "confidence", "ranking", "sentiment", "sentiment_score"}
+
+
+def test_artifact_is_versioned(trained_shopbot: Path) -> None:
+    folder = trained_shopbot / "models" / "intent"
+    meta = json.loads((folder / "meta.json").read_text())
+    assert meta["format"] == "deskmate-task-model" and meta["format_version"] == 1
+    assert meta["encoder"] == "sentence-transformers/all-MiniLM-L6-v2"
+    assert meta["labels"] == ["goodbye", "greet", "order_status", "refund", "out_of_scope"]
+    assert len(meta["data_hash"]) == 64
+    assert meta["trained_at_iso"].endswith("Z")
+    assert 0.0 < meta["oos_threshold"] < 1.0
+    assert (folder / "weights.safetensors").stat().st_size < 1_000_000
+
+
+def test_parse_schema_and_answers(trained_shopbot: Path) -> None:
+    clf = load_project_classifier(trained_shopbot)
+    result = clf.parse("where is my parcel, it has not arrived")
+    assert set(result) == SCHEMA
+    assert result["intent"] == "order_status"
+    assert 0.0 <= result["confidence"] <= 1.0
+    ranking = result["ranking"]
+    assert ranking[0]["intent"] == "order_status"
+    assert [r["confidence"] for r in ranking] == sorted((r["confidence"] for r in ranking), reverse=True)
+    assert result["sentiment"] in ("negative", "neutral", "positive")
+    assert -1.0 <= result["sentiment_score"] <= 1.0
+    assert clf.parse("I want my money back for these shoes")["intent"] == "refund"
+    assert clf.parse("this is awful, the worst service ever")["sentiment"] == "negative"
+    assert clf.parse("thank you so much, you were wonderful!")["sentiment"] == "positive"
+
+
+def test_gibberish_is_out_of_scope(trained_shopbot: Path) -> None:
+    clf = load_project_classifier(trained_shopbot)
+    for text in ("asdkjh qwpoe zzxv", "xkcd blorp fnord", "jjjjjjj kkkkk"):
+        assert clf.parse(text)["intent"] == "out_of_scope", text
+
+
+def test_batch_equals_single_and_threads(trained_shopbot: Path) -> None:
+    clf = load_project_classifier(trained_shopbot)
+    texts = ["hi", "refund please, the item is broken", "bye bye", "track my parcel"] * 3
+    batch = clf.parse_batch(texts)
+    singles = [clf.parse(t) for t in texts]
+    assert [b["intent"] for b in batch] == [s["intent"] for s in singles]
+    for b, s in zip(batch, singles, strict=True):
+        assert b["confidence"] == pytest.approx(s["confidence"], abs=1e-3)
+    errors: list[BaseException] = []
+    answers: dict[int, str] = {}
+
+    def work(i: int) -> None:
+        try:
+            answers[i] = clf.parse(texts[i])["intent"]
+        except BaseException as exc:  # noqa: BLE001 - reported below
+            errors.append(exc)
+
+    threads = [threading.Thread(target=work, args=(i,)) for i in range(len(texts))]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert not errors
+    assert [answers[i] for i in range(len(texts))] == [s["intent"] for s in singles]
+
+
+def test_missing_artifacts_name_the_command(shopbot: Path) -> None:
+    with pytest.raises(ProjectError, match=r"deskmate train --project"):
+        load_project_classifier(shopbot)
+
+
+def test_stale_artifacts_name_the_command(trained_shopbot: Path, tmp_path: Path) -> None:
+    import shutil
+
+    project = tmp_path / "bot"
+    shutil.copytree(trained_shopbot, project)
+    load_project_classifier(project)  # fresh: loads
+    nlu = project / "data" / "nlu.yml"
+    # touching without changing the examples keeps the model fresh
+    os.utime(nlu, (time.time() + 5, time.time() + 5))
+    load_project_classifier(project)
+    extra = "\n- intent: thanks\n  examples: |\n    - thanks\n    - thank you\n"
+    nlu.write_text(nlu.read_text(encoding="utf-8") + extra, encoding="utf-8")
+    with pytest.raises(ProjectError, match=r"older than the training data.*deskmate train --project"):
+        load_project_classifier(project)

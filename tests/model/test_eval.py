@@ -1,0 +1,104 @@
+"""Metrics (out-of-scope included), the eval JSON, and the CLI commands."""
+
+from __future__ import annotations
+
+import argparse
+import json
+from pathlib import Path
+
+import pytest
+
+from model.metrics import classification_report
+
+FIXTURES = Path(__file__).parent / "fixtures"
+
+
+def test_report_with_out_of_scope() -> None:
+    gold = ["a", "a", "b", "oos", "NO_NODES_DETECTED", "out_of_scope"]
+    pred = ["a", "b", "b", "out_of_scope", "a", "out_of_scope"]
+    r = classification_report(gold, pred)
+    assert r["accuracy"] == pytest.approx(4 / 6, abs=1e-4)
+    assert r["in_scope_accuracy"] == pytest.approx(2 / 3, abs=1e-4)
+    assert r["oos_recall"] == pytest.approx(2 / 3, abs=1e-4)
+    assert r["per_label"]["a"] == {"precision": 0.5, "recall": 0.5, "f1": 0.5, "support": 2}
+    # macro-F1 over gold labels a (0.5), b (0.6667), out_of_scope (0.8)
+    assert r["macro_f1"] == pytest.approx((0.5 + 2 / 3 + 0.8) / 3, abs=1e-4)
+    assert sum(map(sum, r["confusion_matrix"])) == 6
+
+
+def test_report_without_out_of_scope() -> None:
+    r = classification_report(["x", "y"], ["x", "x"])
+    assert "oos_recall" not in r and "in_scope_accuracy" not in r
+    assert r["accuracy"] == 0.5
+
+
+def _parser() -> argparse.ArgumentParser:
+    from model import cli
+
+    parser = argparse.ArgumentParser(prog="deskmate")
+    sub = parser.add_subparsers(dest="command", required=True)
+    cli.register(sub)
+    return parser
+
+
+def _run(argv: list[str]) -> int:
+    args = _parser().parse_args(argv)
+    return int(args.handler(args))
+
+
+def test_cli_parses_every_command() -> None:
+    p = _parser()
+    assert p.parse_args(["train"]).handler.__name__ == "cmd_train"
+    assert p.parse_args(["train", "--project", "x"]).project == Path("x")
+    a = p.parse_args(["train", "sentiment", "--data", "a.csv", "b.csv"])
+    assert a.handler.__name__ == "cmd_train_sentiment" and a.data == [Path("a.csv"), Path("b.csv")]
+    assert p.parse_args(["nlu", "parse", "hi"]).handler.__name__ == "cmd_parse"
+    a = p.parse_args(["eval", "intents", "--test", "t", "--train", "x"])
+    assert a.handler.__name__ == "cmd_eval_intents"
+    assert p.parse_args(["eval", "sentiment", "--test", "t"]).handler.__name__ == "cmd_eval_sentiment"
+    assert p.parse_args(["bench", "nlu"]).handler.__name__ == "cmd_bench_nlu"
+    with pytest.raises(SystemExit):
+        p.parse_args(["eval", "intents", "--test", "t"])  # needs --train or --project
+
+
+def test_eval_intents_project_json_and_plot(
+    trained_shopbot: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    out, png = tmp_path / "r.json", tmp_path / "cm.png"
+    code = _run(["eval", "intents", "--test", str(FIXTURES / "intents_test.csv"),
+                 "--project", str(trained_shopbot), "--json", str(out), "--plot", str(png),
+                 "--quiet"])
+    assert code == 0
+    report = json.loads(out.read_text())
+    for key in ("accuracy", "macro_f1", "in_scope_accuracy", "oos_recall", "per_label"):
+        assert key in report
+    assert report["in_scope_accuracy"] >= 0.75
+    assert report["oos_recall"] >= 0.5  # the gibberish row at least
+    assert set(report["per_label"]["greet"]) == {"precision", "recall", "f1", "support"}
+    assert png.stat().st_size > 1000 and png.read_bytes()[:4] == b"\x89PNG"
+    stdout = json.loads(capsys.readouterr().out)
+    assert stdout["accuracy"] == report["accuracy"]
+
+
+def test_eval_sentiment_binary(tmp_path: Path) -> None:
+    out = tmp_path / "s.json"
+    assert _run(["eval", "sentiment", "--test", str(FIXTURES / "sentiment_test.csv"),
+                 "--json", str(out), "--quiet"]) == 0
+    report = json.loads(out.read_text())
+    assert report["binary"] is True
+    assert report["accuracy"] == 1.0 and report["macro_f1"] == 1.0
+
+
+def test_nlu_parse_cli(trained_shopbot: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    assert _run(["nlu", "parse", "where is my order", "--project", str(trained_shopbot)]) == 0
+    result = json.loads(capsys.readouterr().out)
+    assert result["intent"] == "order_status"
+    assert _run(["nlu", "parse", "I hate this"]) == 0  # no project: sentiment only
+    result = json.loads(capsys.readouterr().out)
+    assert result["intent"] is None and result["sentiment"] == "negative"
+
+
+def test_train_cli_writes_artifacts(shopbot: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    assert _run(["train", "--project", str(shopbot), "--quiet"]) == 0
+    assert (shopbot / "models" / "intent" / "meta.json").is_file()
+    assert "trained 5 intents" in capsys.readouterr().out
