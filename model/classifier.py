@@ -1,0 +1,180 @@
+"""The turn classifier the server calls: intent (or ``out_of_scope``) and sentiment.
+
+``load_project_classifier(project)`` loads the bot's trained intent model and the
+default (or project) sentiment model over the one shared encoder, refusing
+missing or stale artifacts with the command to run. ``parse`` / ``parse_batch``
+are thread-safe: the tokenizer is guarded by a lock (the Rust tokenizer is not
+re-entrant when padding is set) and inference holds no mutable state.
+"""
+
+from __future__ import annotations
+
+import threading
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from bot.errors import ProjectError
+from model import artifacts
+from model.adapter import TaskModel
+from model.artifacts import Meta
+from model.data import OUT_OF_SCOPE, data_hash, load_project
+from model.encoder import SharedEncoder, load_encoder
+from model.intents import IntentModel
+from model.lexical import blend
+from model.sentiment import SENTIMENT_LABELS, load_sentiment, sentiment_result
+
+RANKING_SIZE = 10
+INTENT_DIR = "intent"  # <project>/models/intent/
+
+
+def intent_dir(project: Path) -> Path:
+    """Where ``deskmate train`` writes the intent artifact of a project."""
+    return project / "models" / INTENT_DIR
+
+
+@dataclass
+class _Sentiment:
+    model: TaskModel
+    meta: Meta
+
+
+class Classifier:
+    """Intent and sentiment over one shared encoder; either part may be absent."""
+
+    def __init__(
+        self,
+        encoder: SharedEncoder,
+        intent: IntentModel | None,
+        sentiment: tuple[TaskModel, Meta] | None,
+        *,
+        out_of_scope: bool = True,
+    ) -> None:
+        self.encoder = encoder
+        # False: closed-set answers (best real intent, no threshold), for benchmarks
+        # whose test sets have no out-of-scope turns.
+        self.out_of_scope = out_of_scope
+        self.intent = intent
+        self.sentiment = _Sentiment(*sentiment) if sentiment else None
+        self._tokenize_lock = threading.Lock()
+        tasks: list[IntentModel | _Sentiment] = [
+            t for t in (self.intent, self.sentiment) if t is not None
+        ]
+        # The trunk is shared: computed up to the lowest layer any task adapts.
+        self.stop_layer = min((t.model.start_layer for t in tasks), default=encoder.num_layers)
+        self.max_length = max((t.meta.max_length for t in tasks), default=64)
+
+    @property
+    def intent_labels(self) -> list[str]:
+        return list(self.intent.meta.labels) if self.intent else []
+
+    def parse(self, text: str) -> dict[str, Any]:
+        """``{"intent", "confidence", "ranking", "sentiment", "sentiment_score"}`` for one text."""
+        return self.parse_batch([text])[0]
+
+    @torch.inference_mode()
+    def parse_batch(self, texts: list[str], batch_size: int = 64) -> list[dict[str, Any]]:
+        """:meth:`parse` for many texts, batched by length; same order as ``texts``."""
+        results: list[dict[str, Any]] = [{} for _ in texts]
+        order = sorted(range(len(texts)), key=lambda i: len(texts[i]))
+        for start in range(0, len(order), batch_size):
+            idx = order[start : start + batch_size]
+            with self._tokenize_lock:
+                batch = self.encoder.tokenize([texts[i] for i in idx], self.max_length)
+            trunk = self.encoder.trunk(batch, self.stop_layer)  # (B, T, C)
+            intent_probs = sent_probs = None
+            if self.intent is not None:
+                logits = self.intent.model(trunk, batch.attention_mask, self.stop_layer)
+                lexical = None
+                if self.intent.lexical is not None:
+                    lexical = self.intent.lexical([texts[i] for i in idx])
+                intent_probs = blend(logits, lexical, self.intent.lexical_weight)
+            if self.sentiment is not None:
+                logits = self.sentiment.model(trunk, batch.attention_mask, self.stop_layer)
+                sent_probs = logits.softmax(-1)
+            for row, i in enumerate(idx):
+                out: dict[str, Any] = {}
+                if intent_probs is not None:
+                    out.update(self._intent_result(intent_probs[row]))
+                else:
+                    out.update({"intent": None, "confidence": None, "ranking": []})
+                if sent_probs is not None:
+                    assert self.sentiment is not None
+                    out.update(sentiment_result(sent_probs[row], self.sentiment.meta.labels))
+                else:
+                    out.update({"sentiment": None, "sentiment_score": None})
+                results[i] = out
+        return results
+
+    def _intent_result(self, probs: torch.Tensor) -> dict[str, Any]:
+        """Top intent with the out-of-scope rule applied, and the ranking."""
+        assert self.intent is not None
+        labels = self.intent.meta.labels
+        values, indices = probs.sort(descending=True)
+        ranking = [
+            {"intent": labels[j], "confidence": round(float(p), 4)}
+            for p, j in zip(values[:RANKING_SIZE].tolist(), indices[:RANKING_SIZE].tolist(), strict=True)
+        ]
+        if not self.out_of_scope:
+            best = next(int(j) for j in indices.tolist() if labels[j] != OUT_OF_SCOPE)
+            return {"intent": labels[best], "confidence": round(float(probs[best]), 4),
+                    "ranking": ranking}
+        top, confidence = labels[int(indices[0])], float(values[0])
+        threshold = self.intent.meta.oos_threshold
+        if top != OUT_OF_SCOPE and threshold is not None and confidence < threshold:
+            # Nothing fits well enough: the dialogue falls back instead of misrouting.
+            top, confidence = OUT_OF_SCOPE, 1.0 - confidence
+        return {"intent": top, "confidence": round(confidence, 4), "ranking": ranking}
+
+
+def check_fresh(project: Path) -> Meta:
+    """The intent artifact's metadata, or a ProjectError that says what to run."""
+    folder = intent_dir(project)
+    fix = f"run: deskmate train --project {project}"
+    if not (folder / artifacts.META).is_file():
+        raise ProjectError(str(folder), f"no trained intent model; {fix}")
+    meta = artifacts.read_meta(folder)
+    examples, files = load_project(project)
+    if data_hash(examples) != meta.data_hash:
+        newer = [str(p) for p in files if p.stat().st_mtime > meta.trained_at]
+        detail = f" ({', '.join(newer)} changed)" if newer else ""
+        raise ProjectError(
+            str(folder), f"the intent model is older than the training data{detail}; {fix}"
+        )
+    return meta
+
+
+def load_project_classifier(
+    project: str | Path, *, encoder: SharedEncoder | None = None
+) -> Classifier:
+    """The classifier of a bot project, for the server to load at start-up.
+
+    Raises :class:`bot.errors.ProjectError` naming ``deskmate train --project DIR``
+    when the intent model is missing or older than ``<project>/data``. Sentiment
+    comes from ``<project>/models/sentiment`` if present, else the shipped default.
+    """
+    project = Path(project)
+    encoder = encoder or load_encoder()
+    check_fresh(project)
+    folder = intent_dir(project)
+    model, meta = artifacts.load(folder, encoder)
+    intent = IntentModel(model, meta, artifacts.load_lexical(folder))
+    return Classifier(encoder, intent, load_sentiment(project, encoder=encoder))
+
+
+def load_sentiment_only(encoder: SharedEncoder | None = None) -> Classifier:
+    """A classifier with the default sentiment model and no intents."""
+    encoder = encoder or load_encoder()
+    return Classifier(encoder, None, load_sentiment(None, encoder=encoder))
+
+
+__all__ = [
+    "Classifier",
+    "SENTIMENT_LABELS",
+    "check_fresh",
+    "intent_dir",
+    "load_project_classifier",
+    "load_sentiment_only",
+]

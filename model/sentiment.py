@@ -1,0 +1,117 @@
+"""Sentiment: label handling, the shipped default model, and retraining it.
+
+The default artifact in ``model/artifacts/sentiment/`` is an adapter + head over
+the shared encoder, trained by ``scripts/train_sentiment.py`` from
+``../shared/data/sentiment``; a bot project may override it with its own
+``<project>/models/sentiment``.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import time
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from bot.errors import DeskmateError
+from model import artifacts
+from model.adapter import TaskModel
+from model.artifacts import Meta
+from model.data import Example, data_hash, load_csv
+from model.encoder import SharedEncoder, load_encoder
+from model.train import TrainConfig, train_task
+
+SENTIMENT_LABELS = ("negative", "neutral", "positive")
+DEFAULT_DIR = Path(__file__).resolve().parent / "artifacts" / "sentiment"
+_BINARY = {"0": "negative", "1": "positive"}
+
+
+def normalize_label(raw: str, path: str = "") -> str:
+    """``0``/``1`` or ``negative``/``neutral``/``positive`` (any case) -> a sentiment label."""
+    label = _BINARY.get(raw.strip(), raw.strip().lower())
+    if label not in SENTIMENT_LABELS:
+        raise DeskmateError(f"{path}: sentiment label {raw!r} is not 0/1 or {SENTIMENT_LABELS}")
+    return label
+
+
+def load_sentiment_csv(path: Path) -> list[Example]:
+    """A ``text,label`` CSV with normalized sentiment labels."""
+    return [Example(e.text, normalize_label(e.label, str(path))) for e in load_csv(path)]
+
+
+def sentiment_result(probs: torch.Tensor, labels: list[str]) -> dict[str, Any]:
+    """``{"sentiment", "sentiment_score"}``; the score is P(positive) - P(negative) in [-1, 1]."""
+    p = dict(zip(labels, probs.tolist(), strict=True))
+    best = max(p, key=lambda k: p[k])
+    score = p.get("positive", 0.0) - p.get("negative", 0.0)
+    return {"sentiment": best, "sentiment_score": round(score, 4)}
+
+
+def load_sentiment(
+    project: Path | None, *, encoder: SharedEncoder | None = None
+) -> tuple[TaskModel, Meta]:
+    """``<project>/models/sentiment`` if it exists, else the shipped default."""
+    encoder = encoder or load_encoder()
+    folder = DEFAULT_DIR
+    if project is not None and (project / "models" / "sentiment" / artifacts.META).is_file():
+        folder = project / "models" / "sentiment"
+    if not (folder / artifacts.META).is_file():
+        raise DeskmateError(
+            f"{folder}: default sentiment model missing; "
+            "run: deskmate train sentiment --data CSV [CSV...]"
+        )
+    return artifacts.load(folder, encoder)
+
+
+def holdout_split(texts: list[str], test_fraction: float = 0.5) -> tuple[list[int], list[int]]:
+    """Deterministic split by a hash of the text (stable across runs and machines)."""
+    train: list[int] = []
+    test: list[int] = []
+    for i, text in enumerate(texts):
+        h = int.from_bytes(hashlib.sha256(text.encode()).digest()[:4], "big") / 2**32
+        (test if h < test_fraction else train).append(i)
+    return train, test
+
+
+def train_sentiment(
+    examples: list[Example],
+    out: Path,
+    *,
+    config: TrainConfig | None = None,
+    sources: list[str] | None = None,
+    encoder: SharedEncoder | None = None,
+    progress: bool = True,
+) -> Meta:
+    """Train a sentiment model on normalized examples and write it to ``out``."""
+    encoder = encoder or load_encoder()
+    config = config or TrainConfig()
+    labels = [lab for lab in SENTIMENT_LABELS if any(e.label == lab for e in examples)]
+    if len(labels) < 2:
+        raise DeskmateError(f"sentiment data needs at least two labels, found {labels}")
+    index = {lab: i for i, lab in enumerate(labels)}
+    start = time.perf_counter()
+    model = train_task(
+        encoder,
+        [e.text for e in examples],
+        [index[e.label] for e in examples],
+        len(labels),
+        config,
+        progress=progress,
+        desc="training sentiment",
+    )
+    meta = Meta(
+        task="sentiment",
+        labels=labels,
+        adapter=config.adapter,
+        encoder=encoder.name,
+        data_hash=data_hash(examples),
+        data_files=list(sources or []),
+        num_examples=len(examples),
+        max_length=config.max_length,
+        train_seconds=time.perf_counter() - start,
+        extra={"epochs": config.epochs_for(len(examples)), "lr": config.lr},
+    )
+    artifacts.save(out, model, meta)
+    return meta
