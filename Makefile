@@ -8,7 +8,7 @@ STAMP   := $(VENV)/.installed-$(shell cat pyproject.toml | cksum | cut -d' ' -f1
 PROJECT ?= examples/shop
 PYTEST_ARGS ?=
 
-.PHONY: run test install browser lint clean
+.PHONY: run test install prepare browser lint clean
 
 $(BIN)/python:
 	$(PY) -m venv $(VENV)
@@ -24,6 +24,11 @@ $(STAMP): pyproject.toml | $(BIN)/python
 
 install: $(STAMP)
 
+# Train the demo bot's intent model when it is missing or older than its data.
+prepare: install
+	@HF_HUB_OFFLINE=1 $(BIN)/python -c "import sys; from pathlib import Path; from model.classifier import check_fresh; check_fresh(Path('$(PROJECT)'))" 2>/dev/null \
+	  || HF_HUB_OFFLINE=1 $(BIN)/deskmate train --project $(PROJECT)
+
 # Debian's Chromium for the browser tests (no browser download at run time).
 browser:
 	@command -v chromium >/dev/null 2>&1 || { \
@@ -31,10 +36,10 @@ browser:
 	  elif command -v sudo >/dev/null 2>&1; then sudo apt-get update -qq && sudo apt-get install -y -qq chromium >/dev/null; \
 	  else echo "chromium is not installed and cannot be installed without root: browser tests will be skipped"; fi; }
 
-run: install
-	$(BIN)/deskmate run --project $(PROJECT)
+run: prepare
+	HF_HUB_OFFLINE=1 $(BIN)/deskmate run --project $(PROJECT)
 
-test: install browser
+test: prepare browser
 	HF_HUB_OFFLINE=1 $(BIN)/python -m pytest $(PYTEST_ARGS)
 
 lint: install

@@ -37,9 +37,6 @@ def _run(args: argparse.Namespace) -> int:
         host=args.host, port=args.port, project=args.project, redis_url=args.redis_url,
         data_dir=args.data_dir, log_level=args.log_level)
     config.configure_logging(settings.log_level)
-    # Load the project now so a broken project fails before anything starts.
-    from dialogue.project import load_project
-    load_project(settings.project)
     run(settings)
     return 0
 

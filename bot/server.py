@@ -15,6 +15,7 @@ import logging
 import signal
 import uuid
 from collections.abc import AsyncIterator
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -28,7 +29,7 @@ from bot.embedded_redis import EmbeddedRedis
 from bot.hub import Hub
 from bot.metrics import Metrics
 from bot.store import Store
-from bot.turns import TurnRunner
+from bot.turns import TurnRunner, Understand
 from dialogue.project import load_project
 from dialogue.simple import ResponsesPipeline
 from dialogue.types import Pipeline
@@ -48,13 +49,14 @@ SWEEP_EVERY = 60.0
 class App:
     """Everything the connections of one server process share."""
 
-    def __init__(self, settings: Settings, store: Store, pipeline: Pipeline) -> None:
+    def __init__(self, settings: Settings, store: Store, brain: Brain) -> None:
         self.settings = settings
         self.store = store
         self.instance = uuid.uuid4().hex[:8]
         self.metrics = Metrics()
         self.hub = Hub(store.redis)
-        self.runner = TurnRunner(store, pipeline, self.metrics, lock_ttl=settings.turn_lock_ttl)
+        self.runner = TurnRunner(store, brain.pipeline, self.metrics, understand=brain.understand,
+                                 lock_ttl=settings.turn_lock_ttl)
         self.assets: dict[str, bytes] = {}
 
     def encode(self, frame: dict[str, Any]) -> str:
@@ -124,19 +126,38 @@ def _response(status: http.HTTPStatus, body: bytes, content_type: str, *,
     return Response(status.value, status.phrase, headers, body)
 
 
-def build_pipeline(settings: Settings) -> Pipeline:
-    return ResponsesPipeline(load_project(settings.project))
+@dataclass(frozen=True)
+class Brain:
+    """What answers turns: the dialogue pipeline and the classifier that reads each message."""
+
+    pipeline: Pipeline
+    understand: Understand | None = None
+
+
+def load_brain(settings: Settings) -> Brain:
+    """Load the bot project and its trained classifier (blocking: reads files, loads torch).
+
+    Raises ProjectError naming the command to run when the classifier is missing or
+    older than the project's training data: the server never answers with an untrained
+    model."""
+    project = load_project(settings.project)
+    from model.classifier import load_project_classifier
+
+    classifier = load_project_classifier(settings.project)
+    return Brain(ResponsesPipeline(project), classifier.parse)
 
 
 @contextlib.asynccontextmanager
 async def running(settings: Settings, *, redis_url: str | None = None,
-                  pipeline: Pipeline | None = None) -> AsyncIterator[tuple[App, Server]]:
+                  brain: Brain | None = None) -> AsyncIterator[tuple[App, Server]]:
     """Start a server; on exit finish running turns, close sockets and Redis, in that order."""
     url = redis_url or settings.redis_url
     if url is None:
         raise ValueError("running() needs a Redis URL; start EmbeddedRedis first")
+    if brain is None:
+        brain = await asyncio.to_thread(load_brain, settings)
     store = Store.from_url(url, prefix=settings.key_prefix, ttl=settings.session_ttl)
-    app = App(settings, store, pipeline or build_pipeline(settings))
+    app = App(settings, store, brain)
     app.load_assets()
     await app.hub.start()
     sweeper = asyncio.create_task(app.sweep())
@@ -164,12 +185,12 @@ def bound_port(server: Server) -> int:
     return int(next(iter(server.sockets)).getsockname()[1])
 
 
-async def serve_until_signalled(settings: Settings, redis_url: str) -> None:
+async def serve_until_signalled(settings: Settings, redis_url: str, brain: Brain) -> None:
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, stop.set)
-    async with running(settings, redis_url=redis_url) as (app, server):
+    async with running(settings, redis_url=redis_url, brain=brain) as (app, server):
         log.info("deskmate %s listening on http://%s:%d (demo: /demo)", app.instance,
                  settings.host, bound_port(server), )
         await stop.wait()
@@ -177,10 +198,14 @@ async def serve_until_signalled(settings: Settings, redis_url: str) -> None:
 
 
 def run(settings: Settings) -> None:
-    """Run the server until SIGTERM/SIGINT, with an embedded Redis when no URL is set."""
+    """Run the server until SIGTERM/SIGINT, with an embedded Redis when no URL is set.
+
+    The project and its models load first, so a project that is not ready stops the
+    start before anything else is started."""
+    brain = load_brain(settings)
     if settings.redis_url:
-        asyncio.run(serve_until_signalled(settings, settings.redis_url))
+        asyncio.run(serve_until_signalled(settings, settings.redis_url, brain))
         return
     with EmbeddedRedis(settings.data_dir) as embedded:
         log.info("using embedded Redis at %s", embedded.url)
-        asyncio.run(serve_until_signalled(settings, embedded.url))
+        asyncio.run(serve_until_signalled(settings, embedded.url, brain))

@@ -15,6 +15,7 @@ import json
 import logging
 import time
 import uuid
+from collections.abc import Callable
 from typing import Any
 
 from bot.errors import StoreError
@@ -33,15 +34,17 @@ from dialogue.types import (
 
 log = logging.getLogger("deskmate.turns")
 
+Understand = Callable[[str], dict[str, Any]]  # text -> `deskmate nlu parse` JSON
 HISTORY_EVENTS = 50  # recent messages handed to the pipeline as context
 ERROR_TEXT = "Sorry, something went wrong on my side. Please try again in a moment."
 
 
 class TurnRunner:
     def __init__(self, store: Store, pipeline: Pipeline, metrics: Metrics, *,
-                 lock_ttl: float = 30.0) -> None:
+                 understand: Understand | None = None, lock_ttl: float = 30.0) -> None:
         self.store = store
         self.pipeline = pipeline
+        self.understand = understand
         self.metrics = metrics
         self.lock_ttl = lock_ttl
         self._tasks: dict[str, asyncio.Task[None]] = {}
@@ -153,8 +156,12 @@ class TurnRunner:
 
     async def _answer(self, sid: str, record: dict[str, str], message: Event) -> None:
         conversation = await self._conversation(sid, record, message.event_id)
-        user = UserMessage(message.event_id, str(message.data.get("text", "")),
-                           message.data.get("payload"))
+        text = str(message.data.get("text", ""))
+        nlu = None
+        if self.understand is not None:
+            # torch runs in a worker thread: the event loop keeps serving other sockets.
+            nlu = await asyncio.to_thread(self.understand, text)
+        user = UserMessage(message.event_id, text, message.data.get("payload"), nlu)
         events: list[NewEvent] = []
         fields: dict[str, str | None] = {}
         slots = dict(conversation.slots)

@@ -1,12 +1,12 @@
 """The built-in pipeline: answers from the bot project's rules and responses.
 
-It recognises intents by word overlap with the project's NLU examples
-(TF-IDF-weighted cosine similarity, the nearest example wins), maps the intent
+It takes the intent from the trained classifier's reading of the message
+(``UserMessage.nlu``) or, without a classifier, from word overlap with the
+project's NLU examples (TF-IDF-weighted cosine similarity), maps the intent
 to an action through ``data/rules.yml`` and answers with one of the domain's
 response variations, streamed word by word. Button payloads (``/intent`` or
-``/intent{"slot": "value"}``) select the intent directly. The trained
-classifier and the full dialogue engine replace the matcher and the policy
-without changing this interface.
+``/intent{"slot": "value"}``) select the intent directly. The full dialogue
+engine replaces this policy without changing the interface.
 """
 
 from __future__ import annotations
@@ -111,6 +111,13 @@ class ResponsesPipeline:
             parsed = parse_payload(message.payload)
             if parsed:
                 return parsed[0], 1.0, parsed[1], "button payload"
+        nlu = message.nlu or {}
+        if nlu.get("intent"):
+            confidence = float(nlu.get("confidence") or 0.0)
+            if nlu["intent"] != "out_of_scope" and confidence < self.threshold:
+                return "out_of_scope", confidence, {}, (
+                    f"classifier: {nlu['intent']} at {confidence:.2f} < {self.threshold}")
+            return str(nlu["intent"]), confidence, {}, f"classifier: {confidence:.2f}"
         intent, score = self.matcher.match(message.text)
         if intent is None or score < self.threshold:
             return "out_of_scope", score, {}, f"best example match {score:.2f} < {self.threshold}"
@@ -139,8 +146,10 @@ class ResponsesPipeline:
                 slots[name] = value
                 yield SlotSet(name, value)
         action, policy = self._response_for(intent, slots)
+        nlu = message.nlu or {}
         yield TurnAnalysis(intent=intent, confidence=confidence, policy=policy,
-                           reason=f"{why}; action {action}")
+                           reason=f"{why}; action {action}", sentiment=nlu.get("sentiment"),
+                           sentiment_score=nlu.get("sentiment_score"))
         variations = self.project.responses.get(action)
         if not variations:
             yield Reply(FALLBACK_TEXT)

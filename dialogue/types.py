@@ -31,11 +31,17 @@ class Conversation:
 
 @dataclass(frozen=True)
 class UserMessage:
-    """A stored customer message: typed text, or a button click with a Rasa payload."""
+    """A stored customer message: typed text, or a button click with a Rasa payload.
+
+    ``nlu`` is the classifier's reading of ``text`` (``deskmate nlu parse``'s JSON:
+    intent, confidence, ranking, sentiment, sentiment_score), computed by ``bot``
+    before the pipeline runs; None where no classifier is configured.
+    """
 
     event_id: str
     text: str
     payload: str | None = None
+    nlu: dict[str, Any] | None = None
 
 
 @dataclass(frozen=True)

@@ -6,6 +6,9 @@ from __future__ import annotations
 import asyncio
 import json
 import os
+import shutil
+import subprocess
+import sys
 import uuid
 from collections.abc import AsyncIterator, Callable, Iterator
 from contextlib import AsyncExitStack
@@ -18,7 +21,9 @@ from websockets.asyncio.client import ClientConnection, connect
 
 from bot.config import Settings
 from bot.embedded_redis import EmbeddedRedis
-from bot.server import App, bound_port, running
+from bot.server import App, Brain, bound_port, running
+from dialogue.project import load_project
+from dialogue.simple import ResponsesPipeline
 
 ROOT = Path(__file__).resolve().parent.parent
 TINYBOT = ROOT / "tests" / "fixtures" / "tinybot"
@@ -43,6 +48,17 @@ def delete_prefix(url: str, prefix: str) -> None:
             client.delete(*keys)
     finally:
         client.close()
+
+
+@pytest.fixture(scope="session")
+def trained_tinybot(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A copy of the tiny test bot with its intent model trained by ``deskmate train``."""
+    project = tmp_path_factory.mktemp("tinybot") / "bot"
+    shutil.copytree(TINYBOT, project)
+    subprocess.run([sys.executable, "-m", "bot.cli", "train", "--project", str(project), "--quiet"],
+                   cwd=ROOT, env={**os.environ, "PYTHONPATH": str(ROOT), "HF_HUB_OFFLINE": "1"},
+                   check=True, capture_output=True, timeout=600)
+    return project
 
 
 @pytest.fixture
@@ -122,11 +138,16 @@ class Servers:
         self.prefix = prefix
         self.stack = stack
 
-    async def start(self, **overrides: Any) -> Running:
+    async def start(self, brain: Brain | None = None, **overrides: Any) -> Running:
+        """A server on a free port. The socket tests answer with the project's example
+        matcher (no classifier) unless given a ``brain``; tests/test_server_nlu.py runs
+        the trained classifier end to end."""
         settings = Settings(host="127.0.0.1", port=0, project=TINYBOT, key_prefix=self.prefix,
                             shutdown_grace=2.0).replace(**overrides)
         url = overrides.pop("redis_url", None) or self.redis_url
-        app, server = await self.stack.enter_async_context(running(settings, redis_url=url))
+        brain = brain or Brain(ResponsesPipeline(load_project(settings.project)))
+        app, server = await self.stack.enter_async_context(
+            running(settings, redis_url=url, brain=brain))
         return Running(app, bound_port(server), self.stack)
 
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import json
 import os
+import shutil
 import signal
 import socket
 import subprocess
@@ -95,12 +96,12 @@ def free_port() -> int:
         return int(s.getsockname()[1])
 
 
-async def test_cli_run_with_embedded_redis_and_sigterm(tmp_path: Path) -> None:
+async def test_cli_run_with_embedded_redis_and_sigterm(tmp_path: Path, trained_tinybot: Path) -> None:
     port = free_port()
     env = {k: v for k, v in os.environ.items() if k not in ("REDIS_URL", "DESKMATE_REDIS_URL")}
     env.update(PYTHONPATH=str(ROOT), DESKMATE_DATA_DIR=str(tmp_path / "var"))
     proc = subprocess.Popen(
-        [sys.executable, "-m", "bot.cli", "run", "--port", str(port), "--project", str(TINYBOT)],
+        [sys.executable, "-m", "bot.cli", "run", "--port", str(port), "--project", str(trained_tinybot)],
         env=env, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
     try:
         for _ in range(100):
@@ -134,10 +135,31 @@ async def test_cli_run_with_embedded_redis_and_sigterm(tmp_path: Path) -> None:
             proc.wait()
 
 
+def run_cli(*args: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, "-m", "bot.cli", *args], cwd=ROOT, capture_output=True, text=True,
+        env={**os.environ, "PYTHONPATH": str(ROOT), "HF_HUB_OFFLINE": "1"}, timeout=120)
+
+
 def test_cli_refuses_a_missing_project(tmp_path: Path) -> None:
-    result = subprocess.run(
-        [sys.executable, "-m", "bot.cli", "run", "--project", str(tmp_path / "none")],
-        cwd=ROOT, env={**os.environ, "PYTHONPATH": str(ROOT)}, capture_output=True, text=True,
-        timeout=60)
+    result = run_cli("run", "--project", str(tmp_path / "none"))
     assert result.returncode == 1
     assert "domain.yml is missing" in result.stderr
+
+
+def test_cli_refuses_an_untrained_or_stale_project(tmp_path: Path, trained_tinybot: Path) -> None:
+    untrained = tmp_path / "untrained"
+    shutil.copytree(TINYBOT, untrained, ignore=shutil.ignore_patterns("models"))
+    result = run_cli("run", "--project", str(untrained), "--data-dir", str(tmp_path / "var"))
+    assert result.returncode == 1
+    assert f"deskmate train --project {untrained}" in result.stderr
+    assert not (tmp_path / "var").exists()  # refused before starting anything
+
+    stale = tmp_path / "stale"
+    shutil.copytree(trained_tinybot, stale)
+    nlu = stale / "data" / "nlu.yml"
+    nlu.write_text(nlu.read_text() + "  - intent: thanks\n    examples: |\n      - thank you\n")
+    result = run_cli("run", "--project", str(stale), "--data-dir", str(tmp_path / "var"))
+    assert result.returncode == 1
+    assert "older than the training data" in result.stderr
+    assert f"deskmate train --project {stale}" in result.stderr
