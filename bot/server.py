@@ -144,7 +144,7 @@ def load_brain(settings: Settings) -> Brain:
     from model.classifier import load_project_classifier
 
     classifier = load_project_classifier(settings.project)
-    return Brain(ResponsesPipeline(project), classifier.parse)
+    return Brain(ResponsesPipeline(project), classifier.parse_batch)
 
 
 @contextlib.asynccontextmanager

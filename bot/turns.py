@@ -18,6 +18,7 @@ import uuid
 from collections.abc import Callable
 from typing import Any
 
+from bot.batcher import MicroBatcher
 from bot.errors import StoreError
 from bot.metrics import Metrics
 from bot.store import Event, NewEvent, Store
@@ -34,7 +35,8 @@ from dialogue.types import (
 
 log = logging.getLogger("deskmate.turns")
 
-Understand = Callable[[str], dict[str, Any]]  # text -> `deskmate nlu parse` JSON
+# texts -> one `deskmate nlu parse` JSON per text (the classifier's parse_batch)
+Understand = Callable[[list[str]], list[dict[str, Any]]]
 HISTORY_EVENTS = 50  # recent messages handed to the pipeline as context
 ERROR_TEXT = "Sorry, something went wrong on my side. Please try again in a moment."
 
@@ -44,7 +46,7 @@ class TurnRunner:
                  understand: Understand | None = None, lock_ttl: float = 30.0) -> None:
         self.store = store
         self.pipeline = pipeline
-        self.understand = understand
+        self.understand = MicroBatcher(understand) if understand is not None else None
         self.metrics = metrics
         self.lock_ttl = lock_ttl
         self._tasks: dict[str, asyncio.Task[None]] = {}
@@ -73,14 +75,15 @@ class TurnRunner:
         """Stop taking work and give running turns ``timeout`` seconds to finish."""
         self.accepting = False
         tasks = list(self._tasks.values())
-        if not tasks:
-            return
-        _done, pending = await asyncio.wait(tasks, timeout=timeout)
-        for task in pending:
-            task.cancel()
-        for task in pending:
-            with contextlib.suppress(asyncio.CancelledError, Exception):
-                await task
+        if tasks:
+            _done, pending = await asyncio.wait(tasks, timeout=timeout)
+            for task in pending:
+                task.cancel()
+            for task in pending:
+                with contextlib.suppress(asyncio.CancelledError, Exception):
+                    await task
+        if self.understand is not None:
+            await self.understand.close()
 
     async def _drain(self, sid: str) -> None:
         try:
@@ -159,8 +162,9 @@ class TurnRunner:
         text = str(message.data.get("text", ""))
         nlu = None
         if self.understand is not None:
-            # torch runs in a worker thread: the event loop keeps serving other sockets.
-            nlu = await asyncio.to_thread(self.understand, text)
+            # Batched with other conversations' turns, on a worker thread: the event
+            # loop keeps serving sockets while torch runs.
+            nlu = await self.understand(text)
         user = UserMessage(message.event_id, text, message.data.get("payload"), nlu)
         events: list[NewEvent] = []
         fields: dict[str, str | None] = {}

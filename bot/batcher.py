@@ -1,0 +1,67 @@
+"""Micro-batching of classifier calls across conversations.
+
+Turns arriving together are read in one ``parse_batch`` call on one worker
+thread: one batched forward pass costs far less than many single ones, and
+torch never runs in several threads at once fighting over the same cores.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+from collections.abc import Callable
+from typing import Any
+
+log = logging.getLogger("deskmate.batcher")
+
+BatchFn = Callable[[list[str]], list[dict[str, Any]]]
+
+
+class MicroBatcher:
+    """``await batcher(text)`` -> ``fn([text, ...])[i]``, batching concurrent callers.
+
+    A batch is sent as soon as the worker is free: whatever queued while the previous
+    batch ran goes together (up to ``max_batch``), so a lone caller waits for no timer.
+    """
+
+    def __init__(self, fn: BatchFn, *, max_batch: int = 32) -> None:
+        self.fn = fn
+        self.max_batch = max_batch
+        self.batches = 0  # batches run so far (for metrics and tests)
+        self._queue: asyncio.Queue[tuple[str, asyncio.Future[dict[str, Any]]]] = asyncio.Queue()
+        self._task: asyncio.Task[None] | None = None
+
+    async def __call__(self, text: str) -> dict[str, Any]:
+        if self._task is None or self._task.done():
+            self._task = asyncio.create_task(self._run(), name="nlu-batcher")
+        future: asyncio.Future[dict[str, Any]] = asyncio.get_running_loop().create_future()
+        await self._queue.put((text, future))
+        return await future
+
+    async def _run(self) -> None:
+        while True:
+            batch = [await self._queue.get()]
+            while len(batch) < self.max_batch and not self._queue.empty():
+                batch.append(self._queue.get_nowait())
+            live = [(t, f) for t, f in batch if not f.cancelled()]
+            if not live:
+                continue
+            try:
+                results = await asyncio.to_thread(self.fn, [t for t, _ in live])
+            except Exception as exc:  # every caller of this batch sees the failure
+                log.exception("classifier batch of %d failed", len(live))
+                for _, future in live:
+                    if not future.done():
+                        future.set_exception(exc)
+                continue
+            self.batches += 1
+            for (_, future), result in zip(live, results, strict=True):
+                if not future.done():
+                    future.set_result(result)
+
+    async def close(self) -> None:
+        if self._task is not None:
+            self._task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._task
