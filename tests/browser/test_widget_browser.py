@@ -175,15 +175,21 @@ def test_product_click_sends_track(server: DeskmateServer, widget: Widget) -> No
     expect(widget.page.locator("#deskmate-widget .toast")).to_have_count(0)
 
 
-def test_reconnects_and_delivers_what_was_typed_offline(
-        own_server: DeskmateServer, new_widget: Callable[..., Widget], artifacts: Path) -> None:
-    own_server.start()
+def _greeted(server: DeskmateServer, new_widget: Callable[..., Widget]) -> Widget:
+    """Start ``server`` and return a widget whose customer said hello and got an answer."""
+    server.start()
     widget = new_widget()
-    widget.goto(own_server.url)
+    widget.goto(server.url)
     widget.open()
     widget.send("hello")
     widget.wait_sent()
     widget.wait_bot_replies(1)
+    return widget
+
+
+def test_reconnects_and_delivers_what_was_typed_offline(
+        own_server: DeskmateServer, new_widget: Callable[..., Widget], artifacts: Path) -> None:
+    widget = _greeted(own_server, new_widget)
 
     own_server.stop()
     banner = widget.page.locator("#deskmate-widget .banner")
@@ -259,13 +265,7 @@ def test_a_lost_conversation_starts_over_cleanly(
         own_server: DeskmateServer, new_widget: Callable[..., Widget]) -> None:
     """The server comes back without the session (Redis wiped): the widget drops the old
     transcript, keeps what is still unsent, and delivers it into the new conversation."""
-    own_server.start()
-    widget = new_widget()
-    widget.goto(own_server.url)
-    widget.open()
-    widget.send("hello")
-    widget.wait_sent()
-    widget.wait_bot_replies(1)
+    widget = _greeted(own_server, new_widget)
     old_sid = widget.session_id()
 
     own_server.stop()
