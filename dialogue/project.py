@@ -8,7 +8,6 @@ happens once at start-up; everything after works on the loaded value.
 from __future__ import annotations
 
 import logging
-import re
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -16,31 +15,9 @@ from typing import Any
 import yaml
 
 from bot.errors import ProjectError
+from dialogue.rasa_nlu import section_examples
 
 log = logging.getLogger("deskmate.project")
-
-# Rasa entity annotations: [text](entity), [text](entity:value), [text]{"entity": ...}
-_ENTITY = re.compile(r"\[([^\]]+)\](?:\([^)]*\)|\{[^}]*\})")
-
-
-def strip_entities(text: str) -> str:
-    """``"track [NW-1](order_id)"`` -> ``"track NW-1"``: entities stay as plain text."""
-    return _ENTITY.sub(r"\1", text).strip()
-
-
-def parse_examples(block: Any) -> list[str]:
-    """Rasa's ``examples: |`` block (``- text`` lines) or a plain list of strings."""
-    if isinstance(block, list):
-        return [strip_entities(str(x.get("text", "") if isinstance(x, dict) else x)) for x in block]
-    out = []
-    for line in str(block or "").splitlines():
-        line = line.strip()
-        if line.startswith("- "):
-            out.append(strip_entities(line[2:]))
-        elif line == "-":
-            continue
-    return [x for x in out if x]
-
 
 @dataclass
 class Project:
@@ -94,7 +71,7 @@ def _load_data(project: Project, path: Path) -> None:
     for item in data.get("nlu") or []:
         if isinstance(item, dict) and "intent" in item:
             project.examples.setdefault(str(item["intent"]), []).extend(
-                parse_examples(item.get("examples")))
+                section_examples(str(path), item))
         # synonym / regex / lookup sections carry no intent examples.
     for rule in data.get("rules") or []:
         steps = rule.get("steps") or []

@@ -11,18 +11,16 @@ from __future__ import annotations
 import csv
 import hashlib
 import json
-import re
-from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
 
 import yaml
 
 from bot.errors import DeskmateError, ProjectError
+from dialogue.rasa_nlu import section_examples, strip_entities
 
-# [surface text](entity), [text](entity:value) or [text]{"entity": ...} / [text]{...}[...]
-_ENTITY = re.compile(r"\[(?P<text>[^\]]+)\](?:\([^)]*\)|\{[^}]*\}|\[[^\]]*\])+")
+__all__ = ["Example", "OOS_LABELS", "OUT_OF_SCOPE", "strip_entities"]
+
 _SKIPPED_SECTIONS = ("synonym", "lookup", "regex")
 OOS_LABELS = ("out_of_scope", "oos", "NO_NODES_DETECTED")
 OUT_OF_SCOPE = "out_of_scope"
@@ -34,42 +32,6 @@ class Example:
 
     text: str
     label: str
-
-
-def strip_entities(text: str) -> str:
-    """``"fly to [Berlin](city)"`` -> ``"fly to Berlin"``."""
-    return _ENTITY.sub(lambda m: m.group("text"), text)
-
-
-def _example_lines(block: str) -> Iterable[str]:
-    """The ``- text`` items of a Rasa ``examples: |`` block."""
-    for raw in block.splitlines():
-        line = raw.strip()
-        if not line or line.startswith("#"):
-            continue
-        if line.startswith("- "):
-            line = line[2:]
-        elif line == "-":
-            continue
-        yield line.strip()
-
-
-def _section_examples(path: str, item: dict[str, Any]) -> list[str]:
-    raw = item.get("examples")
-    if isinstance(raw, str):
-        lines = list(_example_lines(raw))
-    elif isinstance(raw, list):  # examples: [- text: ..., metadata: ...]
-        lines = []
-        for entry in raw:
-            text = entry.get("text") if isinstance(entry, dict) else entry
-            if not isinstance(text, str):
-                raise ProjectError(path, f"intent {item.get('intent')!r}: bad example {entry!r}")
-            lines.append(text.strip())
-    elif raw is None:
-        lines = []
-    else:
-        raise ProjectError(path, f"intent {item.get('intent')!r}: 'examples' must be a block")
-    return [t for t in (strip_entities(x).strip() for x in lines) if t]
 
 
 def load_rasa_yaml(path: Path) -> list[Example]:
@@ -98,7 +60,7 @@ def load_rasa_yaml(path: Path) -> list[Example]:
         intent = str(item["intent"]).strip()
         if not intent:
             raise ProjectError(str(path), "empty intent name")
-        examples.extend(Example(text, intent) for text in _section_examples(str(path), item))
+        examples.extend(Example(text, intent) for text in section_examples(str(path), item))
     return examples
 
 

@@ -7,7 +7,8 @@ from pathlib import Path
 import pytest
 
 from bot.errors import ProjectError
-from dialogue.project import load_project, parse_examples, strip_entities
+from dialogue.project import load_project
+from dialogue.rasa_nlu import section_examples, strip_entities
 from dialogue.simple import ResponsesPipeline, parse_payload
 from dialogue.types import Conversation, Reply, SlotSet, StreamedReply, TurnAnalysis, UserMessage
 from tests.conftest import ROOT, TINYBOT
@@ -16,7 +17,8 @@ from tests.conftest import ROOT, TINYBOT
 def test_rasa_examples_keep_entities_as_text() -> None:
     assert strip_entities("where is [NW-1](order_id) now") == "where is NW-1 now"
     assert strip_entities('size [42]{"entity": "size"} pls') == "size 42 pls"
-    assert parse_examples("- hi\n- [red](color) shoes\n\n# comment\n-\n") == ["hi", "red shoes"]
+    block = {"intent": "x", "examples": "- hi\n- [red](color) shoes\n\n# comment\n-\n"}
+    assert section_examples("nlu.yml", block) == ["hi", "red shoes"]
 
 
 def test_payloads() -> None:
