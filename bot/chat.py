@@ -13,6 +13,7 @@ import asyncio
 import contextlib
 import logging
 import time
+from collections.abc import Coroutine
 from typing import TYPE_CHECKING, Any
 
 from websockets.asyncio.server import ServerConnection
@@ -64,6 +65,7 @@ class ChatConnection:
         self.held: list[dict[str, Any]] | None = None  # live frames held during replay
         self.out: asyncio.Queue[dict[str, Any]] = asyncio.Queue()
         self._tasks: set[asyncio.Future[None]] = set()
+        self._dropping = False  # a close for a too-slow client is under way
         self.limiter = RateLimiter(self.settings.rate_messages, self.settings.rate_window)
 
     async def serve(self) -> None:
@@ -76,7 +78,8 @@ class ChatConnection:
         finally:
             if self.sid:
                 await self.app.hub.unsubscribe(self.store.keys.channel(self.sid), self._on_live)
-            writer.cancel()
+            for task in [writer, *self._tasks]:
+                task.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await writer
 
@@ -104,10 +107,18 @@ class ChatConnection:
             self.held.append(frame)
             return
         if self.out.qsize() > MAX_QUEUED:
-            log.warning("session %s: client too slow, dropping it", self.sid)
-            asyncio.ensure_future(self.ws.close(1013, "too slow; reconnect to resume"))
+            if not self._dropping:
+                log.warning("session %s: client too slow, dropping it", self.sid)
+                self._dropping = True
+                self._spawn(self.ws.close(1013, "too slow; reconnect to resume"))
             return
         self._forward(frame)
+
+    def _spawn(self, work: Coroutine[Any, Any, None]) -> None:
+        """Run ``work`` in the background, owned by this connection (cancelled with it)."""
+        task = asyncio.ensure_future(work)
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
 
     async def _resync(self) -> None:
         """Send stored events missed while the live subscription was down."""
@@ -122,8 +133,7 @@ class ChatConnection:
         """Send one live or replayed frame if the customer should see it."""
         kind = frame.get("type")
         if kind == "resync":
-            self._tasks.add(task := asyncio.ensure_future(self._resync()))
-            task.add_done_callback(self._tasks.discard)
+            self._spawn(self._resync())
             return
         if kind in CUSTOMER_KINDS:
             position = parse_event_id(frame["event_id"])
