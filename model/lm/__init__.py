@@ -1,0 +1,65 @@
+"""The language model: an embedded continuous-batching engine, a remote backend, prompts.
+
+What ``dialogue/`` and ``bot/`` use::
+
+    from model.lm import open_chat_model, PromptBuilder, PromptBudget
+
+    lm = open_chat_model()                 # embedded engine, or remote if configured
+    async for delta in lm.stream(messages, max_tokens=128, temperature=0.7, stop=["\\n\\n"]):
+        ...
+
+Importing this package is cheap; torch and transformers load when an engine is made.
+"""
+
+from __future__ import annotations
+
+import os
+from typing import TYPE_CHECKING
+
+from model.lm.api import (
+    ChatModel,
+    ContextOverflowError,
+    EngineClosedError,
+    InvalidRequestError,
+    LMError,
+    Message,
+    SamplingParams,
+    Usage,
+    complete,
+)
+from model.lm.prompt import Prompt, PromptBudget, PromptBuilder, approx_tokens
+
+if TYPE_CHECKING:
+    from model.lm.engine import EngineConfig
+
+__all__ = [
+    "ChatModel", "ContextOverflowError", "EngineClosedError", "InvalidRequestError", "LMError",
+    "Message", "Prompt", "PromptBudget", "PromptBuilder", "SamplingParams", "Usage", "approx_tokens",
+    "complete", "open_chat_model",
+]
+
+
+def open_chat_model(*, backend: str | None = None, config: EngineConfig | None = None) -> ChatModel:
+    """The configured model: ``DESKMATE_LM_BACKEND`` = ``embedded`` (default) or ``remote``.
+
+    embedded: ``DESKMATE_LM_MODEL`` (.gguf or model folder; default SmolLM2-135M-Instruct),
+    ``DESKMATE_LM_CACHE``, ``DESKMATE_LM_DTYPE`` (float32 | int8 | bfloat16),
+    ``DESKMATE_LM_THREADS``. remote: see :meth:`model.lm.remote.RemoteConfig.from_env`.
+    Blocking (loads the model): call it at startup, or in a thread.
+    """
+    backend = backend or os.environ.get("DESKMATE_LM_BACKEND", "embedded")
+    if backend == "remote":
+        from model.lm.remote import RemoteChatModel, RemoteConfig
+
+        return RemoteChatModel(RemoteConfig.from_env())
+    if backend != "embedded":
+        raise ValueError(f"DESKMATE_LM_BACKEND must be 'embedded' or 'remote', not {backend!r}")
+    from model.lm.engine import Engine
+
+    threads = os.environ.get("DESKMATE_LM_THREADS")
+    try:
+        n_threads = int(threads) if threads else None
+    except ValueError:
+        raise ValueError(f"DESKMATE_LM_THREADS must be an integer, not {threads!r}") from None
+    return Engine.load(dtype=os.environ.get("DESKMATE_LM_DTYPE", "float32"), threads=n_threads,
+                       config=config)
