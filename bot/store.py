@@ -195,6 +195,31 @@ class Store:
                 out.append(Event(event_id, values["kind"], float(values["ts"]), json.loads(values["data"])))
         return out
 
+    async def messages_before(self, sid: str, before: str, limit: int) -> list[Event]:
+        """The last ``limit`` message events stored before ``before``, oldest first.
+
+        Reads the stream backwards in pages, so a turn costs the same on a long
+        conversation as on a short one."""
+        out: list[Event] = []
+        end = f"({before}"
+        page = max(limit * 4, 64)  # turn and slot events sit between the messages
+        try:
+            while len(out) < limit:
+                rows = await self.redis.xrevrange(self.keys.events(sid), max=end, min="-", count=page)
+                for event_id, values in rows:
+                    if values["kind"] == "message":
+                        out.append(Event(event_id, values["kind"], float(values["ts"]),
+                                         json.loads(values["data"])))
+                        if len(out) == limit:
+                            break
+                if len(rows) < page:
+                    break
+                end = f"({rows[-1][0]}"
+        except (RedisError, OSError) as exc:
+            raise StoreError(f"could not read events: {exc}") from exc
+        out.reverse()
+        return out
+
     async def pending_turns(self, sid: str, cursor: str | None) -> list[Event]:
         """Customer messages stored after the turn ``cursor``, oldest first."""
         return [e for e in await self.events(sid, cursor, kinds=frozenset({"message"}))

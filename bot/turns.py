@@ -145,16 +145,13 @@ class TurnRunner:
         return True
 
     async def _conversation(self, sid: str, record: dict[str, str], upto: str) -> Conversation:
-        history = []
-        for ev in await self.store.events(sid, kinds=frozenset({"message"})):
-            if ev.event_id == upto:
-                break
-            history.append(HistoryItem(str(ev.data.get("role", "")), str(ev.data.get("text", ""))))
+        history = [HistoryItem(str(ev.data.get("role", "")), str(ev.data.get("text", "")))
+                   for ev in await self.store.messages_before(sid, upto, HISTORY_EVENTS)]
         return Conversation(
             session_id=sid, status=record.get("status", "bot"),
             slots=json.loads(record.get("slots") or "{}"),
             customer=json.loads(record.get("customer") or "{}"),
-            history=history[-HISTORY_EVENTS:],
+            history=history,
         )
 
     async def _answer(self, sid: str, record: dict[str, str], message: Event) -> None:

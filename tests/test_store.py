@@ -69,3 +69,16 @@ async def test_every_key_carries_the_prefix(store: Store, sync_redis: redis.Redi
     keys = set(sync_redis.scan_iter(match=f"*{sid}*"))
     assert len(keys) == 4 and all(k.startswith(key_prefix) for k in keys)
     assert sync_redis.zscore(store.keys.live(), sid) is not None
+
+
+async def test_messages_before_pages_backwards(store: Store) -> None:
+    sid, _ = await store.create_session()
+    ids = []
+    for i in range(150):
+        out = await store.append(sid, [NewEvent("message", {"role": "user", "text": f"m{i}"}),
+                                       NewEvent("turn", {"intent": "x"})])
+        ids.append(out.event_ids[0])
+    recent = await store.messages_before(sid, ids[120], 50)
+    assert [e.data["text"] for e in recent] == [f"m{i}" for i in range(70, 120)]
+    assert [e.data["text"] for e in await store.messages_before(sid, ids[3], 50)] == ["m0", "m1", "m2"]
+    assert await store.messages_before(sid, ids[0], 50) == []
