@@ -237,14 +237,13 @@ class ChatConnection:
         assert self.sid is not None
         started = time.perf_counter()
         fields: dict[str, str | None] = {"last_message": str(data["text"])[:200], "last_role": "user"}
-        if self.status == "closed":
-            fields["status"] = "bot"  # writing again reopens a closed conversation
-            self.status = "bot"
+        # Writing again reopens a closed conversation. The append script decides from the
+        # stored status: an agent may have closed it on another instance since `start`.
         result = await self.store.append(
             self.sid,
             [NewEvent("message", {"role": "user", "buttons": [], "cards": [], "agent": None,
                                   "client_id": client_id, **data})],
-            client_id=client_id, fields=fields,
+            client_id=client_id, fields=fields, reopen=True,
         )
         self.send({"type": "ack", "client_id": client_id, "event_id": result.event_ids[0]})
         self.app.metrics.messages.labels(str(result.duplicate).lower()).inc()

@@ -38,6 +38,9 @@ class Settings:
     session_ttl: int = 7 * 24 * 3600  # seconds of inactivity before a session expires
     turn_lock_ttl: float = 30.0  # seconds a turn lock lives without renewal
     shutdown_grace: float = 10.0  # seconds running turns get to finish on SIGTERM
+    agent_token_ttl: int = 12 * 3600  # seconds an agent console login stays valid
+    action_endpoint: str | None = None  # rasa-sdk action server webhook URL; None: the project's actions/
+    lm_backend: str = ""  # embedded | remote | none; empty: config.yml's language_model.backend
     log_level: str = "INFO"
 
     def __post_init__(self) -> None:
@@ -49,7 +52,14 @@ class Settings:
         _check(self.session_ttl >= 1, "session_ttl", "must be at least 1 second")
         _check(self.turn_lock_ttl >= 1, "turn_lock_ttl", "must be at least 1 second")
         _check(self.shutdown_grace >= 0, "shutdown_grace", "must not be negative")
+        _check(self.agent_token_ttl >= 1, "agent_token_ttl", "must be at least 1 second")
         _check(bool(self.key_prefix), "key_prefix", "must not be empty")
+        _check(self.lm_backend in ("", "embedded", "remote", "none"), "lm_backend",
+               f"must be embedded, remote or none, got {self.lm_backend!r}")
+        if self.action_endpoint is not None:
+            _check(self.action_endpoint.startswith(("http://", "https://")), "action_endpoint",
+                   f"must be an http(s) URL such as http://localhost:5055/webhook, "
+                   f"got {self.action_endpoint!r}")
         _check(self.log_level in LOG_LEVELS, "log_level", f"must be one of {', '.join(LOG_LEVELS)}")
         if self.redis_url is not None:
             _check(

@@ -27,6 +27,7 @@ class ProjectError(DeskmateError):
         where = f"{path}:{line}" if line is not None else path
         super().__init__(f"{where}: {message}")
         self.path = path
+        self.message = message
         self.line = line
 
 

@@ -45,3 +45,26 @@ class Keys:
     def pattern(self) -> str:
         """SCAN pattern matching every key under this prefix."""
         return f"{self.prefix}*"
+
+    # -- support agents (bot/agents.py) -----------------------------------------
+    # Agent names never contain ':' (bot.agents.NAME), so these keys cannot collide.
+
+    def agent(self, name: str) -> str:
+        """Hash: one agent account (role, salted scrypt password hash, created_at)."""
+        return f"{self.prefix}agent:{name}"
+
+    def agent_index(self) -> str:
+        """Set: the names of every agent account."""
+        return f"{self.prefix}agents"
+
+    def agent_tokens(self, name: str) -> str:
+        """Set: SHA-256 digests of an agent's live login tokens, to revoke them together."""
+        return f"{self.prefix}agent:{name}:tokens"
+
+    def agent_token(self, digest: str) -> str:
+        """String: the agent name a login token (by SHA-256 digest) opens; expires with it."""
+        return f"{self.prefix}agent-token:{digest}"
+
+    def agent_logins(self, name: str) -> str:
+        """String: login attempts for one name in the current throttle window (expires)."""
+        return f"{self.prefix}agent:{name}:logins"

@@ -10,7 +10,13 @@ from __future__ import annotations
 
 # KEYS: session, events, client_ids, live
 # ARGV: sid, now, ttl, channel, updates_channel, client_id, cursor, fields_json,
-#       n, then n pairs (kind, data_json)
+#       guard_json, n, then n pairs (kind, data_json)
+# guard_json: {"allow": {status: agent name or "*"}, "reopen": bool}, both optional.
+#   allow: write only if the session's status is a key and its `agent` field matches
+#   the value ("*": any); else error "conflict <status> <agent>". The check runs after
+#   the client_id dedupe, so a resend of a stored message is acked even if the
+#   conversation changed hands since. reopen: a closed conversation becomes `bot`
+#   again (a customer writing); decided here so a close on another instance counts.
 # Returns {duplicate(0|1), event_id...}; error "no_session" if the session expired.
 APPEND = r"""
 if redis.call('EXISTS', KEYS[1]) == 0 then
@@ -24,14 +30,40 @@ if client_id ~= '' then
     return {1, seen}
   end
 end
-local n = tonumber(ARGV[9])
+local guard = cjson.decode(ARGV[9])
+local status = redis.call('HGET', KEYS[1], 'status') or 'bot'
+if type(guard.allow) == 'table' then
+  local owner = redis.call('HGET', KEYS[1], 'agent') or ''
+  local need = guard.allow[status]
+  if need == nil or (need ~= '*' and need ~= owner) then
+    return redis.error_reply('conflict ' .. status .. ' ' .. owner)
+  end
+end
+if guard.reopen == true and status == 'closed' then
+  redis.call('HSET', KEYS[1], 'status', 'bot')
+end
+local n = tonumber(ARGV[10])
 local out = {0}
 local last = nil
+local trend = nil
 for i = 0, n - 1 do
-  local kind, data = ARGV[10 + 2 * i], ARGV[11 + 2 * i]
+  local kind, data = ARGV[11 + 2 * i], ARGV[12 + 2 * i]
   local id = redis.call('XADD', KEYS[2], '*', 'kind', kind, 'ts', now, 'data', data)
   out[#out + 1] = id
   last = id
+  if kind == 'turn' then
+    -- The last 10 turn sentiments as -1/0/1, for the agent console's sparkline.
+    local sentiment = cjson.decode(data).sentiment
+    if type(sentiment) == 'string' then
+      if trend == nil then
+        trend = cjson.decode(redis.call('HGET', KEYS[1], 'sentiment_trend') or '[]')
+      end
+      local value = 0
+      if sentiment == 'negative' then value = -1 elseif sentiment == 'positive' then value = 1 end
+      trend[#trend + 1] = value
+      while #trend > 10 do table.remove(trend, 1) end
+    end
+  end
   local rest = ''
   if data ~= '{}' then rest = ',' .. string.sub(data, 2, -2) end
   redis.call('PUBLISH', ARGV[4], '{"type":"' .. kind .. '","session_id":"' .. sid ..
@@ -49,6 +81,15 @@ for k, v in pairs(fields) do
   end
 end
 if last then redis.call('HSET', KEYS[1], 'last_event_id', last) end
+if trend ~= nil then redis.call('HSET', KEYS[1], 'sentiment_trend', cjson.encode(trend)) end
+-- waiting_since follows the status, whoever changed it: set on entering `waiting`.
+if redis.call('HGET', KEYS[1], 'status') == 'waiting' then
+  if redis.call('HEXISTS', KEYS[1], 'waiting_since') == 0 then
+    redis.call('HSET', KEYS[1], 'waiting_since', now)
+  end
+else
+  redis.call('HDEL', KEYS[1], 'waiting_since')
+end
 if ARGV[7] ~= '' then redis.call('HSET', KEYS[1], 'cursor', ARGV[7]) end
 redis.call('HSET', KEYS[1], 'updated_at', now)
 redis.call('EXPIRE', KEYS[1], ttl)
@@ -57,7 +98,8 @@ redis.call('EXPIRE', KEYS[3], ttl)
 redis.call('ZADD', KEYS[4], now, sid)
 local summary = {session_id = sid}
 for _, k in ipairs({'status', 'created_at', 'updated_at', 'last_message', 'last_role',
-                    'last_intent', 'sentiment', 'waiting_since', 'agent', 'customer'}) do
+                    'last_intent', 'sentiment', 'sentiment_trend', 'waiting_since',
+                    'handoff_reason', 'agent', 'customer'}) do
   local v = redis.call('HGET', KEYS[1], k)
   if v then summary[k] = v end
 end

@@ -15,7 +15,6 @@ import logging
 import signal
 import uuid
 from collections.abc import AsyncIterator
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -23,16 +22,15 @@ from websockets.asyncio.server import Server, ServerConnection, serve
 from websockets.datastructures import Headers
 from websockets.http11 import Request, Response
 
+from bot.agent_socket import AgentConnection
+from bot.brain import Brain, actions_environment, load_brain
 from bot.chat import ChatConnection
 from bot.config import Settings
 from bot.embedded_redis import EmbeddedRedis
 from bot.hub import Hub
 from bot.metrics import Metrics
 from bot.store import Store
-from bot.turns import TurnRunner, Understand
-from dialogue.project import load_project
-from dialogue.simple import ResponsesPipeline
-from dialogue.types import Pipeline
+from bot.turns import TurnRunner
 
 log = logging.getLogger("deskmate.server")
 
@@ -40,8 +38,11 @@ WEB_DIR = Path(__file__).resolve().parent.parent / "web"
 STATIC = {  # path -> (file in web/, content type)
     "/widget.js": ("widget.js", "application/javascript; charset=utf-8"),
     "/demo": ("demo.html", "text/html; charset=utf-8"),
+    "/agent": ("agent.html", "text/html; charset=utf-8"),
+    "/agent.js": ("agent.js", "application/javascript; charset=utf-8"),
+    "/agent.css": ("agent.css", "text/css; charset=utf-8"),
 }
-SOCKETS = {"/ws/chat"}
+SOCKETS = {"/ws/chat", "/ws/agent"}
 HARD_MAX_FRAME = 1 << 20  # frames above max_frame_bytes get an error; above this, close 1009
 SWEEP_EVERY = 60.0
 
@@ -99,7 +100,8 @@ class App:
         gauge = self.metrics.connections.labels(path.rsplit("/", 1)[-1])
         gauge.inc()
         try:
-            await ChatConnection(ws, self).serve()
+            handler = AgentConnection if path == "/ws/agent" else ChatConnection
+            await handler(ws, self).serve()
         except Exception:
             log.exception("connection handler crashed")
             await ws.close(1011, "internal error")
@@ -126,27 +128,6 @@ def _response(status: http.HTTPStatus, body: bytes, content_type: str, *,
     return Response(status.value, status.phrase, headers, body)
 
 
-@dataclass(frozen=True)
-class Brain:
-    """What answers turns: the dialogue pipeline and the classifier that reads each message."""
-
-    pipeline: Pipeline
-    understand: Understand | None = None
-
-
-def load_brain(settings: Settings) -> Brain:
-    """Load the bot project and its trained classifier (blocking: reads files, loads torch).
-
-    Raises ProjectError naming the command to run when the classifier is missing or
-    older than the project's training data: the server never answers with an untrained
-    model."""
-    project = load_project(settings.project)
-    from model.classifier import load_project_classifier
-
-    classifier = load_project_classifier(settings.project)
-    return Brain(ResponsesPipeline(project), classifier.parse_batch)
-
-
 @contextlib.asynccontextmanager
 async def running(settings: Settings, *, redis_url: str | None = None,
                   brain: Brain | None = None) -> AsyncIterator[tuple[App, Server]]:
@@ -156,6 +137,7 @@ async def running(settings: Settings, *, redis_url: str | None = None,
         raise ValueError("running() needs a Redis URL; start EmbeddedRedis first")
     if brain is None:
         brain = await asyncio.to_thread(load_brain, settings)
+    actions_environment(url, settings.key_prefix)
     store = Store.from_url(url, prefix=settings.key_prefix, ttl=settings.session_ttl)
     app = App(settings, store, brain)
     app.load_assets()
@@ -195,6 +177,7 @@ async def serve_until_signalled(settings: Settings, redis_url: str, brain: Brain
                  settings.host, bound_port(server), )
         await stop.wait()
         log.info("shutting down: finishing running turns, closing connections")
+    await brain.close()
 
 
 def run(settings: Settings) -> None:

@@ -22,7 +22,7 @@ import redis.asyncio as aioredis
 from redis.exceptions import RedisError, ResponseError
 
 from bot import lua
-from bot.errors import StoreError
+from bot.errors import DeskmateError, StoreError
 from bot.keys import Keys
 
 EVENT_ID = re.compile(r"^\d{1,20}-\d{1,20}$")
@@ -57,6 +57,18 @@ class Event:
 class Appended:
     event_ids: list[str]
     duplicate: bool  # the client_id was seen before; event_ids holds the original id
+
+
+class Conflict(DeskmateError):
+    """A guarded write was refused: the conversation's ``status``/``agent`` did not allow it."""
+
+    def __init__(self, status: str, agent: str | None) -> None:
+        super().__init__(f"conversation is {status}" + (f" with {agent}" if agent else ""))
+        self.status = status
+        self.agent = agent
+
+
+CONFLICT = re.compile(r"conflict (\w+) ?(\S*)")
 
 
 def parse_event_id(value: str) -> tuple[int, int]:
@@ -153,15 +165,23 @@ class Store:
     async def append(
         self, sid: str, events: Sequence[NewEvent], *, client_id: str | None = None,
         fields: Mapping[str, str | None] | None = None, cursor: str | None = None,
+        allow: Mapping[str, str] | None = None, reopen: bool = False,
     ) -> Appended:
         """Append ``events`` atomically, update session ``fields`` and the turn ``cursor``.
 
         With ``client_id``, a second call with the same id stores nothing and
-        returns the first call's event id (``duplicate=True``).
+        returns the first call's event id (``duplicate=True``). With ``allow``
+        (status -> agent name, or ``"*"`` for any), nothing is written unless the
+        session's status and agent match, checked in the same script: raises
+        :class:`Conflict`. ``reopen`` turns a closed conversation back to ``bot``.
         """
+        guard: dict[str, Any] = {"reopen": reopen}
+        if allow is not None:
+            guard["allow"] = dict(allow)
         args: list[Any] = [
             sid, repr(time.time()), self.ttl, self.keys.channel(sid), self.keys.updates_channel(),
-            client_id or "", cursor or "", json.dumps(dict(fields or {})), len(events),
+            client_id or "", cursor or "", json.dumps(dict(fields or {})), json.dumps(guard),
+            len(events),
         ]
         for ev in events:
             if not ev.kind.isidentifier():
@@ -174,6 +194,9 @@ class Store:
         except ResponseError as exc:
             if "no_session" in str(exc):
                 raise StoreError("session expired or unknown") from exc
+            conflict = CONFLICT.search(str(exc))
+            if conflict:
+                raise Conflict(conflict.group(1), conflict.group(2) or None) from None
             raise StoreError(f"append failed: {exc}") from exc
         except (RedisError, OSError) as exc:
             raise StoreError(f"append failed: {exc}") from exc
@@ -259,3 +282,18 @@ class Store:
         """Seconds until the turn lock expires (0 when it is free)."""
         ms = await self.redis.pttl(self.keys.lock(sid))
         return max(int(ms), 0) / 1000
+
+    # -- agent console ----------------------------------------------------------
+
+    async def records(self, sids: Sequence[str]) -> list[tuple[str, dict[str, str]]]:
+        """(session id, session record) for each of ``sids`` that still exists, in order."""
+        if not sids:
+            return []
+        try:
+            async with self.redis.pipeline(transaction=False) as pipe:
+                for sid in sids:
+                    pipe.hgetall(self.keys.session(sid))
+                rows = await pipe.execute()
+        except (RedisError, OSError) as exc:
+            raise StoreError(f"could not read sessions: {exc}") from exc
+        return [(sid, row) for sid, row in zip(sids, rows, strict=True) if row]

@@ -21,13 +21,16 @@ from typing import Any
 from bot.batcher import MicroBatcher
 from bot.errors import StoreError
 from bot.metrics import Metrics
-from bot.store import Event, NewEvent, Store
+from bot.store import Conflict, Event, NewEvent, Store
+from dialogue.simple import stream_words
 from dialogue.types import (
     Conversation,
+    Handoff,
     HistoryItem,
     Pipeline,
     Reply,
     SlotSet,
+    StateUpdate,
     StreamedReply,
     TurnAnalysis,
     UserMessage,
@@ -38,6 +41,9 @@ log = logging.getLogger("deskmate.turns")
 # texts -> one `deskmate nlu parse` JSON per text (the classifier's parse_batch)
 Understand = Callable[[list[str]], list[dict[str, Any]]]
 HISTORY_EVENTS = 50  # recent messages handed to the pipeline as context
+PROFILE_ITEMS = 20  # most recent product ids per kind of browsing signal
+# widget `track` names -> the profile list they feed
+TRACK_KINDS = {"view_product": "viewed", "add_to_cart": "carted", "purchase": "bought", "bought": "bought"}
 ERROR_TEXT = "Sorry, something went wrong on my side. Please try again in a moment."
 
 
@@ -152,17 +158,35 @@ class TurnRunner:
             slots=json.loads(record.get("slots") or "{}"),
             customer=json.loads(record.get("customer") or "{}"),
             history=history,
+            state=json.loads(record.get("state") or "{}"),
+            profile=await self._profile(sid),
         )
+
+    async def _profile(self, sid: str) -> dict[str, list[str]]:
+        """Product ids the customer viewed, put in the cart or bought, from `track` events."""
+        profile: dict[str, list[str]] = {}
+        for ev in await self.store.events(sid, kinds=frozenset({"track"})):
+            kind = TRACK_KINDS.get(str(ev.data.get("name", "")))
+            data = ev.data.get("data") or {}
+            pid = data.get("product_id") or data.get("id") if isinstance(data, dict) else None
+            if kind and isinstance(pid, str):
+                items = profile.setdefault(kind, [])
+                if pid in items:
+                    items.remove(pid)
+                items.append(pid)
+                del items[:-PROFILE_ITEMS]
+        return profile
 
     async def _answer(self, sid: str, record: dict[str, str], message: Event) -> None:
         conversation = await self._conversation(sid, record, message.event_id)
         text = str(message.data.get("text", ""))
-        nlu = None
+        nlu = vector = None
         if self.understand is not None:
             # Batched with other conversations' turns, on a worker thread: the event
             # loop keeps serving sockets while torch runs.
-            nlu = await self.understand(text)
-        user = UserMessage(message.event_id, text, message.data.get("payload"), nlu)
+            nlu = dict(await self.understand(text))
+            vector = nlu.pop("vector", None)
+        user = UserMessage(message.event_id, text, message.data.get("payload"), nlu, vector)
         events: list[NewEvent] = []
         fields: dict[str, str | None] = {}
         slots = dict(conversation.slots)
@@ -178,17 +202,34 @@ class TurnRunner:
                     slots[out.name] = out.value
                     events.append(NewEvent("slot", {"name": out.name, "value": out.value}))
                 elif isinstance(out, Reply):
-                    events.append(_bot_message(out.text, out.buttons, out.cards, message.event_id))
+                    # Said word by word, like generated text: one way for clients to show replies.
+                    streamed = StreamedReply(stream_words(out.text), out.buttons, out.cards, out.name,
+                                             out.sources)
+                    events.append(await self._stream(sid, streamed, message.event_id))
                 elif isinstance(out, StreamedReply):
                     events.append(await self._stream(sid, out, message.event_id))
+                elif isinstance(out, StateUpdate):
+                    fields["state"] = json.dumps(out.state)
+                elif isinstance(out, Handoff):
+                    # The bot stops answering until an agent hands the conversation back.
+                    fields["status"] = "waiting"  # waiting_since is set by the append script
+                    fields["handoff_reason"] = out.reason
+                    events.append(NewEvent("handoff", {"state": "requested", "agent": None,
+                                                       "reason": out.reason}))
             if slots != conversation.slots:
                 fields["slots"] = json.dumps(slots)
             last = next((e for e in reversed(events) if e.kind == "message"), None)
             if last is not None:
                 fields["last_message"] = str(last.data["text"])[:200]
                 fields["last_role"] = "bot"
-            # One atomic write: the replies and the cursor move together.
-            await self.store.append(sid, events, fields=fields, cursor=message.event_id)
+            # One atomic write: the replies and the cursor move together, and only while the
+            # bot still has the conversation (an agent may have taken over mid-turn).
+            try:
+                await self.store.append(sid, events, fields=fields, cursor=message.event_id,
+                                        allow={"bot": "*"})
+            except Conflict as exc:
+                log.info("session %s: %s during the turn; the bot's reply is dropped", sid, exc)
+                await self.store.append(sid, [], cursor=message.event_id)
         except (asyncio.CancelledError, StoreError):
             raise
         except Exception:
@@ -209,18 +250,23 @@ class TurnRunner:
                 continue
             parts.append(chunk)
             await self.store.publish(sid, {"type": "stream_delta", "stream_id": stream_id, "text": chunk})
-        event = _bot_message("".join(parts).strip(), reply.buttons, reply.cards, reply_to)
+        event = _bot_message("".join(parts).strip(), reply.buttons, reply.cards, reply_to, reply.name,
+                             reply.sources)
         return NewEvent("message", {**event.data, "stream_id": stream_id})
 
 
-def _bot_message(text: str, buttons: Any, cards: Any, reply_to: str) -> NewEvent:
-    return NewEvent("message", {
-        "role": "bot", "text": text, "buttons": [b.to_dict() for b in buttons],
-        "cards": list(cards), "agent": None, "reply_to": reply_to,
-    })
+def _bot_message(text: str, buttons: Any, cards: Any, reply_to: str, name: str | None = None,
+                 sources: Any = ()) -> NewEvent:
+    data = {"role": "bot", "text": text, "buttons": [b.to_dict() for b in buttons],
+            "cards": list(cards), "agent": None, "reply_to": reply_to}
+    if name:
+        data["name"] = name
+    if sources:
+        data["sources"] = list(sources)
+    return NewEvent("message", data)
 
 
 def _analysis(a: TurnAnalysis, reply_to: str) -> dict[str, Any]:
     return {"intent": a.intent, "confidence": a.confidence, "sentiment": a.sentiment,
             "sentiment_score": a.sentiment_score, "policy": a.policy, "reason": a.reason,
-            "sources": a.sources, "reply_to": reply_to}
+            "sources": a.sources, "actions": a.actions, "entities": a.entities, "reply_to": reply_to}

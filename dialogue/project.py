@@ -1,8 +1,11 @@
 """A bot project on disk, in Rasa 3's file formats.
 
-``domain.yml`` (intents, responses, slots), ``data/*.yml`` (NLU examples and
-rules) and ``config.yml`` (deskmate's own settings). Reading the project
-happens once at start-up; everything after works on the loaded value.
+``domain.yml`` (intents, entities, slots, forms, responses, actions, session
+config), ``data/*.yml`` (NLU examples and rules), ``config.yml`` (deskmate's own
+settings), ``knowledge/``, ``catalog.json`` and ``actions/``. Reading the project
+happens once at start-up; everything after works on the loaded value. Keys this
+loader does not know are reported in :attr:`Project.warnings` (and logged), never
+fatal: a Rasa project loads unchanged wherever the feature exists here.
 """
 
 from __future__ import annotations
@@ -19,22 +22,71 @@ from dialogue.rasa_nlu import section_examples
 
 log = logging.getLogger("deskmate.project")
 
+DOMAIN_KEYS = {"version", "intents", "entities", "slots", "responses", "actions", "forms",
+               "session_config", "config", "e2e_actions"}
+DATA_KEYS = {"version", "nlu", "rules", "stories", "responses"}
+NLU_KEYS = {"intent", "examples", "metadata", "regex", "lookup", "synonym"}
+CONFIG_KEYS = {"persona", "thresholds", "handoff", "language_model", "action_endpoint", "knowledge",
+               "recommendations", "generative", "banned_words"}
+# Rasa's own config.yml keys: accepted and ignored (deskmate has its own classifier and policies).
+RASA_CONFIG_KEYS = {"recipe", "language", "pipeline", "policies", "assistant_id"}
+SLOT_TYPES = {"text", "bool", "categorical", "float", "list", "any"}
+
+
+@dataclass(frozen=True)
+class Rule:
+    """``intent`` (or, for a form-submit rule, the form that just completed) -> actions."""
+
+    actions: list[str]
+    intent: str | None = None
+    active_loop: str | None = None  # condition: only while this form is active
+    name: str = ""
+
+
 @dataclass
 class Project:
     """A loaded bot project."""
 
     path: Path
+    domain: dict[str, Any] = field(default_factory=dict)  # as written, for rasa-sdk actions
     intents: list[str] = field(default_factory=list)
+    entities: list[str] = field(default_factory=list)
     responses: dict[str, list[dict[str, Any]]] = field(default_factory=dict)
     slots: dict[str, dict[str, Any]] = field(default_factory=dict)
     forms: dict[str, list[str]] = field(default_factory=dict)  # form -> required slots
     actions: list[str] = field(default_factory=list)
     examples: dict[str, list[str]] = field(default_factory=dict)  # intent -> texts
     rules: dict[str, list[str]] = field(default_factory=dict)  # intent -> actions, in order
+    submits: dict[str, list[str]] = field(default_factory=dict)  # form -> actions once it is done
+    rule_list: list[Rule] = field(default_factory=list)
+    session_config: dict[str, Any] = field(default_factory=dict)
     config: dict[str, Any] = field(default_factory=dict)
+    data_files: list[Path] = field(default_factory=list)
+    warnings: list[str] = field(default_factory=list)
+
+    def warn(self, message: str) -> None:
+        self.warnings.append(message)
+        log.warning("%s", message)
+
+    @property
+    def knowledge_dir(self) -> Path:
+        return self.path / "knowledge"
+
+    @property
+    def catalog_path(self) -> Path:
+        return self.path / "catalog.json"
+
+    @property
+    def actions_dir(self) -> Path:
+        return self.path / "actions"
+
+    def setting(self, section: str, key: str, default: Any) -> Any:
+        """``config.yml``'s ``section.key``, or ``default``."""
+        value = (self.config.get(section) or {}).get(key)
+        return default if value is None else value
 
 
-def _read_yaml(path: Path) -> dict[str, Any]:
+def read_yaml(path: Path) -> dict[str, Any]:
     try:
         data = yaml.safe_load(path.read_text(encoding="utf-8"))
     except yaml.YAMLError as exc:
@@ -49,36 +101,79 @@ def _read_yaml(path: Path) -> dict[str, Any]:
     return data
 
 
+def _unknown(project: Project, path: Path, data: dict[str, Any], known: set[str]) -> None:
+    for key in data:
+        if key not in known:
+            project.warn(f"{path}: unknown key {key!r} ignored")
+
+
 def _load_domain(project: Project, path: Path) -> None:
-    domain = _read_yaml(path)
+    domain = read_yaml(path)
+    project.domain = domain
+    _unknown(project, path, domain, DOMAIN_KEYS)
     for item in domain.get("intents") or []:
         # Rasa allows "- greet" and "- greet: {use_entities: []}".
         name = next(iter(item)) if isinstance(item, dict) else str(item)
         project.intents.append(name)
+    for item in domain.get("entities") or []:
+        project.entities.append(next(iter(item)) if isinstance(item, dict) else str(item))
     for name, variations in (domain.get("responses") or {}).items():
         if not isinstance(variations, list) or not variations:
             raise ProjectError(str(path), f"response {name!r} needs a list of variations")
         project.responses[name] = [v if isinstance(v, dict) else {"text": str(v)} for v in variations]
-    project.slots = dict(domain.get("slots") or {})
+    slots = domain.get("slots") or {}
+    if not isinstance(slots, dict):
+        raise ProjectError(str(path), "'slots' must be a mapping of slot name to its settings")
+    project.slots = {str(k): dict(v or {}) for k, v in slots.items()}
     for form, spec in (domain.get("forms") or {}).items():
-        required = (spec or {}).get("required_slots") or []
+        spec = spec or {}
+        required = spec.get("required_slots") or []
+        if isinstance(required, dict):  # Rasa 2: required_slots: {slot: [mappings]}
+            required = list(required)
         project.forms[str(form)] = [str(x) for x in required]
-    project.actions = [str(a) for a in domain.get("actions") or []]
+    project.actions = [next(iter(a)) if isinstance(a, dict) else str(a) for a in domain.get("actions") or []]
+    project.session_config = dict(domain.get("session_config") or {})
+
+
+def _load_rule(project: Project, path: Path, rule: dict[str, Any]) -> None:
+    steps = [s for s in rule.get("steps") or [] if isinstance(s, dict)]
+    condition = [c for c in rule.get("condition") or [] if isinstance(c, dict)]
+    loop = next((c["active_loop"] for c in condition if c.get("active_loop")), None)
+    intent = next((str(s["intent"]) for s in steps if "intent" in s), None)
+    actions = [str(s["action"]) for s in steps if "action" in s]
+    name = str(rule.get("rule") or "")
+    if intent is None and loop and actions and actions[0] == loop:
+        # "Submit the form": [form, active_loop: null, action_after...]
+        project.submits.setdefault(str(loop), [a for a in actions[1:] if a != "action_listen"])
+        project.rule_list.append(Rule(actions[1:], None, str(loop), name))
+        return
+    if intent and actions:
+        project.rule_list.append(Rule(actions, intent, loop, name))
+        if loop is None:
+            project.rules.setdefault(intent, [a for a in actions if a != "action_listen"])
+        return
+    if steps:
+        project.warn(f"{path}: rule {name!r} has a shape deskmate does not run "
+                     "(an intent followed by actions, or a form-submit rule)")
 
 
 def _load_data(project: Project, path: Path) -> None:
-    data = _read_yaml(path)
+    data = read_yaml(path)
+    project.data_files.append(path)
+    _unknown(project, path, data, DATA_KEYS)
     for item in data.get("nlu") or []:
-        if isinstance(item, dict) and "intent" in item:
+        if not isinstance(item, dict):
+            raise ProjectError(str(path), f"nlu: each item must be a mapping, not {item!r}")
+        if "intent" in item:
             project.examples.setdefault(str(item["intent"]), []).extend(
                 section_examples(str(path), item))
-        # synonym / regex / lookup sections carry no intent examples.
+        # synonym / regex / lookup sections: read by dialogue.entities.
     for rule in data.get("rules") or []:
-        steps = rule.get("steps") or []
-        intent = next((s["intent"] for s in steps if isinstance(s, dict) and "intent" in s), None)
-        actions = [s["action"] for s in steps if isinstance(s, dict) and "action" in s]
-        if intent and actions:
-            project.rules.setdefault(str(intent), actions)
+        if isinstance(rule, dict):
+            _load_rule(project, path, rule)
+    if data.get("stories"):
+        project.warn(f"{path}: stories are not used for predictions; write them as rules "
+                     "(or as conversation tests under tests/)")
 
 
 def load_project(path: Path | str) -> Project:
@@ -96,9 +191,12 @@ def load_project(path: Path | str) -> Project:
             _load_data(project, file)
     config = root / "config.yml"
     if config.is_file():
-        project.config = _read_yaml(config)
+        project.config = read_yaml(config)
+        for key in project.config:
+            if key not in CONFIG_KEYS and key not in RASA_CONFIG_KEYS:
+                project.warn(f"{config}: unknown key {key!r} ignored")
     for intent, actions in project.rules.items():
         for action in actions:
             if action.startswith("utter_") and action not in project.responses:
-                log.warning("%s: rule for %r uses unknown response %r", root, intent, action)
+                project.warn(f"{root}: rule for {intent!r} uses unknown response {action!r}")
     return project

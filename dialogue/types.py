@@ -27,6 +27,12 @@ class Conversation:
     slots: dict[str, Any] = field(default_factory=dict)
     customer: dict[str, Any] = field(default_factory=dict)
     history: list[HistoryItem] = field(default_factory=list)  # oldest first, this turn excluded
+    # The dialogue's own memory between turns (active form, requested slot, streaks
+    # of negative or unclear turns); the pipeline returns changes as StateUpdate.
+    state: dict[str, Any] = field(default_factory=dict)
+    # What the customer looked at and bought (widget `track` frames, past orders):
+    # {"viewed": [product ids, oldest first], "carted": [...], "bought": [...]}.
+    profile: dict[str, list[str]] = field(default_factory=dict)
 
 
 @dataclass(frozen=True)
@@ -42,6 +48,9 @@ class UserMessage:
     text: str
     payload: str | None = None
     nlu: dict[str, Any] | None = None
+    # The shared sentence encoder's embedding of ``text`` (for knowledge retrieval),
+    # computed by ``bot`` in the same batch as ``nlu``; None without an encoder.
+    vector: Any = None
 
 
 @dataclass(frozen=True)
@@ -60,6 +69,8 @@ class Reply:
     text: str
     buttons: list[Button] = field(default_factory=list)
     cards: list[dict[str, Any]] = field(default_factory=list)
+    name: str | None = None  # the response or action that said it, e.g. "utter_greet"
+    sources: list[dict[str, str]] = field(default_factory=list)  # knowledge used: id, title, source
 
 
 @dataclass(frozen=True)
@@ -69,6 +80,8 @@ class StreamedReply:
     chunks: AsyncIterator[str]
     buttons: list[Button] = field(default_factory=list)
     cards: list[dict[str, Any]] = field(default_factory=list)
+    name: str | None = None
+    sources: list[dict[str, str]] = field(default_factory=list)
 
 
 @dataclass(frozen=True)
@@ -82,6 +95,8 @@ class TurnAnalysis:
     sentiment: str | None = None
     sentiment_score: float | None = None
     sources: list[str] = field(default_factory=list)
+    actions: list[str] = field(default_factory=list)  # responses and actions run, in order
+    entities: list[dict[str, Any]] = field(default_factory=list)
 
 
 @dataclass(frozen=True)
@@ -90,7 +105,21 @@ class SlotSet:
     value: Any
 
 
-Output = Reply | StreamedReply | TurnAnalysis | SlotSet
+@dataclass(frozen=True)
+class StateUpdate:
+    """The dialogue state to keep for the next turn (replaces ``Conversation.state``)."""
+
+    state: dict[str, Any]
+
+
+@dataclass(frozen=True)
+class Handoff:
+    """Hand the conversation to a human: status ``waiting``, the bot stops answering."""
+
+    reason: str
+
+
+Output = Reply | StreamedReply | TurnAnalysis | SlotSet | StateUpdate | Handoff
 
 
 class Pipeline(Protocol):

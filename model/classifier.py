@@ -15,13 +15,14 @@ from pathlib import Path
 from typing import Any
 
 import torch
+import torch.nn.functional as F
 
 from bot.errors import ProjectError
 from model import artifacts
 from model.adapter import TaskModel
 from model.artifacts import Meta
 from model.data import OUT_OF_SCOPE, data_hash, load_project
-from model.encoder import SharedEncoder, load_encoder
+from model.encoder import SharedEncoder, load_encoder, mean_pool
 from model.intents import IntentModel
 from model.lexical import blend
 from model.sentiment import SENTIMENT_LABELS, load_sentiment, sentiment_result
@@ -75,8 +76,13 @@ class Classifier:
         return self.parse_batch([text])[0]
 
     @torch.inference_mode()
-    def parse_batch(self, texts: list[str], batch_size: int = 64) -> list[dict[str, Any]]:
-        """:meth:`parse` for many texts, batched by length; same order as ``texts``."""
+    def parse_batch(self, texts: list[str], batch_size: int = 64, *,
+                    vectors: bool = False) -> list[dict[str, Any]]:
+        """:meth:`parse` for many texts, batched by length; same order as ``texts``.
+
+        ``vectors``: also return each text's plain sentence embedding (what
+        :meth:`SharedEncoder.embed` gives, for knowledge retrieval) under ``"vector"``,
+        computed from the same trunk so the shared layers run once."""
         results: list[dict[str, Any]] = [{} for _ in texts]
         order = sorted(range(len(texts)), key=lambda i: len(texts[i]))
         for start in range(0, len(order), batch_size):
@@ -94,6 +100,10 @@ class Classifier:
             if self.sentiment is not None:
                 logits = self.sentiment.model(trunk, batch.attention_mask, self.stop_layer)
                 sent_probs = logits.softmax(-1)
+            embedded = None
+            if vectors:
+                hidden = self.encoder.top(trunk, batch.attention_mask, self.stop_layer)  # (B, T, C)
+                embedded = F.normalize(mean_pool(hidden, batch.attention_mask), dim=-1).numpy()
             for row, i in enumerate(idx):
                 out: dict[str, Any] = {}
                 if intent_probs is not None:
@@ -105,6 +115,8 @@ class Classifier:
                     out.update(sentiment_result(sent_probs[row], self.sentiment.meta.labels))
                 else:
                     out.update({"sentiment": None, "sentiment_score": None})
+                if embedded is not None:
+                    out["vector"] = embedded[row]
                 results[i] = out
         return results
 

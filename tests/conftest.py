@@ -22,8 +22,9 @@ from websockets.asyncio.client import ClientConnection, connect
 from bot.config import Settings
 from bot.embedded_redis import EmbeddedRedis
 from bot.server import App, Brain, bound_port, running
+from dialogue.engine import DialogueEngine
+from dialogue.entities import EntityExtractor
 from dialogue.project import load_project
-from dialogue.simple import ResponsesPipeline
 
 ROOT = Path(__file__).resolve().parent.parent
 TINYBOT = ROOT / "tests" / "fixtures" / "tinybot"
@@ -130,6 +131,12 @@ class Client:
         return acks[0], frames
 
 
+def tiny_engine(path: Path) -> DialogueEngine:
+    """The dialogue engine over a small project, reading intents by example matching (no models)."""
+    project = load_project(path)
+    return DialogueEngine(project, entities=EntityExtractor.for_project(project))
+
+
 class Servers:
     """Starts deskmate servers on free ports against the test Redis."""
 
@@ -145,7 +152,7 @@ class Servers:
         settings = Settings(host="127.0.0.1", port=0, project=TINYBOT, key_prefix=self.prefix,
                             shutdown_grace=2.0).replace(**overrides)
         url = overrides.pop("redis_url", None) or self.redis_url
-        brain = brain or Brain(ResponsesPipeline(load_project(settings.project)))
+        brain = brain or Brain(tiny_engine(settings.project))
         app, server = await self.stack.enter_async_context(
             running(settings, redis_url=url, brain=brain))
         return Running(app, bound_port(server), self.stack)

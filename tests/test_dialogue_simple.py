@@ -1,4 +1,4 @@
-"""The project loader and the built-in responses pipeline (no I/O involved)."""
+"""The project loader and the dialogue engine over a small project (no models, no I/O)."""
 
 from __future__ import annotations
 
@@ -7,11 +7,12 @@ from pathlib import Path
 import pytest
 
 from bot.errors import ProjectError
+from dialogue.engine import DialogueEngine
 from dialogue.project import load_project
 from dialogue.rasa_nlu import section_examples, strip_entities
-from dialogue.simple import ResponsesPipeline, parse_payload
-from dialogue.types import Conversation, Reply, SlotSet, StreamedReply, TurnAnalysis, UserMessage
-from tests.conftest import ROOT, TINYBOT
+from dialogue.simple import parse_payload
+from dialogue.types import Conversation, Reply, SlotSet, StateUpdate, StreamedReply, TurnAnalysis, UserMessage
+from tests.conftest import ROOT, TINYBOT, tiny_engine
 
 
 def test_rasa_examples_keep_entities_as_text() -> None:
@@ -43,25 +44,26 @@ def test_broken_project_names_file_and_line(tmp_path: Path) -> None:
     assert "domain.yml" in message and (":3" in message or ":4" in message)
 
 
-async def run(pipeline: ResponsesPipeline, text: str, payload: str | None = None) -> list[object]:
+async def run(pipeline: DialogueEngine, text: str, payload: str | None = None) -> list[object]:
     conv = Conversation(session_id="s", status="bot")
     out = []
     async for item in pipeline.respond(conv, UserMessage("1-0", text, payload)):
         if isinstance(item, StreamedReply):
             out.append(Reply("".join([c async for c in item.chunks]), item.buttons))
-        else:
+        elif not isinstance(item, StateUpdate):
             out.append(item)
     return out
 
 
 async def test_pipeline_answers_from_rules_and_falls_back() -> None:
-    pipeline = ResponsesPipeline(load_project(TINYBOT))
-    analysis, reply = await run(pipeline, "hello there")
+    pipeline = tiny_engine(TINYBOT)
+    reply, analysis = await run(pipeline, "hello there")
     assert isinstance(analysis, TurnAnalysis) and analysis.intent == "greet"
+    assert analysis.actions == ["utter_greet"] and analysis.policy == "rules"
     assert isinstance(reply, Reply) and reply.text == "Hello! How can I help you today?"
-    analysis, reply = await run(pipeline, "what is the airspeed of a swallow")
+    reply, analysis = await run(pipeline, "what is the airspeed of a swallow")
     assert analysis.intent == "out_of_scope" and analysis.policy == "fallback"  # type: ignore[union-attr]
     assert reply.text == "Sorry, I did not understand that."  # type: ignore[union-attr]
-    slot, analysis, reply = await run(pipeline, "Track", '/track_order{"order_id": "NW-9"}')
+    slot, reply, analysis = await run(pipeline, "Track", '/track_order{"order_id": "NW-9"}')
     assert slot == SlotSet("order_id", "NW-9")
     assert reply.text == "I will look up order NW-9 for you."  # type: ignore[union-attr]

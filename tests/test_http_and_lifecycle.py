@@ -99,7 +99,8 @@ def free_port() -> int:
 async def test_cli_run_with_embedded_redis_and_sigterm(tmp_path: Path, trained_tinybot: Path) -> None:
     port = free_port()
     env = {k: v for k, v in os.environ.items() if k not in ("REDIS_URL", "DESKMATE_REDIS_URL")}
-    env.update(PYTHONPATH=str(ROOT), DESKMATE_DATA_DIR=str(tmp_path / "var"))
+    # No language model: this test is about the process lifecycle, not generation.
+    env.update(PYTHONPATH=str(ROOT), DESKMATE_DATA_DIR=str(tmp_path / "var"), DESKMATE_LM_BACKEND="none")
     proc = subprocess.Popen(
         [sys.executable, "-m", "bot.cli", "run", "--port", str(port), "--project", str(trained_tinybot)],
         env=env, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.STDOUT)

@@ -1,0 +1,399 @@
+"""The agent socket, ``/ws/agent``: one :class:`AgentConnection` per console.
+
+Lifecycle: the first frame signs in (``auth`` with a token, or ``login`` with
+name and password; anything else closes with 4401); then the console gets a
+``sessions`` snapshot and every ``session_update``, and may ``watch``
+conversations (their stored events replayed, then every live frame) and act
+on them. Each action re-checks the token (it may have been revoked or have
+expired) and runs as one guarded append, so ownership is decided by Redis,
+not by what this socket saw earlier. Like ``bot.chat``, every frame goes out
+through this connection's own queue: a slow console delays only itself.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+from collections.abc import Coroutine
+from typing import TYPE_CHECKING, Any
+
+from websockets.asyncio.server import ServerConnection
+from websockets.exceptions import ConnectionClosed
+
+from bot import agent_actions as actions
+from bot import agent_frames as frames
+from bot.agents import Agent, Agents, LoginRefused
+from bot.chat import MAX_QUEUED, RateLimiter
+from bot.errors import FrameError, StoreError
+from bot.store import Conflict, parse_event_id
+
+if TYPE_CHECKING:
+    from bot.server import App
+
+log = logging.getLogger("deskmate.agent")
+
+UNAUTHORIZED = 4401  # close code: not signed in, or the login expired or was revoked
+AUTH_TIMEOUT = 10.0  # seconds to send the first frame
+RECHECK_EVERY = 30.0  # seconds between token checks on an idle console
+SNAPSHOT_LIMIT = 500  # most recently active conversations in a `sessions` snapshot
+MAX_WATCHES = 50
+RATE_FRAMES, RATE_WINDOW = 100, 10.0  # typing indicators are chatty; still a ceiling
+
+
+class _Closed(Exception):
+    """This connection closed itself (signed out, token revoked); stop serving."""
+
+
+class Watch:
+    """One watched conversation on one console: the replay, then live frames, each once.
+
+    Stored events are sent in stream order and deduplicated by event id, exactly
+    as ``bot.chat`` does for customers, but every kind is passed on: turn analyses,
+    notes, tracking and slot events are what agents watch for."""
+
+    def __init__(self, conn: AgentConnection, sid: str) -> None:
+        self.conn = conn
+        self.sid = sid
+        self.last_id: tuple[int, int] = (0, 0)
+        self.streams: set[str] = set()  # streams this console saw start
+        self.held: list[dict[str, Any]] | None = []  # live frames held during the replay
+
+    def on_live(self, frame: dict[str, Any]) -> None:
+        if self.held is not None:
+            self.held.append(frame)
+        elif self.conn.room():
+            self.forward(frame)
+
+    def release(self) -> None:
+        """End of the replay: pass on what arrived meanwhile (duplicates are dropped)."""
+        held, self.held = self.held, None
+        for frame in held or []:
+            self.forward(frame)
+
+    async def resync(self) -> None:
+        """Send stored events missed while the live subscription was down."""
+        after = f"{self.last_id[0]}-{self.last_id[1]}" if self.last_id != (0, 0) else None
+        with contextlib.suppress(StoreError):
+            for event in await self.conn.store.events(self.sid, after):
+                self.forward(event.frame(self.sid))
+
+    def forward(self, frame: dict[str, Any]) -> None:
+        kind = frame.get("type")
+        send = self.conn.send
+        if kind == "resync":
+            self.conn.spawn(self.resync())
+        elif isinstance(frame.get("event_id"), str):  # a stored event
+            position = parse_event_id(frame["event_id"])
+            if position <= self.last_id:
+                return
+            self.last_id = position
+            stream_id = frame.get("stream_id")
+            if kind == "message" and stream_id in self.streams:
+                # The console has the text already; close its stream with the stored id.
+                self.streams.discard(stream_id)
+                send({**frame, "type": "stream_end"})
+            else:
+                send(frame)
+        elif kind == "stream_start":
+            self.streams.add(frame["stream_id"])
+            send(frame)
+        elif kind == "stream_delta":
+            if frame.get("stream_id") in self.streams:
+                send(frame)
+        elif kind == "typing":
+            send(frame)
+
+
+class AgentConnection:
+    def __init__(self, ws: ServerConnection, app: App) -> None:
+        self.ws = ws
+        self.app = app
+        self.settings = app.settings
+        self.store = app.store
+        self.agents = Agents(app.store.redis, app.store.keys, token_ttl=app.settings.agent_token_ttl)
+        self.agent: Agent | None = None
+        self.token = ""
+        self.watches: dict[str, Watch] = {}
+        self.out: asyncio.Queue[dict[str, Any]] = asyncio.Queue()
+        self.held_updates: list[dict[str, Any]] | None = None
+        self._tasks: set[asyncio.Future[None]] = set()
+        self._dropping = False
+        self.limiter = RateLimiter(RATE_FRAMES, RATE_WINDOW)
+
+    async def serve(self) -> None:
+        try:
+            if not await self._sign_in():
+                return
+        except ConnectionClosed:
+            return
+        writer = asyncio.create_task(self._write())
+        self.spawn(self._recheck())
+        updates = self.store.keys.updates_channel()
+        try:
+            await self._subscribe_updates()
+            async for raw in self.ws:
+                await self._on_frame(raw)
+        except (ConnectionClosed, _Closed):
+            pass
+        finally:
+            await self.app.hub.unsubscribe(updates, self._on_update)
+            for watch in list(self.watches.values()):
+                await self.app.hub.unsubscribe(self.store.keys.channel(watch.sid), watch.on_live)
+            for task in [writer, *self._tasks]:
+                task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await writer
+
+    # -- signing in -----------------------------------------------------------
+
+    async def _sign_in(self) -> bool:
+        """Read the first frame; True once signed in, else the socket is closed."""
+        try:
+            raw = await asyncio.wait_for(self.ws.recv(), AUTH_TIMEOUT)
+        except TimeoutError:
+            await self._refuse("unauthorized", "sign in first")
+            return False
+        try:
+            first = frames.parse_first(raw, max_bytes=self.settings.max_frame_bytes)
+            if isinstance(first, frames.Auth):
+                agent = await self.agents.verify(first.token)
+                expires_at = await self.agents.expires_at(first.token) if agent else None
+                if agent is None or expires_at is None:
+                    raise LoginRefused("unauthorized", "this login expired or was revoked")
+                token = first.token
+            else:
+                token, expires_at, agent = await self.agents.login(first.name, first.password)
+        except FrameError as exc:
+            await self._refuse("unauthorized", exc.message)
+            return False
+        except LoginRefused as exc:
+            await self._refuse(exc.code, exc.message)
+            return False
+        except StoreError as exc:
+            log.warning("agent sign-in failed: %s", exc)
+            await self._refuse("unavailable", "the service is briefly unavailable; retry", 1013)
+            return False
+        self.agent, self.token = agent, token
+        await self.ws.send(self.app.encode({
+            "type": "auth_ok", "agent": agent.name, "role": agent.role, "token": token,
+            "expires_at": expires_at}))
+        log.info("agent %s signed in", agent.name)
+        return True
+
+    async def _refuse(self, code: str, message: str, close_code: int = UNAUTHORIZED) -> None:
+        # Sent directly, not queued: the close must follow the error frame.
+        self.app.metrics.errors.labels(code).inc()
+        with contextlib.suppress(ConnectionClosed):
+            await self.ws.send(self.app.encode({"type": "error", "code": code, "message": message}))
+        await self.ws.close(close_code, message[:100])
+
+    async def _current_agent(self) -> Agent:
+        """The signed-in agent as Redis knows it now; closes with 4401 when the token is gone."""
+        agent = await self.agents.verify(self.token)
+        if agent is None:
+            await self._refuse("unauthorized", "your login expired or was revoked")
+            raise _Closed
+        self.agent = agent  # the role may have changed
+        return agent
+
+    async def _recheck(self) -> None:
+        # An idle console must stop receiving conversations once its login is revoked.
+        while True:
+            await asyncio.sleep(RECHECK_EVERY)
+            with contextlib.suppress(StoreError, _Closed, ConnectionClosed):
+                await self._current_agent()
+
+    # -- outgoing -------------------------------------------------------------
+
+    def send(self, frame: dict[str, Any]) -> None:
+        self.out.put_nowait(frame)
+
+    def error(self, code: str, message: str, **context: Any) -> None:
+        self.app.metrics.errors.labels(code).inc()
+        self.send({"type": "error", "code": code, "message": message,
+                   **{k: v for k, v in context.items() if v is not None}})
+
+    def room(self) -> bool:
+        """False once the console has fallen too far behind (it is being dropped)."""
+        if self.out.qsize() <= MAX_QUEUED:
+            return True
+        if not self._dropping:
+            log.warning("agent %s: console too slow, dropping it", self.agent and self.agent.name)
+            self._dropping = True
+            self.spawn(self.ws.close(1013, "too slow; reconnect"))
+        return False
+
+    def spawn(self, work: Coroutine[Any, Any, None]) -> None:
+        """Run ``work`` in the background, owned by this connection (cancelled with it)."""
+        task = asyncio.ensure_future(work)
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+
+    async def _write(self) -> None:
+        with contextlib.suppress(ConnectionClosed):
+            while True:
+                frame = await self.out.get()
+                await self.ws.send(self.app.encode(frame))
+
+    # -- the session list -----------------------------------------------------
+
+    async def _snapshot(self) -> list[dict[str, Any]]:
+        sids = await self.store.live_sessions(SNAPSHOT_LIMIT)
+        return [actions.summary(sid, record) for sid, record in await self.store.records(sids)]
+
+    async def _subscribe_updates(self) -> None:
+        """Subscribe, then read the snapshot: no update can fall in between."""
+        self.held_updates = []
+        await self.app.hub.subscribe(self.store.keys.updates_channel(), self._on_update)
+        try:
+            sessions = await self._snapshot()
+            self.send({"type": "sessions", "sessions": sessions})
+        finally:
+            held, self.held_updates = self.held_updates, None
+        seen = {s["session_id"]: s["updated_at"] or 0.0 for s in sessions}
+        for update in held:
+            session = update["session"]
+            if (session["updated_at"] or 0.0) > seen.get(session["session_id"], -1.0):
+                self.send(update)
+
+    async def _send_snapshot(self) -> None:
+        with contextlib.suppress(StoreError):
+            self.send({"type": "sessions", "sessions": await self._snapshot()})
+
+    def _on_update(self, frame: dict[str, Any]) -> None:
+        if frame.get("type") == "resync":  # pub/sub reconnected: updates may be lost
+            self.spawn(self._send_snapshot())
+            return
+        session = frame.get("session")
+        if frame.get("type") != "session_update" or not isinstance(session, dict):
+            return
+        sid = str(session.get("session_id", ""))
+        update = {"type": "session_update", "session_id": sid,
+                  "session": actions.summary(sid, session)}
+        if self.held_updates is not None:
+            self.held_updates.append(update)
+        elif self.room():
+            self.send(update)
+
+    # -- incoming -------------------------------------------------------------
+
+    async def _on_frame(self, raw: str | bytes) -> None:
+        sid = action = client_id = None
+        try:
+            frame = frames.parse(raw, max_bytes=self.settings.max_frame_bytes,
+                                 max_text=self.settings.max_text_chars)
+            # What an error names, so the console knows which action or message failed.
+            sid = getattr(frame, "session_id", None)
+            action = type(frame).__name__.lower()  # the frame's `type`
+            client_id = getattr(frame, "client_id", None)
+            if not self.limiter.allow():
+                raise FrameError("rate_limited", "too many frames; slow down")
+            agent = await self._current_agent()
+            await self._dispatch(agent, frame)
+        except FrameError as exc:
+            self.error(exc.code, exc.message, session_id=sid, action=action, client_id=client_id)
+        except Conflict as exc:
+            assert self.agent is not None
+            code, message = actions.refusal(exc, self.agent.name)
+            self.error(code, message, session_id=sid, action=action, client_id=client_id,
+                       agent=exc.agent)
+        except StoreError as exc:
+            if "expired or unknown" in str(exc):
+                self.error("unknown_session", "no such conversation (or it expired)",
+                           session_id=sid, action=action, client_id=client_id)
+            else:
+                log.warning("agent socket: %s", exc)
+                self.error("unavailable", "briefly unavailable; please retry", session_id=sid,
+                           action=action, client_id=client_id)
+
+    async def _dispatch(self, agent: Agent, frame: frames.AgentFrame) -> None:
+        if isinstance(frame, frames.ListSessions):
+            self.send({"type": "sessions", "sessions": await self._snapshot()})
+        elif isinstance(frame, frames.Logout):
+            await self.agents.logout(self.token)
+            await self.ws.close(1000, "signed out")
+            raise _Closed
+        elif isinstance(frame, frames.Watch):
+            await self._watch(frame.session_id, frame.after)
+        elif isinstance(frame, frames.Unwatch):
+            await self._unwatch(frame.session_id)
+        elif isinstance(frame, frames.Typing):
+            record = await self.store.session(frame.session_id) or {}
+            if record.get("status") != "agent" or record.get("agent") != agent.name:
+                raise FrameError("not_owner", "take this conversation over first")
+            await self.store.publish(frame.session_id, {
+                "type": "typing", "role": "agent", "on": frame.on, "agent": agent.name})
+        elif isinstance(frame, frames.Send):
+            write = actions.send(agent, frame.client_id, frame.text)
+            result = await self._run(frame.session_id, write)
+            self.send({"type": "ack", "session_id": frame.session_id,
+                       "client_id": frame.client_id, "event_id": result[0]})
+        else:
+            await self._act(agent, frame)
+
+    async def _act(self, agent: Agent, frame: frames.AgentFrame) -> None:
+        """takeover, assign, handback, close, note: one guarded write, then ``ok``."""
+        sid: str = getattr(frame, "session_id", "")
+        record = await self.store.session(sid)
+        if record is None:
+            raise FrameError("unknown_session", "no such conversation (or it expired)")
+        if isinstance(frame, frames.Takeover):
+            if record.get("status") == "agent" and record.get("agent") == agent.name:
+                write = None  # already ours: nothing to announce again
+            else:
+                write = actions.takeover(agent)
+        elif isinstance(frame, frames.Assign):
+            if not agent.is_admin:
+                raise FrameError("forbidden", "only an admin can assign conversations")
+            if await self.agents.get(frame.agent) is None:
+                raise FrameError("unknown_agent", f"no agent named {frame.agent!r}")
+            write = actions.assign(frame.agent)
+        elif isinstance(frame, frames.Handback):
+            write = actions.handback(agent, record.get("agent"))
+        elif isinstance(frame, frames.Close):
+            write = actions.close(agent)
+        elif isinstance(frame, frames.Note):
+            write = actions.note(agent, frame.text)
+        else:  # pragma: no cover - every frame type is handled above
+            raise FrameError("unknown_type", "unsupported frame")
+        result = await self._run(sid, write) if write else []
+        done: dict[str, Any] = {"type": "ok", "action": type(frame).__name__.lower(),
+                                "session_id": sid}
+        if result:
+            done["event_id"] = result[-1]
+        self.send(done)
+
+    async def _run(self, sid: str, write: actions.Write) -> list[str]:
+        appended = await self.store.append(sid, write.events, fields=write.fields,
+                                           allow=write.allow, client_id=write.client_id)
+        return appended.event_ids
+
+    async def _watch(self, sid: str, after: str | None) -> None:
+        record = await self.store.session(sid)
+        if record is None:
+            raise FrameError("unknown_session", "no such conversation (or it expired)")
+        await self._unwatch(sid)  # watching again restarts the replay
+        if len(self.watches) >= MAX_WATCHES:
+            raise FrameError("too_many_watches", f"watch at most {MAX_WATCHES} conversations")
+        watch = self.watches[sid] = Watch(self, sid)
+        try:
+            await self.app.hub.subscribe(self.store.keys.channel(sid), watch.on_live)
+        except (TimeoutError, StoreError):
+            del self.watches[sid]
+            raise StoreError("could not subscribe") from None
+        self.send({"type": "watching", "session_id": sid, "session": actions.summary(sid, record),
+                   "after": after})
+        if after:
+            watch.last_id = parse_event_id(after)
+        try:
+            for event in await self.store.events(sid, after):
+                watch.forward(event.frame(sid))
+        finally:
+            watch.release()
+
+    async def _unwatch(self, sid: str) -> None:
+        watch = self.watches.pop(sid, None)
+        if watch is not None:
+            await self.app.hub.unsubscribe(self.store.keys.channel(sid), watch.on_live)
+

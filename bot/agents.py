@@ -1,0 +1,223 @@
+"""Support-agent accounts and console logins, in Redis next to the conversations.
+
+An account is a hash (role, salted scrypt hash of the password, created_at);
+the password itself is never stored and is shown once, when it is made. A
+login hands out a random token; Redis keeps only its SHA-256, with a TTL, so
+a copy of the database cannot be replayed as a login. Removing an agent or
+resetting its password revokes every token it holds. Key layout: ``bot.keys``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import hashlib
+import hmac
+import re
+import secrets
+import time
+from dataclasses import dataclass
+from typing import Any
+
+import redis.asyncio as aioredis
+from redis.exceptions import RedisError
+
+from bot.errors import DeskmateError, StoreError
+from bot.keys import Keys
+
+ROLES = ("agent", "admin")
+NAME = re.compile(r"^[\w.-]{1,64}$")  # no ':' and no spaces: names are parts of keys
+# scrypt's interactive-login parameters (RFC 7914 §2): 16 MiB and ~50 ms per hash.
+SCRYPT_N, SCRYPT_R, SCRYPT_P = 2**14, 8, 1
+SALT_BYTES = 16
+LOGIN_ATTEMPTS = 5  # per name per LOGIN_WINDOW, counted before the password is checked
+LOGIN_WINDOW = 60  # seconds
+
+
+class AgentError(DeskmateError):
+    """An account operation was refused (bad name, unknown or existing agent)."""
+
+
+class LoginRefused(DeskmateError):
+    """A login failed; ``code`` is ``unauthorized`` or ``rate_limited``."""
+
+    def __init__(self, code: str, message: str) -> None:
+        super().__init__(message)
+        self.code = code
+        self.message = message
+
+
+@dataclass(frozen=True)
+class Agent:
+    name: str
+    role: str  # "agent" or "admin"
+    created_at: float = 0.0
+
+    @property
+    def is_admin(self) -> bool:
+        return self.role == "admin"
+
+
+def hash_password(password: str, *, salt: bytes | None = None) -> str:
+    """``scrypt$N$r$p$salt$hash`` (base64), self-describing so parameters can change later."""
+    salt = salt if salt is not None else secrets.token_bytes(SALT_BYTES)
+    digest = hashlib.scrypt(password.encode(), salt=salt, n=SCRYPT_N, r=SCRYPT_R, p=SCRYPT_P)
+    b64 = base64.b64encode
+    return f"scrypt${SCRYPT_N}${SCRYPT_R}${SCRYPT_P}${b64(salt).decode()}${b64(digest).decode()}"
+
+
+def check_password(password: str, stored: str) -> bool:
+    """True if ``password`` matches ``stored`` (compared in constant time)."""
+    try:
+        scheme, n, r, p, salt, digest = stored.split("$")
+        if scheme != "scrypt":
+            return False
+        expected = base64.b64decode(digest)
+        actual = hashlib.scrypt(password.encode(), salt=base64.b64decode(salt), n=int(n),
+                                r=int(r), p=int(p), dklen=len(expected))
+    except ValueError:
+        return False
+    return hmac.compare_digest(actual, expected)
+
+
+# Checked against when the name is unknown, so a login takes as long either way and
+# its timing does not tell which names exist.
+_DUMMY_HASH = hash_password(secrets.token_urlsafe(16))
+
+
+def token_digest(token: str) -> str:
+    return hashlib.sha256(token.encode()).hexdigest()
+
+
+def check_name(name: str) -> str:
+    if not NAME.match(name):
+        raise AgentError(f"bad agent name {name!r}: use 1-64 letters, digits, '.', '_' or '-'")
+    return name
+
+
+class Agents:
+    """Agent accounts and login tokens; one per process (or per CLI command)."""
+
+    def __init__(self, client: aioredis.Redis, keys: Keys, *, token_ttl: int = 12 * 3600) -> None:
+        self.redis: Any = client  # decode_responses=True, as in bot.store
+        self.keys = keys
+        self.token_ttl = token_ttl
+
+    # -- accounts -------------------------------------------------------------
+
+    async def add(self, name: str, role: str = "agent") -> str:
+        """Create an account; returns its password (shown once, never stored)."""
+        check_name(name)
+        if role not in ROLES:
+            raise AgentError(f"bad role {role!r}: use one of {', '.join(ROLES)}")
+        password = secrets.token_urlsafe(12)
+        record = {"role": role, "password": await asyncio.to_thread(hash_password, password),
+                  "created_at": repr(time.time())}
+        try:
+            # HSETNX on the role first: two concurrent adds of one name cannot both win.
+            if not await self.redis.hsetnx(self.keys.agent(name), "role", role):
+                raise AgentError(f"agent {name!r} already exists")
+            async with self.redis.pipeline(transaction=True) as pipe:
+                pipe.hset(self.keys.agent(name), mapping=record)
+                pipe.sadd(self.keys.agent_index(), name)
+                await pipe.execute()
+        except RedisError as exc:
+            raise StoreError(f"could not add agent: {exc}") from exc
+        return password
+
+    async def get(self, name: str) -> Agent | None:
+        if not NAME.match(name):
+            return None
+        try:
+            record = await self.redis.hgetall(self.keys.agent(name))
+        except RedisError as exc:
+            raise StoreError(f"could not read agent: {exc}") from exc
+        if not record or "password" not in record:
+            return None
+        return Agent(name, record.get("role", "agent"), float(record.get("created_at") or 0))
+
+    async def list(self) -> list[Agent]:
+        """Every agent, by name."""
+        names = sorted(await self.redis.smembers(self.keys.agent_index()))
+        found = [await self.get(name) for name in names]
+        return [agent for agent in found if agent is not None]
+
+    async def remove(self, name: str) -> None:
+        """Delete the account and revoke its tokens."""
+        if await self.get(name) is None:
+            raise AgentError(f"no agent named {name!r}")
+        await self._revoke(name, delete_account=True)
+
+    async def reset(self, name: str) -> str:
+        """A new password for ``name`` (returned once); its current logins are revoked."""
+        if await self.get(name) is None:
+            raise AgentError(f"no agent named {name!r}")
+        password = secrets.token_urlsafe(12)
+        hashed = await asyncio.to_thread(hash_password, password)
+        # The new hash first: a login with the old password can no longer start a token.
+        await self.redis.hset(self.keys.agent(name), "password", hashed)
+        await self._revoke(name)
+        return password
+
+    async def _revoke(self, name: str, *, delete_account: bool = False) -> None:
+        digests = await self.redis.smembers(self.keys.agent_tokens(name))
+        async with self.redis.pipeline(transaction=True) as pipe:
+            for digest in digests:
+                pipe.delete(self.keys.agent_token(digest))
+            pipe.delete(self.keys.agent_tokens(name))
+            if delete_account:
+                pipe.delete(self.keys.agent(name))
+                pipe.srem(self.keys.agent_index(), name)
+            await pipe.execute()
+
+    # -- logins ---------------------------------------------------------------
+
+    async def login(self, name: str, password: str) -> tuple[str, float, Agent]:
+        """(token, expires_at, agent) for a right password; raises :class:`LoginRefused`.
+
+        At most ``LOGIN_ATTEMPTS`` tries per name per ``LOGIN_WINDOW`` seconds, counted
+        whether the name exists or not."""
+        if NAME.match(name):
+            async with self.redis.pipeline(transaction=True) as pipe:
+                pipe.incr(self.keys.agent_logins(name))
+                pipe.expire(self.keys.agent_logins(name), LOGIN_WINDOW, nx=True)
+                attempts, _ = await pipe.execute()
+            if int(attempts) > LOGIN_ATTEMPTS:
+                raise LoginRefused("rate_limited", "too many login attempts; wait a minute")
+            stored = await self.redis.hget(self.keys.agent(name), "password")
+        else:
+            stored = None
+        ok = await asyncio.to_thread(check_password, password, stored or _DUMMY_HASH)
+        agent = await self.get(name) if ok and stored else None
+        if agent is None:
+            raise LoginRefused("unauthorized", "wrong name or password")
+        token = secrets.token_urlsafe(32)
+        digest = token_digest(token)
+        expires_at = time.time() + self.token_ttl
+        async with self.redis.pipeline(transaction=True) as pipe:
+            pipe.set(self.keys.agent_token(digest), name, ex=self.token_ttl)
+            pipe.sadd(self.keys.agent_tokens(name), digest)
+            # The set lives as long as its newest token; stale digests in it are harmless.
+            pipe.expire(self.keys.agent_tokens(name), self.token_ttl)
+            await pipe.execute()
+        return token, expires_at, agent
+
+    async def verify(self, token: str) -> Agent | None:
+        """The agent a live token belongs to; None if it is unknown, expired or revoked."""
+        if not token or len(token) > 256:
+            return None
+        try:
+            name = await self.redis.get(self.keys.agent_token(token_digest(token)))
+        except RedisError as exc:
+            raise StoreError(f"could not check token: {exc}") from exc
+        if name is None:
+            return None
+        return await self.get(name)  # None once the account is gone
+
+    async def expires_at(self, token: str) -> float | None:
+        """When ``token`` expires (seconds since the epoch), or None if it is not live."""
+        ttl = await self.redis.pttl(self.keys.agent_token(token_digest(token)))
+        return time.time() + int(ttl) / 1000 if int(ttl) > 0 else None
+
+    async def logout(self, token: str) -> None:
+        await self.redis.delete(self.keys.agent_token(token_digest(token)))

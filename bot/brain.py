@@ -1,0 +1,138 @@
+"""Assembles what answers turns: the dialogue engine and the models it is handed.
+
+Loading is blocking (files, torch) and happens once, before the server takes
+connections: the bot project, its trained classifier (refused when missing or
+stale), the knowledge base embedded with the same shared encoder, the catalog,
+the entity extractor, the custom-action runner and the language model.
+"""
+
+from __future__ import annotations
+
+import functools
+import logging
+import os
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+
+from bot.actions import open_action_runner
+from bot.config import Settings
+from bot.errors import ProjectError
+from dialogue.engine import DialogueEngine
+from dialogue.entities import EntityExtractor
+from dialogue.generate import Writer
+from dialogue.knowledge import KnowledgeIndex, load_knowledge
+from dialogue.project import Project, load_project
+from dialogue.recommend import Recommender, load_catalog
+from dialogue.types import Pipeline
+
+log = logging.getLogger("deskmate.brain")
+
+# texts -> one `deskmate nlu parse` JSON per text (plus "vector": the text's embedding)
+Understand = Callable[[list[str]], list[dict[str, Any]]]
+
+
+@dataclass(frozen=True)
+class Brain:
+    """What answers turns: the dialogue pipeline and the classifier that reads each message."""
+
+    pipeline: Pipeline
+    understand: Understand | None = None
+    closers: list[Callable[[], Awaitable[None]]] = field(default_factory=list)
+
+    async def close(self) -> None:
+        for close in self.closers:
+            try:
+                await close()
+            except Exception:  # closing must go on for the others
+                log.exception("closing %s failed", close)
+
+
+def lm_backend(settings: Settings, project: Project) -> str:
+    backend = settings.lm_backend or str(project.setting("language_model", "backend", "embedded"))
+    if backend not in ("embedded", "remote", "none"):
+        raise ProjectError(str(project.path / "config.yml"),
+                           f"language_model.backend must be embedded, remote or none, not {backend!r}")
+    return backend
+
+
+def open_writer(settings: Settings, project: Project) -> tuple[Writer | None, Any]:
+    """The language model wrapped for dialogue, and the model (to close), or (None, None)."""
+    backend = lm_backend(settings, project)
+    if backend == "none":
+        return None, None
+    from model.lm import PromptBudget, PromptBuilder, approx_tokens, open_chat_model
+
+    model = open_chat_model(backend=backend)
+    max_tokens = int(project.setting("language_model", "max_tokens", 160))
+    context = int(getattr(model, "context", 0) or project.setting("language_model", "context", 2048))
+    count = getattr(model, "count_tokens", None) or approx_tokens
+    prompts = PromptBuilder(count, PromptBudget(context=context, reply_tokens=max_tokens))
+    return Writer(model, prompts, project.config), model
+
+
+def build_engine(project: Project, *, embed: Callable[[list[str]], Any] | None,
+                 actions_url: str | None = None, writer: Writer | None = None) -> DialogueEngine:
+    """The engine for ``project``; ``embed`` (texts -> (N, D) vectors) indexes the knowledge."""
+    knowledge = None
+    if project.knowledge_dir.is_dir() and embed is not None:
+        entries = load_knowledge(project.knowledge_dir)
+        if entries:
+            knowledge = KnowledgeIndex(entries, embed([e.embedding_text() for e in entries]))
+    recommender = Recommender(load_catalog(project.catalog_path)) if project.catalog_path.is_file() else None
+    runner = open_action_runner(project.path, actions_url)
+    response_vectors: dict[str, Any] = {}
+    if knowledge is not None and embed is not None:
+        # The canned responses rules give, embedded to tell when a knowledge entry is more specific.
+        names = sorted({a for acts in project.rules.values() for a in acts if a in project.responses})
+        texts = [(n, str(v.get("text") or "")) for n in names for v in project.responses[n]]
+        vectors = embed([t for _, t in texts]) if texts else []
+        for name in names:
+            rows = [vectors[i] for i, (n, _) in enumerate(texts) if n == name]
+            response_vectors[name] = np.asarray(rows, dtype=np.float32)
+    return DialogueEngine(project, entities=EntityExtractor.for_project(project), knowledge=knowledge,
+                          recommender=recommender, actions=runner, writer=writer,
+                          response_vectors=response_vectors)
+
+
+def load_brain(settings: Settings, *, language_model: bool = True) -> Brain:
+    """Load the bot project, its trained classifier and everything the engine uses.
+
+    Raises ProjectError naming the command to run when the classifier is missing or
+    older than the project's training data: the server never answers with an untrained
+    model."""
+    project = load_project(settings.project)
+    from model.classifier import load_project_classifier
+
+    classifier = load_project_classifier(settings.project)
+    writer, model = open_writer(settings, project) if language_model else (None, None)
+    engine = build_engine(project, embed=classifier.encoder.embed, actions_url=settings.action_endpoint,
+                          writer=writer)
+    closers: list[Callable[[], Awaitable[None]]] = []
+    if engine.actions is not None and hasattr(engine.actions, "close"):
+        closers.append(engine.actions.close)
+    if model is not None and hasattr(model, "aclose"):
+        closers.append(model.aclose)
+    elif model is not None and hasattr(model, "close"):
+        engine_close = model.close
+
+        async def close_engine() -> None:
+            import asyncio
+
+            await asyncio.to_thread(engine_close)
+
+        closers.append(close_engine)
+    log.info("project %s: %d intents, %d knowledge entries, %s actions, language model %s",
+             project.path, len(project.intents), len(engine.knowledge or ()),
+             "remote" if settings.action_endpoint else ("in-process" if engine.actions else "no"),
+             getattr(model, "name", "off"))
+    return Brain(engine, functools.partial(classifier.parse_batch, vectors=True), closers)
+
+
+def actions_environment(redis_url: str, key_prefix: str) -> None:
+    """Tell in-process actions (the demo shop's order book) which Redis to use, unless the
+    operator already did."""
+    os.environ.setdefault("DESKMATE_ACTIONS_REDIS_URL", redis_url)
+    os.environ.setdefault("DESKMATE_ACTIONS_PREFIX", f"{key_prefix}shop:")

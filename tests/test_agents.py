@@ -1,0 +1,154 @@
+"""Agent accounts and logins against the real Redis, and the `deskmate agent` CLI."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import re
+import subprocess
+import sys
+import time
+from collections.abc import AsyncIterator
+
+import pytest
+import redis
+import redis.asyncio as aioredis
+
+from bot.agents import LOGIN_ATTEMPTS, AgentError, Agents, LoginRefused, check_password, token_digest
+from bot.keys import Keys
+from tests.conftest import ROOT
+
+
+@pytest.fixture
+async def agents(redis_url: str, key_prefix: str) -> AsyncIterator[Agents]:
+    client = aioredis.from_url(redis_url, decode_responses=True)
+    yield Agents(client, Keys(key_prefix), token_ttl=60)
+    await client.aclose()
+
+
+def dump(sync_redis: redis.Redis, prefix: str) -> str:
+    """Every key and value under ``prefix``, as one string to search."""
+    out = []
+    for key in sync_redis.scan_iter(match=f"{prefix}*"):
+        kind = sync_redis.type(key)
+        value = {"hash": sync_redis.hgetall, "string": sync_redis.get, "set": sync_redis.smembers,
+                 }.get(kind, lambda k: "")(key)
+        out.append(f"{key}={value}")
+    return "\n".join(out)
+
+
+async def test_password_and_tokens_are_stored_only_as_hashes(
+        agents: Agents, sync_redis: redis.Redis, key_prefix: str) -> None:
+    password = await agents.add("anna", "admin")
+    token, expires_at, agent = await agents.login("anna", password)
+    assert (agent.name, agent.role, agent.is_admin) == ("anna", "admin", True)
+    everything = dump(sync_redis, key_prefix)
+    assert password not in everything and token not in everything
+    stored = sync_redis.hget(Keys(key_prefix).agent("anna"), "password") or ""
+    scheme, n, r, p, salt, digest = stored.split("$")
+    assert (scheme, n, r, p) == ("scrypt", str(2**14), "8", "1") and len(salt) == 24  # 16 bytes
+    assert check_password(password, stored) and not check_password(password + "x", stored)
+    assert sync_redis.get(Keys(key_prefix).agent_token(token_digest(token))) == "anna"
+    assert 0 < sync_redis.ttl(Keys(key_prefix).agent_token(token_digest(token))) <= 60
+    assert time.time() + 50 < expires_at <= time.time() + 60
+    assert await agents.verify(token) == agent
+
+
+async def test_login_refuses_bad_password_unknown_name_and_bad_tokens(agents: Agents) -> None:
+    password = await agents.add("bob")
+    for name, guess in (("bob", "wrong"), ("nobody", password), ("bad:name", password)):
+        with pytest.raises(LoginRefused) as refused:
+            await agents.login(name, guess)
+        assert refused.value.code == "unauthorized"
+    assert await agents.verify("not-a-token") is None
+    assert await agents.verify("") is None
+    with pytest.raises(AgentError):
+        await agents.add("bob")
+    with pytest.raises(AgentError):
+        await agents.add("has space")
+    with pytest.raises(AgentError):
+        await agents.add("carol", role="root")
+
+
+async def test_token_expires(redis_url: str, key_prefix: str) -> None:
+    client = aioredis.from_url(redis_url, decode_responses=True)
+    try:
+        short = Agents(client, Keys(key_prefix), token_ttl=1)
+        password = await short.add("dora")
+        token, _, _ = await short.login("dora", password)
+        assert await short.verify(token) is not None
+        await asyncio.sleep(1.3)
+        assert await short.verify(token) is None
+    finally:
+        await client.aclose()
+
+
+async def test_remove_and_reset_revoke_tokens(agents: Agents) -> None:
+    password = await agents.add("erin")
+    first, _, _ = await agents.login("erin", password)
+    second, _, _ = await agents.login("erin", password)
+    new_password = await agents.reset("erin")
+    assert await agents.verify(first) is None and await agents.verify(second) is None
+    with pytest.raises(LoginRefused):
+        await agents.login("erin", password)
+    token, _, _ = await agents.login("erin", new_password)
+    assert await agents.verify(token) is not None
+    await agents.remove("erin")
+    assert await agents.verify(token) is None
+    assert [a.name for a in await agents.list()] == []
+    with pytest.raises(AgentError):
+        await agents.remove("erin")
+
+
+async def test_login_attempts_are_throttled_per_name(agents: Agents) -> None:
+    password = await agents.add("fred")
+    await agents.add("gina")
+    for _ in range(LOGIN_ATTEMPTS):
+        with pytest.raises(LoginRefused):
+            await agents.login("fred", "guess")
+    # Even the right password is refused until the window passes...
+    with pytest.raises(LoginRefused) as refused:
+        await agents.login("fred", password)
+    assert refused.value.code == "rate_limited"
+    # ...for that name only.
+    with pytest.raises(LoginRefused) as other:
+        await agents.login("gina", "guess")
+    assert other.value.code == "unauthorized"
+
+
+def cli(redis_url: str, prefix: str, *args: str) -> subprocess.CompletedProcess[str]:
+    env = {**os.environ, "PYTHONPATH": str(ROOT), "REDIS_URL": redis_url,
+           "DESKMATE_KEY_PREFIX": prefix}
+    env.pop("DESKMATE_REDIS_URL", None)
+    return subprocess.run([sys.executable, "-m", "bot.cli", "agent", *args], cwd=ROOT, env=env,
+                          capture_output=True, text=True, timeout=60)
+
+
+async def test_cli_add_list_reset_remove(redis_url: str, key_prefix: str, agents: Agents,
+                                         sync_redis: redis.Redis) -> None:
+    added = await asyncio.to_thread(cli, redis_url, key_prefix, "add", "hana", "--role", "admin")
+    assert added.returncode == 0, added.stderr
+    password = re.search(r"^password: (\S+)$", added.stdout, re.M)
+    assert password
+    _, _, agent = await agents.login("hana", password.group(1))
+    assert agent.role == "admin"
+    assert password.group(1) not in dump(sync_redis, key_prefix)
+
+    again = await asyncio.to_thread(cli, redis_url, key_prefix, "add", "hana")
+    assert again.returncode == 1 and "already exists" in again.stderr
+
+    listed = await asyncio.to_thread(cli, redis_url, key_prefix, "list")
+    assert listed.returncode == 0 and re.search(r"^hana\s+admin\s", listed.stdout, re.M)
+
+    reset = await asyncio.to_thread(cli, redis_url, key_prefix, "reset", "hana")
+    new_password = re.search(r"^password: (\S+)$", reset.stdout, re.M)
+    assert reset.returncode == 0 and new_password and new_password.group(1) != password.group(1)
+    with pytest.raises(LoginRefused):
+        await agents.login("hana", password.group(1))
+    token, _, _ = await agents.login("hana", new_password.group(1))
+
+    removed = await asyncio.to_thread(cli, redis_url, key_prefix, "remove", "hana")
+    assert removed.returncode == 0
+    assert await agents.verify(token) is None
+    missing = await asyncio.to_thread(cli, redis_url, key_prefix, "remove", "hana")
+    assert missing.returncode == 1 and "no agent named" in missing.stderr

@@ -1,0 +1,332 @@
+"""The knowledge base: loading the shop's real knowledge, errors with file and line,
+and the vector index, with synthetic vectors and with the real shared encoder."""
+
+from __future__ import annotations
+
+import logging
+import os
+import threading
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pytest
+import yaml
+
+from bot.errors import ProjectError
+from dialogue.knowledge import MIN_SECTION_CHARS, Hit, KnowledgeEntry, KnowledgeIndex, load_knowledge
+
+ROOT = Path(__file__).resolve().parent.parent
+SHOP_KNOWLEDGE = ROOT / "examples" / "shop" / "knowledge"
+QUERIES = ROOT / "tests" / "fixtures" / "knowledge_queries.yml"
+
+# Measured with scripts/eval_knowledge.py on QUERIES (63 answerable, 12 unanswerable):
+# top-1 0.810, top-3 0.905. The bars leave a margin of about three queries.
+TOP1_BAR = 0.75
+TOP3_BAR = 0.85
+
+
+# ------------------------------------------------------------------ loading
+@pytest.fixture(scope="module")
+def shop_entries() -> list[KnowledgeEntry]:
+    return load_knowledge(SHOP_KNOWLEDGE)
+
+
+def test_loads_every_faq_entry_and_help_page_section(shop_entries: list[KnowledgeEntry]) -> None:
+    faq = yaml.safe_load((SHOP_KNOWLEDGE / "faq.yml").read_text(encoding="utf-8"))
+    ids = [e.id for e in shop_entries]
+    assert len(ids) == len(set(ids))
+    assert [e.id for e in shop_entries if "#" not in e.id] == [item["id"] for item in faq]
+    pages = {e.id.split("#")[0] for e in shop_entries if "#" in e.id}
+    assert pages == {"returns", "shipping", "size-guide"}
+
+
+def test_faq_entry_fields(shop_entries: list[KnowledgeEntry]) -> None:
+    entry = next(e for e in shop_entries if e.id == "shipping-costs")
+    assert entry.title == "How much does shipping cost?"
+    assert entry.text.startswith("Standard delivery costs €4.95 and is free on orders over €60.")
+    assert "\n" not in entry.text  # folded YAML scalar
+    assert entry.source == "knowledge/faq.yml#shipping-costs"
+    assert entry.tags == ("shipping", "costs", "free shipping", "express")
+    assert entry.embedding_text() == f"{entry.title}\n{entry.text}"
+
+
+def test_markdown_sections_with_heading_paths(shop_entries: list[KnowledgeEntry]) -> None:
+    by_id = {e.id: e for e in shop_entries}
+    refunds = by_id["returns#refunds"]
+    assert refunds.title == "Returns, refunds and exchanges › Refunds"
+    assert refunds.source == "knowledge/returns.md#refunds"
+    assert "5–7 business days" in refunds.text and "## " not in refunds.text
+    foot = by_id["size-guide#how-to-measure-your-foot"]
+    assert foot.title == "Size guide › Shoes › How to measure your foot"
+    assert foot.embedding_text().startswith("How to measure your foot\nStand on a sheet of paper")
+    # The page title's own text (before the first ##) is an entry too.
+    intro = by_id["shipping#shipping-and-delivery"]
+    assert intro.text.startswith("Northwind Threads is an online-only shop.")
+    # A heading followed directly by its table keeps the table.
+    assert "| 42 | 8   |" in by_id["size-guide#shoes"].text
+
+
+def write(directory: Path, name: str, text: str) -> Path:
+    path = directory / name
+    path.write_text(text, encoding="utf-8")
+    return path
+
+
+def test_small_subsections_join_their_parent_and_empty_headings_vanish(tmp_path: Path) -> None:
+    long = "Long enough to stand alone. " * 8
+    write(tmp_path, "help.md", f"""# Help
+
+## Delivery
+
+Parcels leave the warehouse daily.
+
+### Weekends
+
+No deliveries on Sundays.
+
+### Tracking
+
+{long}
+
+## Contact
+
+### Email
+
+{long}
+
+```text
+## not a heading inside a code fence
+```
+
+## Contact
+Second section with the same heading.
+""")
+    entries = {e.id: e for e in load_knowledge(tmp_path)}
+    assert list(entries) == ["help#delivery", "help#tracking", "help#email", "help#contact-1"]
+    delivery = entries["help#delivery"]
+    assert "### Weekends\n\nNo deliveries on Sundays." in delivery.text  # shorter than MIN_SECTION_CHARS
+    assert len("No deliveries on Sundays.") < MIN_SECTION_CHARS
+    assert entries["help#tracking"].title == "Help › Delivery › Tracking"
+    assert "## not a heading" in entries["help#email"].text  # "## Contact" had no text of its own
+    assert entries["help#contact-1"].source == f"{tmp_path.name}/help.md#contact-1"
+
+
+def test_text_before_any_heading_is_an_intro_entry(tmp_path: Path) -> None:
+    write(tmp_path, "care-tips.md", "Wash dark clothes inside out.\n\n## Leather\n\nUse a soft brush.\n")
+    entries = load_knowledge(tmp_path)
+    assert [(e.id, e.title) for e in entries] == [("care-tips#intro", "Care tips"),
+                                                  ("care-tips#leather", "Leather")]
+
+
+def test_empty_and_other_files(tmp_path: Path) -> None:
+    write(tmp_path, "empty.yml", "# nothing yet\n")
+    write(tmp_path, "notes.txt", "ignored")
+    write(tmp_path, "blank.md", "\n")
+    assert load_knowledge(tmp_path) == []
+
+
+def expect_error(tmp_path: Path, text: str, line: int | None, message: str, name: str = "faq.yml") -> None:
+    path = write(tmp_path, name, text)
+    with pytest.raises(ProjectError) as info:
+        load_knowledge(tmp_path)
+    assert info.value.path == str(path)
+    assert info.value.line == line
+    assert message in str(info.value)
+    assert str(info.value).startswith(f"{path}:{line}" if line else str(path))
+
+
+GOOD = "- id: a\n  question: Q?\n  answer: A.\n"
+
+
+@pytest.mark.parametrize(("text", "line", "message"), [
+    (GOOD + "- id: a\n  question: Again?\n  answer: B.\n", 4,
+     "duplicate id 'a' (first defined at faq.yml:1)"),
+    (GOOD + "- id: b\n  question: Q?\n", 4, "FAQ entry 'b' has no answer"),
+    (GOOD + "- id: b\n  question: Q?\n  answer:\n", 6, "FAQ entry 'b' has no answer"),
+    (GOOD + "- id: b\n  question: Q?\n  answer: '  '\n", 6, "FAQ entry 'b' has no answer"),
+    (GOOD + "- question: Q?\n  answer: A.\n", 4, "FAQ entry without an id"),
+    (GOOD + "- id: two words\n  question: Q?\n  answer: A.\n", 4, "id 'two words' must be"),
+    (GOOD + "- id: b\n  question: [not, text]\n  answer: A.\n", 5, "question must be text"),
+    (GOOD + "- id: b\n  question: Q?\n  answer: A.\n  tags: {a: 1}\n", 7, "tags must be a list"),
+    (GOOD + "- just a string\n", 4, "must be a mapping"),
+    ("id: a\nquestion: Q?\n", 1, "expected a list of FAQ entries"),
+    (GOOD + "- id: b\n  question: 'unclosed\n  answer: A.\n", 7, "invalid YAML"),
+])
+def test_bad_faq_names_file_and_line(tmp_path: Path, text: str, line: int, message: str) -> None:
+    expect_error(tmp_path, text, line, message)
+
+
+def test_duplicate_id_across_files(tmp_path: Path) -> None:
+    write(tmp_path, "a.yml", GOOD)
+    expect_error(tmp_path, "\n" + GOOD, 2, "duplicate id 'a' (first defined at a.yml:1)", name="b.yml")
+
+
+def test_not_utf8_and_missing_directory(tmp_path: Path) -> None:
+    (tmp_path / "faq.yml").write_bytes(b"- id: a\n  answer: caf\xe9\n")
+    with pytest.raises(ProjectError, match="not UTF-8"):
+        load_knowledge(tmp_path)
+    with pytest.raises(ProjectError, match="knowledge directory not found"):
+        load_knowledge(tmp_path / "missing")
+
+
+def test_unknown_keys_are_logged_and_ignored(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    write(tmp_path, "faq.yml",
+          "- id: a\n  question: Q?\n  answer: A.\n  audience: everyone\n  tags: returns\n")
+    with caplog.at_level(logging.WARNING, logger="deskmate.knowledge"):
+        (entry,) = load_knowledge(tmp_path)
+    assert entry == KnowledgeEntry("a", "Q?", "A.", f"{tmp_path.name}/faq.yml#a", ("returns",))
+    assert "faq.yml:4: unknown key 'audience'" in caplog.text
+
+
+# ------------------------------------------------------- index, synthetic vectors
+def entry(i: int | str) -> KnowledgeEntry:
+    return KnowledgeEntry(f"e{i}", f"Title {i}", f"Text {i}", f"knowledge/faq.yml#e{i}")
+
+
+def test_search_normalises_and_ranks() -> None:
+    vectors = np.array([[10.0, 0, 0], [1, 1, 0], [0, 0, 3]])  # not unit length
+    index = KnowledgeIndex([entry(0), entry(1), entry(2)], vectors)
+    hits = index.search([2.0, 0, 0], k=2)
+    assert [h.entry.id for h in hits] == ["e0", "e1"]
+    assert hits[0].score == pytest.approx(1.0)
+    assert hits[1].score == pytest.approx(np.sqrt(0.5))
+    ranked = index.search(np.array([0, 0, 1.0]), k=10)
+    assert [h.entry.id for h in ranked] == ["e2", "e0", "e1"]  # e0 and e1 tie at 0: index order
+    assert index.search([1.0, 0, 0], k=0) == []
+    assert len(index) == 3 and index.dimension == 3
+    assert index.entries == [entry(0), entry(1), entry(2)]
+
+
+def test_bad_vectors_are_refused() -> None:
+    with pytest.raises(ValueError, match="2 entries but 1 vectors"):
+        KnowledgeIndex([entry(0), entry(1)], np.ones((1, 3)))
+    with pytest.raises(ValueError, match="NaN"):
+        KnowledgeIndex([entry(0)], np.array([[np.nan, 1, 1]]))
+    with pytest.raises(ValueError, match="duplicate entry id 'e0'"):
+        KnowledgeIndex([entry(0), entry(0)], np.ones((2, 3)))
+    index = KnowledgeIndex([entry(0)], np.ones((1, 3)))
+    with pytest.raises(ValueError, match="dimension 3"):
+        index.search([1.0, 0])
+    with pytest.raises(ValueError, match="dimension 3"):
+        index.add(entry(1), [1.0, 0])
+
+
+def test_empty_index() -> None:
+    index = KnowledgeIndex([], np.zeros((0, 4)))
+    assert len(index) == 0 and index.search([1.0, 0, 0, 0]) == []
+    index.add(entry(0), [0, 1.0, 0, 0])
+    (hit,) = index.search([0, 1.0, 0, 0])
+    assert isinstance(hit, Hit) and hit.entry == entry(0) and hit.score == pytest.approx(1.0)
+
+
+def test_add_new_and_replace_by_id() -> None:
+    index = KnowledgeIndex([entry(0), entry(1)], np.eye(3)[:2])
+    before = index.entries
+    index.add(entry(2), [0, 0, 5.0])
+    assert [e.id for e in index.entries] == ["e0", "e1", "e2"]
+    assert index.search([0, 0, 1.0], k=1)[0].entry == entry(2)
+    replacement = KnowledgeEntry("e0", "New title", "New text", "live")
+    index.add(replacement, [0, 0, 1.0])  # e0 now points where e2 does
+    assert len(index) == 3 and index.entries[0] == replacement
+    assert index.search([1.0, 0, 0], k=1)[0].score == pytest.approx(0.0)
+    assert before == [entry(0), entry(1)]  # an earlier entries list is a copy
+
+
+def test_searches_stay_consistent_while_entries_are_added() -> None:
+    # Every entry's vector is the one-hot of its number, so a consistent snapshot always
+    # returns the entry whose number matches the query.
+    dim = 400
+    index = KnowledgeIndex([entry(0)], np.eye(dim)[:1])
+    errors: list[str] = []
+
+    def writer() -> None:
+        for i in range(1, dim):
+            index.add(entry(i), np.eye(dim)[i])
+
+    def reader() -> None:
+        for _ in range(2000):
+            n = len(index)
+            target = max(0, n - 1)
+            hit = index.search(np.eye(dim)[target], k=1)[0]
+            if hit.entry.id != f"e{target}" or hit.score < 0.99:
+                errors.append(f"{target}: {hit}")
+
+    threads = [threading.Thread(target=writer), *(threading.Thread(target=reader) for _ in range(3))]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert errors == [] and len(index) == dim
+
+
+# ------------------------------------------------------------ the real encoder
+@pytest.fixture(scope="module")
+def encoder() -> Any:
+    os.environ.setdefault("HF_HUB_OFFLINE", "1")
+    from model.encoder import load_encoder
+
+    return load_encoder()
+
+
+@pytest.fixture(scope="module")
+def shop_index(encoder: Any, shop_entries: list[KnowledgeEntry]) -> KnowledgeIndex:
+    return KnowledgeIndex(shop_entries, encoder.embed([e.embedding_text() for e in shop_entries]))
+
+
+def load_queries() -> list[tuple[str, set[str]]]:
+    data = yaml.safe_load(QUERIES.read_text(encoding="utf-8"))
+    return [(item["query"], set(item["expect"])) for item in data]
+
+
+def test_query_set_is_valid(shop_entries: list[KnowledgeEntry]) -> None:
+    queries = load_queries()
+    ids = {e.id for e in shop_entries}
+    assert len(queries) >= 40 and sum(1 for _, expect in queries if not expect) >= 10
+    assert set().union(*(expect for _, expect in queries)) <= ids
+
+
+def test_retrieval_accuracy_on_paraphrased_questions(encoder: Any, shop_index: KnowledgeIndex) -> None:
+    queries = [(q, expect) for q, expect in load_queries() if expect]
+    vectors = encoder.embed([q for q, _ in queries])
+    hits = [shop_index.search(v, k=3) for v in vectors]
+    top1 = sum(h[0].entry.id in expect for h, (_, expect) in zip(hits, queries, strict=True)) / len(queries)
+    top3 = sum(any(x.entry.id in expect for x in h) for h, (_, expect) in zip(hits, queries, strict=True))
+    assert top1 >= TOP1_BAR
+    assert top3 / len(queries) >= TOP3_BAR
+
+
+def test_shop_threshold_rejects_what_the_knowledge_base_cannot_answer(encoder: Any,
+                                                                       shop_index: KnowledgeIndex) -> None:
+    threshold = yaml.safe_load((ROOT / "examples/shop/config.yml").read_text())["thresholds"]["knowledge"]
+    queries = load_queries()
+    tops = [shop_index.search(v, k=1)[0] for v in encoder.embed([q for q, _ in queries])]
+    answered = [(hit, expect) for hit, (_, expect) in zip(tops, queries, strict=True)
+                if hit.score >= threshold]
+    assert all(expect for _, expect in answered), "an unanswerable question got an answer"
+    precision = sum(hit.entry.id in expect for hit, expect in answered) / len(answered)
+    assert precision >= 0.9
+
+
+def test_search_with_real_embeddings(encoder: Any, shop_index: KnowledgeIndex) -> None:
+    hits = shop_index.search(encoder.embed(["How much does delivery cost?"])[0], k=3)
+    assert hits[0].entry.id in {"shipping-costs", "shipping#delivery-options-and-costs", "shipping-free"}
+    assert hits[0].score > 0.6 and hits[0].score >= hits[1].score >= hits[2].score
+    cars = shop_index.search(encoder.embed(["do you sell cars"])[0], k=1)[0]
+    assert cars.score < 0.4
+
+
+def test_live_learning_add_and_replace(encoder: Any, shop_entries: list[KnowledgeEntry]) -> None:
+    index = KnowledgeIndex(shop_entries, encoder.embed([e.embedding_text() for e in shop_entries]))
+    query = encoder.embed(["do you offer gift wrapping?"])[0]
+    assert index.search(query, k=1)[0].score < 0.5
+    wrap = KnowledgeEntry("gift-wrapping", "Do you offer gift wrapping?",
+                          "Not yet: parcels are sent in our standard recycled boxes.", "agent:live")
+    index.add(wrap, encoder.embed([wrap.embedding_text()])[0])
+    top = index.search(query, k=1)[0]
+    assert top.entry == wrap and top.score > 0.7
+    # Replacing by id: the answer changes, the count does not.
+    updated = KnowledgeEntry("gift-wrapping", wrap.title, "Yes, for €3.50 at checkout.", "agent:live")
+    index.add(updated, encoder.embed([updated.embedding_text()])[0])
+    assert len(index) == len(shop_entries) + 1
+    assert index.search(query, k=1)[0].entry.text == "Yes, for €3.50 at checkout."
