@@ -16,7 +16,9 @@ from __future__ import annotations
 
 import asyncio
 import functools
+import hashlib
 import importlib
+import importlib.util
 import inspect
 import json
 import logging
@@ -266,6 +268,34 @@ def open_action_runner(project_dir: Path, url: str | None) -> ActionRunner | Non
     else the project's own ``actions/`` package in this process, else None (no actions)."""
     if url:
         return RemoteActions(url)
-    if (project_dir / "actions" / "__init__.py").is_file() or (project_dir / "actions.py").is_file():
+    if (project_dir / "actions" / "__init__.py").is_file():
+        return InProcessActions(_package_name(project_dir), search_path=project_dir)
+    if (project_dir / "actions.py").is_file():
         return InProcessActions("actions", search_path=project_dir)
     return None
+
+
+def _package_name(project_dir: Path) -> str:
+    """``actions``, as rasa-sdk's server would import it, unless another project's ``actions``
+    is already loaded in this process (several bots in one process, e.g. in tests): then the
+    package is loaded under a name of its own. Its relative imports work either way; an
+    absolute ``import actions.x`` in it would find the other project's package."""
+    root = project_dir.resolve()
+    loaded = sys.modules.get("actions")
+    if loaded is None or _loaded_from(loaded, root):
+        return "actions"
+    name = "deskmate_actions_" + hashlib.sha1(str(root).encode()).hexdigest()[:10]
+    if name not in sys.modules:
+        spec = importlib.util.spec_from_file_location(
+            name, root / "actions" / "__init__.py", submodule_search_locations=[str(root / "actions")])
+        if spec is None or spec.loader is None:
+            raise ProjectError(str(root / "actions"), "cannot load the actions package")
+        module = importlib.util.module_from_spec(spec)
+        sys.modules[name] = module
+        try:
+            spec.loader.exec_module(module)
+        except Exception as exc:
+            del sys.modules[name]
+            raise ProjectError(str(root / "actions"),
+                               f"cannot import actions package: {type(exc).__name__}: {exc}") from exc
+    return name

@@ -159,7 +159,7 @@ def load_tests(paths: Sequence[Path]) -> list[ConversationTest]:
     return tests
 
 
-def test_files(project: Path) -> list[Path]:
+def conversation_files(project: Path) -> list[Path]:
     folder = project / "tests"
     return sorted(folder.glob("*.yml")) + sorted(folder.glob("*.yaml")) if folder.is_dir() else []
 

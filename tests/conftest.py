@@ -181,3 +181,43 @@ async def servers(redis_url: str, key_prefix: str) -> AsyncIterator[Servers]:
 @pytest.fixture
 async def server(servers: Servers) -> Running:
     return await servers.start()
+
+
+SHOP = ROOT / "examples" / "shop"
+
+
+@pytest.fixture(scope="session")
+def trained_shop() -> Path:
+    """The demo shop, its intent model trained if missing or older than its data
+    (``make prepare`` does the same before the suite)."""
+    from model.classifier import check_fresh
+
+    try:
+        check_fresh(SHOP)
+    except Exception:
+        subprocess.run([sys.executable, "-m", "bot.cli", "train", "--project", str(SHOP), "--quiet"],
+                       cwd=ROOT, env={**os.environ, "PYTHONPATH": str(ROOT), "HF_HUB_OFFLINE": "1"},
+                       check=True)
+    return SHOP
+
+
+@pytest.fixture(scope="session")
+def shop_parts(trained_shop: Path) -> tuple[DialogueEngine, Callable[[list[str]], list[dict[str, Any]]]]:
+    """The demo shop's engine (no language model) and its classifier, loaded once per run."""
+    from bot.brain import build_engine
+    from model.classifier import load_project_classifier
+
+    classifier = load_project_classifier(trained_shop)
+    engine = build_engine(load_project(trained_shop), embed=classifier.encoder.embed)
+
+    def understand(texts: list[str]) -> list[dict[str, Any]]:
+        return classifier.parse_batch(texts, vectors=True)
+
+    return engine, understand
+
+
+@pytest.fixture
+def shop_actions_env(redis_url: str, key_prefix: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The demo shop's order actions keep their orders under this test's key prefix."""
+    monkeypatch.setenv("DESKMATE_ACTIONS_REDIS_URL", redis_url)
+    monkeypatch.setenv("DESKMATE_ACTIONS_PREFIX", f"{key_prefix}shop:")

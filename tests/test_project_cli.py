@@ -1,0 +1,100 @@
+"""The bot developer's commands, run as a developer would: deskmate init, validate, train,
+test and chat on a new project; validate names every problem with file and line."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+from dialogue.validate import validate
+from tests.conftest import ROOT, SHOP
+
+
+def deskmate(*args: str, stdin: str | None = None, env: dict[str, str] | None = None,
+             ) -> subprocess.CompletedProcess[str]:
+    return subprocess.run([sys.executable, "-m", "bot.cli", *args], cwd=ROOT, input=stdin, text=True,
+                          capture_output=True, timeout=300,
+                          env={**os.environ, "PYTHONPATH": str(ROOT), "HF_HUB_OFFLINE": "1",
+                               "DESKMATE_LM_BACKEND": "none", **(env or {})})
+
+
+def test_init_validate_train_test_and_chat(tmp_path: Path, redis_url: str) -> None:
+    project = tmp_path / "newbot"
+    assert deskmate("init", str(project)).returncode == 0
+    assert (project / "actions" / "actions.py").is_file() and (project / "tests").is_dir()
+    again = deskmate("init", str(project))
+    assert again.returncode == 1 and "not empty" in again.stderr
+
+    checked = deskmate("validate", "--project", str(project))
+    assert checked.returncode == 0, checked.stdout
+    assert "0 error(s)" in checked.stdout
+
+    untrained = deskmate("test", "--project", str(project))
+    assert untrained.returncode == 1 and "deskmate train" in untrained.stderr
+
+    assert deskmate("train", "--project", str(project), "--quiet").returncode == 0
+    tested = deskmate("test", "--project", str(project), "--json", str(tmp_path / "r.json"),
+                      env={"REDIS_URL": redis_url})
+    assert tested.returncode == 0, tested.stdout + tested.stderr
+    assert "4 passed, 0 failed" in tested.stdout and (tmp_path / "r.json").is_file()
+
+    chat = deskmate("chat", "--project", str(project), "--no-lm",
+                    stdin="hello\nwhere is my order\nA-1002\n/quit\n", env={"REDIS_URL": redis_url})
+    assert chat.returncode == 0, chat.stderr
+    assert "bot> Hello!" in chat.stdout and "[greet" in chat.stdout
+    assert "Order A-1002 is processing." in chat.stdout
+
+
+def test_a_failing_conversation_is_reported_with_its_line(tmp_path: Path, redis_url: str) -> None:
+    project = tmp_path / "bot"
+    assert deskmate("init", str(project)).returncode == 0
+    assert deskmate("train", "--project", str(project), "--quiet").returncode == 0
+    (project / "tests" / "broken.yml").write_text(
+        "stories:\n- story: wrong expectation\n  steps:\n  - user: hello\n  - action: utter_goodbye\n")
+    result = deskmate("test", "--project", str(project), env={"REDIS_URL": redis_url})
+    assert result.returncode == 1
+    assert "FAIL  wrong expectation" in result.stdout
+    assert "broken.yml:4" in result.stdout and "expected actions ['utter_goodbye']" in result.stdout
+
+
+def test_validate_names_each_problem_with_file_and_line(tmp_path: Path) -> None:
+    project = tmp_path / "bot"
+    assert deskmate("init", str(project)).returncode == 0
+    domain = project / "domain.yml"
+    domain.write_text(domain.read_text().replace("type: from_entity\n        entity: order_id",
+                                                 "type: from_entity\n        entity: order_number")
+                      .replace("  - out_of_scope\n", "  - out_of_scope\n\nbogus_key: 1\n", 1))
+    rules = project / "data" / "rules.yml"
+    rules.write_text(rules.read_text() + "\n- rule: broken\n  steps:\n  - intent: no_such_intent\n"
+                     "  - action: utter_nothing\n")
+    config = project / "config.yml"
+    config.write_text(config.read_text().replace("intent: 0.5 ", "intent: 7 "))
+    problems = [str(p) for p in validate(project)]
+    text = "\n".join(problems)
+    assert any("domain.yml:" in p and "order_number" in p for p in problems), text
+    assert any("rules.yml:" in p and "no_such_intent" in p for p in problems), text
+    assert any("rules.yml:" in p and "utter_nothing" in p for p in problems), text
+    assert any("config.yml:" in p and "thresholds.intent" in p for p in problems), text
+    assert any("bogus_key" in p and "warning" in p for p in problems), text
+    result = deskmate("validate", "--project", str(project))
+    assert result.returncode == 1 and "error(s)" in result.stdout
+
+
+def test_the_demo_shop_validates_clean() -> None:
+    assert [str(p) for p in validate(SHOP) if p.severity == "error"] == []
+
+
+def test_a_rasa_project_loads_with_warnings_not_errors(tmp_path: Path) -> None:
+    """Rasa 3 files with features deskmate does not run (stories, pipeline config) load."""
+    project = tmp_path / "rasa"
+    assert deskmate("init", str(project)).returncode == 0
+    (project / "data" / "stories.yml").write_text(
+        'version: "3.1"\nstories:\n- story: happy\n  steps:\n  - intent: greet\n  - action: utter_greet\n')
+    (project / "config.yml").write_text(
+        "recipe: default.v1\nlanguage: en\npipeline:\n- name: WhitespaceTokenizer\npolicies:\n"
+        "- name: RulePolicy\n")
+    problems = validate(project)
+    assert not [p for p in problems if p.severity == "error"], [str(p) for p in problems]
+    assert any("stories" in p.message for p in problems)
