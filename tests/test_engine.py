@@ -180,3 +180,43 @@ async def test_low_confidence_without_knowledge_says_not_sure_then_hands_over() 
         conv = Conversation("s2", "bot", state=state)
     names = [[type(o).__name__ for o in turn] for turn in outs]
     assert "Handoff" not in names[0] and "Handoff" in names[1]
+
+
+def glue_engine(model: Any) -> DialogueEngine:
+    from dialogue.knowledge import KnowledgeEntry, KnowledgeIndex
+
+    project = load_project(ROOT / "tests" / "fixtures" / "tinybot")
+    project.config = {"generative": {"knowledge_glue": True}, "thresholds": {"knowledge": 0.5}}
+    entry = KnowledgeEntry("returns", "Can I return things?",
+                           "You can return items within 30 days of delivery, free of charge.",
+                           "knowledge/faq.yml#returns")
+    index = KnowledgeIndex([entry], [[1.0, 0.0, 0.0]])
+    return DialogueEngine(project, knowledge=index, writer=writer(model))
+
+
+async def glue_answer(engine: DialogueEngine) -> tuple[str, TurnAnalysis]:
+    reply, analysis = "", None
+    message = UserMessage("1-2", "can i send stuff back", None, {"intent": "out_of_scope", "confidence": 0.9},
+                          [0.9, 0.1, 0.0])
+    async for out in engine.respond(Conversation("s3", "bot"), message):
+        if isinstance(out, StreamedReply):
+            reply = "".join([c async for c in out.chunks])
+            assert out.sources and out.sources[0]["id"] == "returns"
+        elif isinstance(out, TurnAnalysis):
+            analysis = out
+    assert analysis is not None
+    return reply.strip(), analysis
+
+
+async def test_knowledge_glue_keeps_grounded_words() -> None:
+    engine = glue_engine(ScriptedModel("Good question! You can return items within 30 days of delivery."))
+    reply, analysis = await glue_answer(engine)
+    assert reply == "Good question! You can return items within 30 days of delivery."
+    assert analysis.policy == "knowledge" and analysis.sources == ["knowledge/faq.yml#returns"]
+
+
+async def test_knowledge_glue_that_changes_the_policy_is_replaced_by_the_entry() -> None:
+    engine = glue_engine(ScriptedModel("You can return items within 60 days, and we refund shipping too."))
+    reply, analysis = await glue_answer(engine)
+    assert reply == "You can return items within 30 days of delivery, free of charge."
+    assert "60 days" in analysis.reason
