@@ -46,15 +46,33 @@ class Hub:
 
     async def subscribe(self, channel: str, listener: Listener, timeout: float = 5.0) -> None:
         """Add ``listener``; returns once Redis confirms the subscription, so that a read
-        of the stream made afterwards cannot miss an event published in between."""
+        of the stream made afterwards cannot miss an event published in between.
+        When Redis cannot confirm it, ``listener`` is forgotten and the error raised."""
         async with self._lock:
             listeners = self._listeners.setdefault(channel, set())
             listeners.add(listener)
-            if len(listeners) > 1:
-                return
-            confirmed = self._confirmed[channel] = asyncio.Event()
-            await self._pubsub.subscribe(channel)
-        await asyncio.wait_for(confirmed.wait(), timeout)
+            confirmed = self._confirmed.get(channel)
+            if confirmed is None:
+                # The first listener subscribes; later ones wait for the same confirmation.
+                confirmed = self._confirmed[channel] = asyncio.Event()
+                try:
+                    await self._pubsub.subscribe(channel)
+                except BaseException:
+                    self._forget(channel, listener)
+                    raise
+        try:
+            await asyncio.wait_for(confirmed.wait(), timeout)
+        except Exception:  # not confirmed in time: leave no listener behind
+            await self.unsubscribe(channel, listener)
+            raise
+
+    def _forget(self, channel: str, listener: Listener) -> None:
+        listeners = self._listeners.get(channel)
+        if listeners is not None:
+            listeners.discard(listener)
+            if not listeners:
+                del self._listeners[channel]
+                self._confirmed.pop(channel, None)
 
     async def unsubscribe(self, channel: str, listener: Listener) -> None:
         async with self._lock:
@@ -93,7 +111,11 @@ class Hub:
             try:
                 if not self._pubsub.subscribed:
                     if self._listeners and not self._lock.locked():
-                        await self._resubscribe()  # a previous attempt failed
+                        # A previous attempt failed (Redis still down): back off, as after a lost connection.
+                        if not await self._resubscribe():
+                            await asyncio.sleep(backoff)
+                            backoff = min(backoff * 2, 5.0)
+                            continue
                     await asyncio.sleep(0.05)
                     continue
                 message = await self._pubsub.get_message(timeout=1.0)
@@ -108,8 +130,9 @@ class Hub:
                 backoff = min(backoff * 2, 5.0)
                 await self._resubscribe()
 
-    async def _resubscribe(self) -> None:
-        """A fresh pub/sub connection with every channel that still has listeners.
+    async def _resubscribe(self) -> bool:
+        """A fresh pub/sub connection with every channel that still has listeners;
+        False when Redis refused it (the reader tries again).
 
         Frames published while the connection was down are lost for live
         listeners; clients recover them from the stream when they resume.
@@ -120,15 +143,16 @@ class Hub:
             self._pubsub = self._client.pubsub(ignore_subscribe_messages=False)
             channels = list(self._listeners)
             if not channels:
-                return
+                return True
             try:
                 await self._pubsub.subscribe(*channels)
             except (RedisError, OSError) as exc:
                 log.warning("re-subscribing failed (%s); will retry", exc)
                 self._pubsub = self._client.pubsub(ignore_subscribe_messages=False)
-                return
+                return False
             log.info("pub/sub re-subscribed to %d channels", len(channels))
         # Frames published while we were away are gone from pub/sub, but stored events
         # are in Redis: tell every listener to catch up from its last event id.
         for channel in channels:
             self._dispatch({"type": "message", "channel": channel, "data": RESYNC})
+        return True

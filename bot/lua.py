@@ -11,7 +11,11 @@ from __future__ import annotations
 # KEYS: session, events, client_ids, live
 # ARGV: sid, now, ttl, channel, updates_channel, client_id, cursor, fields_json,
 #       guard_json, n, then n pairs (kind, data_json)
-# guard_json: {"allow": {status: agent name or "*"}, "reopen": bool}, both optional.
+# guard_json: {"allow": {status: agent name or "*"}, "reopen": bool,
+#              "turn": {"message": event id, "owner": lock owner}}, all optional.
+#   turn: write only if the session's turn marker (BEGIN_TURN) still names this message
+#   and owner; else error "stale_turn <owner>". Checked before `allow`: a turn result
+#   from a holder that lost the turn is refused whatever the conversation's status.
 #   allow: write only if the session's status is a key and its `agent` field matches
 #   the value ("*": any); else error "conflict <status> <agent>". The check runs after
 #   the client_id dedupe, so a resend of a stored message is acked even if the
@@ -31,6 +35,12 @@ if client_id ~= '' then
   end
 end
 local guard = cjson.decode(ARGV[9])
+if type(guard.turn) == 'table' then
+  local mark = redis.call('HMGET', KEYS[1], 'turn_message', 'turn_owner')
+  if mark[1] ~= guard.turn.message or mark[2] ~= guard.turn.owner then
+    return redis.error_reply('stale_turn ' .. (mark[2] or ''))
+  end
+end
 local status = redis.call('HGET', KEYS[1], 'status') or 'bot'
 if type(guard.allow) == 'table' then
   local owner = redis.call('HGET', KEYS[1], 'agent') or ''
@@ -132,4 +142,28 @@ if held == false or held == ARGV[1] then
   return 1
 end
 return 0
+"""
+
+# KEYS: session, lock; ARGV: owner token, message event id, now.
+# Marks the turn for a customer message as started, before the pipeline runs (and so
+# before any custom action can have an effect). Only the lock holder may: error
+# "lock_lost" otherwise, and error "no_session" if the session expired; nothing is
+# written then. The marker (turn_message, turn_owner, turn_started_at) is removed by
+# the append that stores the turn's result. Returns {0} for a fresh start, or
+# {1, owner, started_at} when an earlier attempt started this same message and never
+# stored a result: that attempt died mid-turn, and the caller must not run it again.
+BEGIN_TURN = r"""
+if redis.call('GET', KEYS[2]) ~= ARGV[1] then
+  return redis.error_reply('lock_lost')
+end
+if redis.call('EXISTS', KEYS[1]) == 0 then
+  return redis.error_reply('no_session')
+end
+local mark = redis.call('HMGET', KEYS[1], 'turn_message', 'turn_owner', 'turn_started_at')
+redis.call('HSET', KEYS[1], 'turn_message', ARGV[2], 'turn_owner', ARGV[1],
+           'turn_started_at', ARGV[3])
+if mark[1] == ARGV[2] then
+  return {1, mark[2] or '', mark[3] or ''}
+end
+return {0}
 """

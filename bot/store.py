@@ -69,6 +69,29 @@ class Conflict(DeskmateError):
 
 
 CONFLICT = re.compile(r"conflict (\w+) ?(\S*)")
+# Session fields of the turn marker (see Store.begin_turn); None in `fields` deletes them.
+TURN_MARK_CLEARED: Mapping[str, str | None] = {
+    "turn_message": None, "turn_owner": None, "turn_started_at": None}
+
+
+class LockLost(DeskmateError):
+    """The caller no longer holds the conversation's turn lock; nothing was written."""
+
+
+class StaleTurn(DeskmateError):
+    """A turn result was refused: the turn was finished or taken over by another holder."""
+
+    def __init__(self, owner: str | None) -> None:
+        super().__init__("the turn is no longer this holder's" + (f" (now {owner})" if owner else ""))
+        self.owner = owner
+
+
+@dataclass(frozen=True)
+class StartedTurn:
+    """What an earlier, unfinished attempt at a turn left behind (see Store.begin_turn)."""
+
+    owner: str  # the lock owner token of that attempt
+    started_at: float | None  # when it started (epoch seconds)
 
 
 def parse_event_id(value: str) -> tuple[int, int]:
@@ -93,6 +116,7 @@ class Store:
         self._release = client.register_script(lua.RELEASE)
         self._acquire = client.register_script(lua.ACQUIRE)
         self._extend = client.register_script(lua.EXTEND)
+        self._begin_turn = client.register_script(lua.BEGIN_TURN)
 
     @classmethod
     def from_url(cls, url: str, **kwargs: Any) -> Store:
@@ -166,6 +190,7 @@ class Store:
         self, sid: str, events: Sequence[NewEvent], *, client_id: str | None = None,
         fields: Mapping[str, str | None] | None = None, cursor: str | None = None,
         allow: Mapping[str, str] | None = None, reopen: bool = False,
+        turn: tuple[str, str] | None = None,
     ) -> Appended:
         """Append ``events`` atomically, update session ``fields`` and the turn ``cursor``.
 
@@ -174,10 +199,15 @@ class Store:
         (status -> agent name, or ``"*"`` for any), nothing is written unless the
         session's status and agent match, checked in the same script: raises
         :class:`Conflict`. ``reopen`` turns a closed conversation back to ``bot``.
+        With ``turn`` (message event id, lock owner), nothing is written unless the
+        session's turn marker still names that message and owner (see
+        :meth:`begin_turn`): raises :class:`StaleTurn`.
         """
         guard: dict[str, Any] = {"reopen": reopen}
         if allow is not None:
             guard["allow"] = dict(allow)
+        if turn is not None:
+            guard["turn"] = {"message": turn[0], "owner": turn[1]}
         args: list[Any] = [
             sid, repr(time.time()), self.ttl, self.keys.channel(sid), self.keys.updates_channel(),
             client_id or "", cursor or "", json.dumps(dict(fields or {})), json.dumps(guard),
@@ -194,6 +224,9 @@ class Store:
         except ResponseError as exc:
             if "no_session" in str(exc):
                 raise StoreError("session expired or unknown") from exc
+            stale = re.search(r"stale_turn ?(\S*)", str(exc))
+            if stale:
+                raise StaleTurn(stale.group(1) or None) from None
             conflict = CONFLICT.search(str(exc))
             if conflict:
                 raise Conflict(conflict.group(1), conflict.group(2) or None) from None
@@ -277,6 +310,32 @@ class Store:
             await self._release(keys=[self.keys.lock(sid)], args=[owner])
         except (RedisError, OSError) as exc:
             raise StoreError(f"could not release lock: {exc}") from exc
+
+    async def begin_turn(self, sid: str, owner: str, message_id: str) -> StartedTurn | None:
+        """Record that the lock holder ``owner`` starts the turn for ``message_id``.
+
+        Called before the pipeline runs, so a turn whose holder dies mid-way is known
+        to have started: returns what the earlier attempt left (then the turn must not
+        run again; the customer is told instead), or None for a fresh start. Raises
+        :class:`LockLost` when ``owner`` does not hold the lock (nothing is written)."""
+        try:
+            out = await self._begin_turn(keys=[self.keys.session(sid), self.keys.lock(sid)],
+                                         args=[owner, message_id, repr(time.time())])
+        except ResponseError as exc:
+            if "lock_lost" in str(exc):
+                raise LockLost(f"session {sid}: turn lock lost") from None
+            if "no_session" in str(exc):
+                raise StoreError("session expired or unknown") from exc
+            raise StoreError(f"could not start the turn: {exc}") from exc
+        except (RedisError, OSError) as exc:
+            raise StoreError(f"could not start the turn: {exc}") from exc
+        if not int(out[0]):
+            return None
+        try:
+            started_at: float | None = float(out[2])
+        except (TypeError, ValueError):
+            started_at = None
+        return StartedTurn(str(out[1]), started_at)
 
     async def lock_ttl_left(self, sid: str) -> float:
         """Seconds until the turn lock expires (0 when it is free)."""

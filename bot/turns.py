@@ -3,8 +3,16 @@
 Ordering rule: a conversation's turns are processed only by the holder of its
 Redis turn lock, strictly in stream order, starting after the session's
 ``cursor`` (the last customer message answered). The cursor moves in the same
-atomic write that stores the turn's replies, so a turn is answered once even
-if an instance dies, and the next lock holder carries on where it stopped.
+atomic write that stores the turn's replies.
+
+At most once: before the pipeline runs (and so before a custom action can cancel
+an order), the holder marks the turn as started, atomically with checking that
+it holds the lock (:meth:`~bot.store.Store.begin_turn`). The write that stores
+the result removes the marker, and is refused unless the marker is still its
+own. A holder that finds a marker for the message it is about to answer knows
+an earlier holder died (or lost the lock) mid-turn: it does not run the turn
+again, but stores a system message telling the customer to send it again, and
+moves the cursor on.
 """
 
 from __future__ import annotations
@@ -18,10 +26,21 @@ import uuid
 from collections.abc import Callable
 from typing import Any
 
+from redis.exceptions import RedisError
+
 from bot.batcher import MicroBatcher
 from bot.errors import StoreError
 from bot.metrics import Metrics
-from bot.store import Conflict, Event, NewEvent, Store
+from bot.store import (
+    TURN_MARK_CLEARED,
+    Conflict,
+    Event,
+    LockLost,
+    NewEvent,
+    StaleTurn,
+    StartedTurn,
+    Store,
+)
 from dialogue.simple import stream_words
 from dialogue.types import (
     Conversation,
@@ -45,6 +64,10 @@ PROFILE_ITEMS = 20  # most recent product ids per kind of browsing signal
 # widget `track` names -> the profile list they feed
 TRACK_KINDS = {"view_product": "viewed", "add_to_cart": "carted", "purchase": "bought", "bought": "bought"}
 ERROR_TEXT = "Sorry, something went wrong on my side. Please try again in a moment."
+INTERRUPTED_TEXT = ("Sorry, I was interrupted while answering your last message and could not "
+                    "finish. Please send it again.")
+RETRY_FIRST, RETRY_MAX = 0.2, 5.0  # seconds between tries while Redis fails, doubling
+RESULT_RETRY = 15.0  # seconds a finished turn keeps trying to store its result (Redis restart)
 
 
 class TurnRunner:
@@ -92,47 +115,78 @@ class TurnRunner:
             await self.understand.close()
 
     async def _drain(self, sid: str) -> None:
+        delay = RETRY_FIRST
         try:
             while self.accepting:
                 self._again.discard(sid)
-                record = await self.store.session(sid)
-                if record is None or not await self.store.pending_turns(sid, record.get("cursor") or None):
-                    return
-                owner = await self.store.acquire_lock(sid, self.lock_ttl,
-                                                      self._unreleased.pop(sid, None))
-                if owner is None:
-                    # Another instance is answering (and looks again after releasing), or
-                    # one died holding the lock: look again shortly; once nothing is pending
-                    # we stop, and a dead holder's lock expires after lock_ttl.
-                    await asyncio.sleep(min(await self.store.lock_ttl_left(sid), 1.0) + 0.05)
-                    continue
-                keeper = asyncio.create_task(self._keep_lock(sid, owner))
                 try:
-                    while self.accepting and await self._process_next(sid):
-                        pass
-                finally:
-                    keeper.cancel()
-                    with contextlib.suppress(asyncio.CancelledError):
-                        await keeper
-                    try:
-                        await self.store.release_lock(sid, owner)
-                    except StoreError:
-                        self._unreleased[sid] = owner
-                # Loop: a message stored while we held the lock may have been kicked in
-                # vain elsewhere; the check at the top picks it up.
-        except StoreError as exc:
-            log.warning("session %s: turn processing stopped: %s", sid, exc)
+                    if not await self._take_turns(sid):
+                        return
+                    delay = RETRY_FIRST
+                except (StoreError, RedisError, OSError) as exc:
+                    # Redis is down or failing. Acked messages are safe in it: keep trying,
+                    # so that they are answered once it is back without the customer
+                    # having to write again.
+                    log.warning("session %s: turn processing waits for Redis (%s); "
+                                "retrying in %.1fs", sid, exc, delay)
+                    await asyncio.sleep(delay)
+                    delay = min(delay * 2, RETRY_MAX)
         except Exception:
             log.exception("session %s: turn processing crashed", sid)
+
+    async def _take_turns(self, sid: str) -> bool:
+        """Answer pending turns while holding the lock; False when nothing is pending."""
+        record = await self.store.session(sid)
+        if record is None or not await self.store.pending_turns(sid, record.get("cursor") or None):
+            return False
+        previous = self._unreleased.pop(sid, None)
+        try:
+            owner = await self.store.acquire_lock(sid, self.lock_ttl, previous)
+        except StoreError:
+            if previous is not None:
+                self._unreleased[sid] = previous
+            raise
+        if owner is None:
+            # Another instance is answering (and looks again after releasing), or one
+            # died holding the lock: look again shortly; once nothing is pending we
+            # stop, and a dead holder's lock expires after lock_ttl.
+            await asyncio.sleep(min(await self.store.lock_ttl_left(sid), 1.0) + 0.05)
+            return True
+        keeper = asyncio.create_task(self._keep_lock(sid, owner))
+        try:
+            while self.accepting and await self._process_next(sid, owner):
+                pass
+        except LockLost:
+            log.warning("session %s: the turn lock went to another holder; it carries on", sid)
+        finally:
+            keeper.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await keeper
+            try:
+                await self.store.release_lock(sid, owner)
+            except StoreError:
+                self._unreleased[sid] = owner
+        # The caller loops: a message stored while we held the lock may have been kicked
+        # in vain elsewhere; the check at the top picks it up.
+        return True
 
     async def _keep_lock(self, sid: str, owner: str) -> None:
         while True:
             await asyncio.sleep(self.lock_ttl / 3)
-            if not await self.store.extend_lock(sid, owner, self.lock_ttl):
+            try:
+                # Extends the lock, or takes it back if it expired while Redis was away
+                # and nobody else has taken it since.
+                held = await self.store.acquire_lock(sid, self.lock_ttl, owner) == owner
+            except StoreError as exc:
+                log.warning("session %s: could not renew the turn lock: %s", sid, exc)
+                continue
+            if not held:
+                # Another holder has the conversation now. Our turn's result will be
+                # refused (the turn marker is no longer ours), so it is never stored twice.
                 log.error("session %s: lost the turn lock", sid)
                 return
 
-    async def _process_next(self, sid: str) -> bool:
+    async def _process_next(self, sid: str, owner: str) -> bool:
         record = await self.store.session(sid)
         if record is None:
             return False
@@ -143,9 +197,9 @@ class TurnRunner:
         started = time.perf_counter()
         if record.get("status", "bot") != "bot":
             # An agent has the conversation (or it is closed): the bot stays quiet.
-            await self.store.append(sid, [], cursor=message.event_id)
+            await self.store.append(sid, [], cursor=message.event_id, fields=TURN_MARK_CLEARED)
             return True
-        await self._answer(sid, record, message)
+        await self._answer(sid, record, message, owner)
         self.metrics.turn_seconds.observe(time.perf_counter() - started)
         self.metrics.turns.inc()
         return True
@@ -177,7 +231,7 @@ class TurnRunner:
                 del items[:-PROFILE_ITEMS]
         return profile
 
-    async def _answer(self, sid: str, record: dict[str, str], message: Event) -> None:
+    async def _answer(self, sid: str, record: dict[str, str], message: Event, owner: str) -> None:
         conversation = await self._conversation(sid, record, message.event_id)
         text = str(message.data.get("text", ""))
         nlu = vector = None
@@ -187,10 +241,16 @@ class TurnRunner:
             nlu = dict(await self.understand(text))
             vector = nlu.pop("vector", None)
         user = UserMessage(message.event_id, text, message.data.get("payload"), nlu, vector)
+        # Everything above only reads. From here on the pipeline may act (custom actions):
+        # mark the turn started first, so that it is never run a second time.
+        earlier = await self.store.begin_turn(sid, owner, message.event_id)
+        if earlier is not None:
+            await self._interrupted(sid, message, owner, earlier)
+            return
         events: list[NewEvent] = []
         fields: dict[str, str | None] = {}
         slots = dict(conversation.slots)
-        await self.store.publish(sid, {"type": "typing", "role": "bot", "on": True})
+        await self._publish(sid, {"type": "typing", "role": "bot", "on": True})
         try:
             async for out in self.pipeline.respond(conversation, user):
                 if isinstance(out, TurnAnalysis):
@@ -225,31 +285,86 @@ class TurnRunner:
             # One atomic write: the replies and the cursor move together, and only while the
             # bot still has the conversation (an agent may have taken over mid-turn).
             try:
-                await self.store.append(sid, events, fields=fields, cursor=message.event_id,
-                                        allow={"bot": "*"})
+                await self._finish(sid, message.event_id, owner, events, fields, allow={"bot": "*"})
             except Conflict as exc:
                 log.info("session %s: %s during the turn; the bot's reply is dropped", sid, exc)
-                await self.store.append(sid, [], cursor=message.event_id)
+                await self._finish(sid, message.event_id, owner, [], {})
         except (asyncio.CancelledError, StoreError):
             raise
         except Exception:
             log.exception("session %s: pipeline failed on %s", sid, message.event_id)
             self.metrics.errors.labels("pipeline").inc()
-            await self.store.append(sid, [_bot_message(ERROR_TEXT, [], [], message.event_id)],
-                                    cursor=message.event_id)
+            await self._finish(sid, message.event_id, owner,
+                               [_bot_message(ERROR_TEXT, [], [], message.event_id)], {})
         finally:
-            with contextlib.suppress(StoreError):
-                await self.store.publish(sid, {"type": "typing", "role": "bot", "on": False})
+            await self._publish(sid, {"type": "typing", "role": "bot", "on": False})
+
+    async def _interrupted(self, sid: str, message: Event, owner: str, earlier: StartedTurn) -> None:
+        """Tell the customer that the turn for ``message`` was cut off, instead of running it
+        again (it may have run a custom action already), and move on."""
+        ago = f", {time.time() - earlier.started_at:.1f}s ago" if earlier.started_at else ""
+        reason = f"interrupted: started by {earlier.owner or 'an earlier holder'}{ago} and never finished"
+        log.warning("session %s: the turn for %s was %s; telling the customer, not running it again",
+                    sid, message.event_id, reason.removeprefix("interrupted: "))
+        self.metrics.errors.labels("interrupted").inc()
+        notice = NewEvent("message", {"role": "system", "text": INTERRUPTED_TEXT, "buttons": [],
+                                      "cards": [], "agent": None, "reply_to": message.event_id,
+                                      "name": "interrupted"})
+        analysis = NewEvent("turn", {"intent": None, "confidence": None, "sentiment": None,
+                                     "sentiment_score": None, "policy": "interrupted",
+                                     "reason": reason, "sources": [], "actions": [], "entities": [],
+                                     "reply_to": message.event_id})
+        await self._finish(sid, message.event_id, owner, [notice, analysis],
+                           {"last_message": INTERRUPTED_TEXT[:200], "last_role": "system"})
+
+    async def _finish(self, sid: str, message_id: str, owner: str, events: list[NewEvent],
+                      fields: dict[str, str | None], *, allow: dict[str, str] | None = None) -> None:
+        """Store a turn's result, move the cursor past ``message_id`` and clear the turn marker,
+        in one write that only the turn's own holder can make.
+
+        A Redis restart should not cost a finished answer: the write is retried for up to
+        ``RESULT_RETRY`` seconds. A retry after a write that did land is refused (the
+        marker is gone), so the result is never stored twice."""
+        delay = RETRY_FIRST
+        deadline = time.monotonic() + RESULT_RETRY
+        while True:
+            try:
+                await self.store.append(sid, events, fields={**fields, **TURN_MARK_CLEARED},
+                                        cursor=message_id, allow=allow, turn=(message_id, owner))
+                return
+            except StaleTurn as exc:
+                log.warning("session %s: the result of the turn for %s is dropped: %s",
+                            sid, message_id, exc)
+                return
+            except StoreError as exc:
+                if "expired" in str(exc) or time.monotonic() + delay > deadline:
+                    raise
+                log.warning("session %s: storing the turn's result failed (%s); retrying", sid, exc)
+                await asyncio.sleep(delay)
+                delay = min(delay * 2, RETRY_MAX)
+
+    async def _publish(self, sid: str, frame: dict[str, Any]) -> bool:
+        """Fan out an ephemeral frame; best effort. When Redis is away, clients miss typing
+        and deltas but get the stored reply once they catch up, so the turn goes on."""
+        try:
+            await self.store.publish(sid, frame)
+        except StoreError:
+            return False
+        return True
 
     async def _stream(self, sid: str, reply: StreamedReply, reply_to: str) -> NewEvent:
         stream_id = uuid.uuid4().hex
-        await self.store.publish(sid, {"type": "stream_start", "stream_id": stream_id, "role": "bot"})
+        # Once a publish fails (Redis away) the rest of this reply's deltas are not tried:
+        # each try would wait out the client's reconnect attempts.
+        live = await self._publish(sid, {"type": "stream_start", "stream_id": stream_id, "role": "bot"})
         parts: list[str] = []
         async for chunk in reply.chunks:
             if not chunk:
                 continue
             parts.append(chunk)
-            await self.store.publish(sid, {"type": "stream_delta", "stream_id": stream_id, "text": chunk})
+            if live:
+                live = await self._publish(sid, {"type": "stream_delta", "stream_id": stream_id,
+                                                 "text": chunk})
         event = _bot_message("".join(parts).strip(), reply.buttons, reply.cards, reply_to, reply.name,
                              reply.sources)
         return NewEvent("message", {**event.data, "stream_id": stream_id})
