@@ -30,6 +30,11 @@ class Keys:
         """String: owner token of the turn lock; expires unless renewed."""
         return f"{self.prefix}s:{{{sid}}}:lock"
 
+    def customer_profile(self, customer_id: str) -> str:
+        """String (JSON): products a signed-in customer viewed, carted and bought, across
+        conversations ({"viewed": [...], ...}); keyed by the id the host page passes."""
+        return f"{self.prefix}c:{customer_id}:profile"
+
     def live(self) -> str:
         """Sorted set: session id scored by last activity (the live-session index)."""
         return f"{self.prefix}live"

@@ -356,3 +356,27 @@ class Store:
         except (RedisError, OSError) as exc:
             raise StoreError(f"could not read sessions: {exc}") from exc
         return [(sid, row) for sid, row in zip(sids, rows, strict=True) if row]
+
+
+    # -- customers across conversations -------------------------------------------
+
+    async def customer_profile(self, customer_id: str) -> dict[str, list[str]]:
+        """What this customer browsed in earlier conversations (empty when unknown)."""
+        try:
+            raw = await self.redis.get(self.keys.customer_profile(customer_id))
+        except (RedisError, OSError) as exc:
+            raise StoreError(f"profile read failed: {exc}") from exc
+        try:
+            data = json.loads(raw) if raw else {}
+        except ValueError:
+            return {}
+        return {k: [str(x) for x in v] for k, v in data.items() if isinstance(v, list)}
+
+    async def save_customer_profile(self, customer_id: str, profile: Mapping[str, list[str]]) -> None:
+        """Keep the merged profile for the customer's next conversation (expires like a session,
+        four times over)."""
+        try:
+            await self.redis.set(self.keys.customer_profile(customer_id), json.dumps(dict(profile)),
+                                 ex=self.ttl * 4)
+        except (RedisError, OSError) as exc:
+            raise StoreError(f"profile write failed: {exc}") from exc

@@ -207,18 +207,24 @@ class TurnRunner:
     async def _conversation(self, sid: str, record: dict[str, str], upto: str) -> Conversation:
         history = [HistoryItem(str(ev.data.get("role", "")), str(ev.data.get("text", "")))
                    for ev in await self.store.messages_before(sid, upto, HISTORY_EVENTS)]
+        customer = json.loads(record.get("customer") or "{}")
         return Conversation(
             session_id=sid, status=record.get("status", "bot"),
             slots=json.loads(record.get("slots") or "{}"),
-            customer=json.loads(record.get("customer") or "{}"),
+            customer=customer,
             history=history,
             state=json.loads(record.get("state") or "{}"),
-            profile=await self._profile(sid),
+            profile=await self._profile(sid, customer),
         )
 
-    async def _profile(self, sid: str) -> dict[str, list[str]]:
-        """Product ids the customer viewed, put in the cart or bought, from `track` events."""
-        profile: dict[str, list[str]] = {}
+    async def _profile(self, sid: str, customer: dict[str, Any]) -> dict[str, list[str]]:
+        """Product ids the customer viewed, put in the cart or bought: from this conversation's
+        `track` events, after those of earlier conversations when the host page names the
+        customer (``customer.id`` in the start frame)."""
+        customer_id = customer.get("id") if isinstance(customer, dict) else None
+        known = isinstance(customer_id, str | int) and str(customer_id).strip()
+        profile: dict[str, list[str]] = await self.store.customer_profile(str(customer_id)) if known else {}
+        before = json.dumps(profile, sort_keys=True)
         for ev in await self.store.events(sid, kinds=frozenset({"track"})):
             kind = TRACK_KINDS.get(str(ev.data.get("name", "")))
             data = ev.data.get("data") or {}
@@ -229,6 +235,8 @@ class TurnRunner:
                     items.remove(pid)
                 items.append(pid)
                 del items[:-PROFILE_ITEMS]
+        if known and json.dumps(profile, sort_keys=True) != before:
+            await self.store.save_customer_profile(str(customer_id), profile)
         return profile
 
     async def _answer(self, sid: str, record: dict[str, str], message: Event, owner: str) -> None:

@@ -220,3 +220,32 @@ async def test_knowledge_glue_that_changes_the_policy_is_replaced_by_the_entry()
     reply, analysis = await glue_answer(engine)
     assert reply == "You can return items within 30 days of delivery, free of charge."
     assert "60 days" in analysis.reason
+
+
+async def test_recommendations_remember_what_a_known_customer_viewed_before(
+        servers: Servers, shop_actions_env: None,
+        shop_parts: tuple[DialogueEngine, Callable[[list[str]], list[dict[str, Any]]]]) -> None:
+    engine, understand = shop_parts
+    running = await servers.start(Brain(engine, understand), project=engine.project.path)
+
+    async def conversation(customer: dict[str, Any] | None) -> Any:
+        client = await running.client()
+        await client.send({"type": "start", "session_id": None, "token": None, "after": None,
+                           "customer": customer})
+        assert (await client.recv())["type"] == "session"
+        return client
+
+    first = await conversation({"id": "c-42", "name": "Anna"})
+    for pid in ("P1004", "P1004", "P1003"):  # sneakers, as the host page reports views
+        await first.send({"type": "track", "name": "view_product", "data": {"product_id": pid}})
+    await first.say("hi")  # a turn reads the profile and keeps it for the customer
+
+    later = await conversation({"id": "c-42"})
+    _, frames = await later.say("can you recommend something for me?")
+    cards = next(f for f in frames if f["type"] == "stream_end")["cards"]
+    assert cards and any("you viewed" in c["subtitle"] for c in cards), cards
+
+    stranger = await conversation(None)
+    _, frames = await stranger.say("can you recommend something for me?")
+    cards = next(f for f in frames if f["type"] == "stream_end")["cards"]
+    assert not any("you viewed" in c["subtitle"] for c in cards), cards
