@@ -9,10 +9,12 @@ the entity extractor, the custom-action runner and the language model.
 from __future__ import annotations
 
 import functools
+import hashlib
 import logging
 import os
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -26,6 +28,7 @@ from dialogue.generate import Writer
 from dialogue.knowledge import KnowledgeIndex, load_knowledge
 from dialogue.project import Project, load_project
 from dialogue.recommend import Recommender, load_catalog
+from dialogue.redact import redact_pii
 from dialogue.types import Pipeline
 
 log = logging.getLogger("deskmate.brain")
@@ -41,6 +44,7 @@ class Brain:
     pipeline: Pipeline
     understand: Understand | None = None
     closers: list[Callable[[], Awaitable[None]]] = field(default_factory=list)
+    model: Any = None  # the language model, for its metrics (queue depth, tokens); None: off
 
     async def close(self) -> None:
         for close in self.closers:
@@ -70,12 +74,51 @@ def open_writer(settings: Settings, project: Project) -> tuple[Writer | None, An
     context = int(getattr(model, "context", 0) or project.setting("language_model", "context", 2048))
     count = getattr(model, "count_tokens", None) or approx_tokens
     prompts = PromptBuilder(count, PromptBudget(context=context, reply_tokens=max_tokens))
-    return Writer(model, prompts, project.config), model
+    # Customers' e-mail addresses, phone and card numbers stay on this machine.
+    redact = redact_pii if backend == "remote" and settings.redact_pii else None
+    return Writer(model, prompts, project.config, redact=redact), model
+
+
+class EmbeddingCache:
+    """Embeddings of the project's knowledge and responses, kept in ``models/embeddings.npz``
+    by the SHA-1 of each text, so a restart embeds only what changed (embedding a knowledge
+    base is seconds of CPU; reading the file is milliseconds)."""
+
+    def __init__(self, embed: Callable[[list[str]], Any], path: Path) -> None:
+        self.embed = embed
+        self.path = path
+        self.vectors: dict[str, np.ndarray] = {}
+        try:
+            with np.load(path) as data:
+                self.vectors = dict(zip(data["keys"].tolist(), data["vectors"], strict=True))
+        except (OSError, ValueError, KeyError):
+            pass  # no cache yet, or an unreadable one: embed again
+
+    def __call__(self, texts: list[str]) -> np.ndarray:
+        keys = [hashlib.sha1(t.encode("utf-8")).hexdigest() for t in texts]
+        missing = sorted({k: t for k, t in zip(keys, texts, strict=True) if k not in self.vectors}.items())
+        if missing:
+            fresh = np.asarray(self.embed([t for _, t in missing]), dtype=np.float32)
+            self.vectors.update({k: v for (k, _), v in zip(missing, fresh, strict=True)})
+            self._save(set(keys))
+        return np.stack([self.vectors[k] for k in keys]) if keys else np.zeros((0, 0), np.float32)
+
+    def _save(self, used: set[str]) -> None:
+        kept = {k: v for k, v in self.vectors.items() if k in used}
+        try:
+            self.path.parent.mkdir(parents=True, exist_ok=True)
+            tmp = self.path.with_name(self.path.name + ".tmp.npz")
+            np.savez(tmp, keys=np.asarray(list(kept)), vectors=np.stack(list(kept.values())))
+            os.replace(tmp, self.path)  # readers never see half a file
+        except OSError as exc:
+            log.warning("cannot write the embedding cache %s: %s", self.path, exc)
 
 
 def build_engine(project: Project, *, embed: Callable[[list[str]], Any] | None,
                  actions_url: str | None = None, writer: Writer | None = None) -> DialogueEngine:
     """The engine for ``project``; ``embed`` (texts -> (N, D) vectors) indexes the knowledge."""
+    if embed is not None:
+        embed = EmbeddingCache(embed, project.path / "models" / "embeddings.npz")
     knowledge = None
     if project.knowledge_dir.is_dir() and embed is not None:
         entries = load_knowledge(project.knowledge_dir)
@@ -88,7 +131,7 @@ def build_engine(project: Project, *, embed: Callable[[list[str]], Any] | None,
         # The canned responses rules give, embedded to tell when a knowledge entry is more specific.
         names = sorted({a for acts in project.rules.values() for a in acts if a in project.responses})
         texts = [(n, str(v.get("text") or "")) for n in names for v in project.responses[n]]
-        vectors = embed([t for _, t in texts]) if texts else []
+        vectors: Any = embed([t for _, t in texts]) if texts else []
         for name in names:
             rows = [vectors[i] for i, (n, _) in enumerate(texts) if n == name]
             response_vectors[name] = np.asarray(rows, dtype=np.float32)
@@ -128,7 +171,7 @@ def load_brain(settings: Settings, *, language_model: bool = True) -> Brain:
              project.path, len(project.intents), len(engine.knowledge or ()),
              "remote" if settings.action_endpoint else ("in-process" if engine.actions else "no"),
              getattr(model, "name", "off"))
-    return Brain(engine, functools.partial(classifier.parse_batch, vectors=True), closers)
+    return Brain(engine, functools.partial(classifier.parse_batch, vectors=True), closers, model)
 
 
 def actions_environment(redis_url: str, key_prefix: str) -> None:
