@@ -18,6 +18,7 @@
   WS_URL.protocol = location.protocol === "https:" ? "wss:" : "ws:";
   WS_URL = WS_URL.href;
   var TOKEN_KEY = "deskmate:agent:v1"; // sessionStorage: { token, agent, role, expires_at }
+  var OPEN_KEY = "deskmate:agent:open"; // sessionStorage: the open conversation's id
   var SOUND_KEY = "deskmate:agent:sound"; // localStorage: "1" when alerts beep
   var BACKOFF_MIN_MS = 500;
   var BACKOFF_MAX_MS = 10000;
@@ -76,6 +77,90 @@
     return Math.floor(s / 3600) + "h " + String(Math.floor(s / 60) % 60).padStart(2, "0") + "m";
   }
 
+  // ---------------------------------------------------------------- safe Markdown subset
+  // What the widget renders for the customer (web/widget.js): bold, italics, inline code,
+  // http(s) and relative links, bullet and numbered lists, built as DOM nodes. Anything
+  // else stays literal text, so agents see their replies as the customer does.
+
+  var INLINE = "\\*\\*([^*\\n]+?)\\*\\*|`([^`\\n]+)`|\\[([^\\]\\n]+)\\]\\(([^)\\s]+)\\)" +
+    "|(^|[\\s(])([*_])([^*_\\n]+?)\\6(?=$|[\\s.,!?;:)])" +
+    "|(https?:\\/\\/[^\\s<>()]*[^\\s<>().,!?;:'\"])";
+
+  /** An absolute http(s) URL for `raw` (relative to this server), or null. */
+  function safeUrl(raw) {
+    try {
+      var u = new URL(String(raw).trim(), location.href);
+      return u.protocol === "http:" || u.protocol === "https:" ? u.href : null;
+    } catch (e) {
+      return null;
+    }
+  }
+
+  function link(href, text) {
+    var a = el("a", null, text);
+    a.href = href;
+    a.target = "_blank";
+    a.rel = "noopener noreferrer";
+    return a;
+  }
+
+  function appendInline(parent, text) {
+    var re = new RegExp(INLINE, "g");
+    var last = 0;
+    var m;
+    while ((m = re.exec(text)) !== null) {
+      if (m.index > last) parent.appendChild(document.createTextNode(text.slice(last, m.index)));
+      last = re.lastIndex;
+      if (m[1] != null) {
+        var b = el("strong");
+        appendInline(b, m[1]);
+        parent.appendChild(b);
+      } else if (m[2] != null) {
+        parent.appendChild(el("code", null, m[2]));
+      } else if (m[3] != null) {
+        var href = safeUrl(m[4]);
+        parent.appendChild(href ? link(href, m[3]) : document.createTextNode(m[0]));
+      } else if (m[7] != null) {
+        if (m[5]) parent.appendChild(document.createTextNode(m[5]));
+        parent.appendChild(el("em", null, m[7]));
+      } else if (m[8] != null) {
+        var url = safeUrl(m[8]);
+        parent.appendChild(url ? link(url, m[8]) : document.createTextNode(m[8]));
+      }
+    }
+    if (last < text.length) parent.appendChild(document.createTextNode(text.slice(last)));
+  }
+
+  function renderRich(container, text) {
+    clear(container);
+    var list = null;
+    var para = [];
+    function flush() {
+      if (!para.length) return;
+      var p = el("p");
+      appendInline(p, para.join("\n"));
+      container.appendChild(p);
+      para = [];
+    }
+    str(text).split("\n").forEach(function (line) {
+      var ul = /^\s*[-*•]\s+(.*)$/.exec(line);
+      var ol = ul ? null : /^\s*\d{1,3}[.)]\s+(.*)$/.exec(line);
+      if (ul || ol) {
+        flush();
+        var type = ul ? "ul" : "ol";
+        if (!list || list.tagName.toLowerCase() !== type) container.appendChild((list = el(type)));
+        var li = el("li");
+        appendInline(li, (ul || ol)[1]);
+        list.appendChild(li);
+        return;
+      }
+      list = null;
+      if (line.trim()) para.push(line);
+      else flush();
+    });
+    flush();
+  }
+
   function customerName(s) {
     var c = (s && s.customer) || {};
     var name = str(c.name) || str(c.email);
@@ -89,7 +174,7 @@
   var myRole = saved ? str(saved.role) : "";
   var sessions = new Map(); // session_id -> summary
   var flagged = new Set(); // session ids that need attention, until opened
-  var current = null; // the open conversation's id
+  var current = saved ? load("sessionStorage", OPEN_KEY) : null; // the open conversation's id
   var rendered = new Map(); // event_id -> row, for the open conversation
   var streams = new Map(); // stream_id -> { row, bubble }
   var outbox = []; // agent messages not yet acked: resent (same client_id) after a reconnect
@@ -193,6 +278,7 @@
     signingOut = false;
     saved = null;
     save("sessionStorage", TOKEN_KEY, null);
+    save("sessionStorage", OPEN_KEY, null);
     current = null;
     sessions.clear();
     flagged.clear();
@@ -458,6 +544,7 @@
       stopTyping();
       if (current) sendFrame({ type: "unwatch", session_id: current });
       current = sid;
+      save("sessionStorage", OPEN_KEY, sid); // a reload opens it again
       showConversation(sid);
       sendFrame({ type: "watch", session_id: sid });
     }
@@ -469,6 +556,7 @@
     $("conversation").hidden = !sid;
     clear($("transcript"));
     rendered.clear();
+    joinedLine = null;
     streams.clear();
     viewed = [];
     renderViewed();
@@ -573,13 +661,21 @@
     head.appendChild(el("b", null, whoFor(f)));
     head.appendChild(el("time", null, clock(f.ts)));
     row.appendChild(head);
-    var bubble = el("div", "bubble", str(f.text));
+    var bubble = el("div", "bubble");
+    if (role === "user") bubble.textContent = str(f.text); // as the customer typed it
+    else renderRich(bubble, f.text);
     row.appendChild(bubble);
     extras(row, f);
     return row;
   }
 
   function extras(row, f) {
+    var titles = (Array.isArray(f.sources) ? f.sources : []).map(function (src) {
+      return src && typeof src === "object" ? str(src.title) || str(src.id) : str(src);
+    }).filter(Boolean);
+    if (titles.length && !row.querySelector(".sources")) {
+      row.appendChild(el("div", "sources", (titles.length > 1 ? "Sources: " : "Source: ") + titles.join(", ")));
+    }
     if (Array.isArray(f.buttons) && f.buttons.length) {
       var chips = el("div", "chips");
       f.buttons.forEach(function (b) { chips.appendChild(el("span", "chip", str(b && b.title))); });
@@ -602,6 +698,21 @@
   function onMessage(f) {
     var id = stored(f);
     if (!id) return;
+    if (f.role === "system") {
+      // A takeover, a close or an interrupted turn: the answer still streaming is never stored.
+      streams.forEach(function (s) {
+        s.row.classList.remove("streaming");
+        s.row.classList.add("interrupted");
+      });
+      streams.clear();
+    }
+    if (f.role === "system" && joinedLine && str(f.agent) === joinedLine.agent) {
+      // The customer's copy of the takeover just shown as "… took over" (see onHandoff).
+      rendered.set(id, joinedLine.row);
+      joinedLine = null;
+      return;
+    }
+    joinedLine = null;
     var row = messageRow(f);
     rendered.set(id, row);
     append(row);
@@ -643,17 +754,23 @@
       });
   }
 
+  // A takeover stores a `handoff` agent_joined and, right after it, a system message with the
+  // same news for the customer: one line here.
+  var joinedLine = null; // { agent, row } while the newest event is an agent_joined
+
   function onHandoff(f) {
     var id = stored(f);
     if (!id) return;
+    joinedLine = null;
     var who = str(f.agent) || "An agent";
-    var text = f.state === "requested" ? "The customer asked for a person" + (f.reason ? " (" + str(f.reason) + ")" : "")
+    var text = f.state === "requested" ? "Waiting for a person" + (f.reason ? ": " + str(f.reason) : "")
       : f.state === "agent_joined" ? who + " took over"
       : f.state === "agent_left" ? who + " handed back to the bot" : "handoff: " + str(f.state);
     var row = el("div", "msg system handoff");
     row.appendChild(el("div", "sys", text));
     rendered.set(id, row);
     append(row);
+    if (f.state === "agent_joined") joinedLine = { agent: str(f.agent), row: row };
   }
 
   function onTrack(f) {
@@ -676,7 +793,7 @@
     if (f.session_id !== current || typeof f.stream_id !== "string") return;
     var row = messageRow({ role: f.role || "bot", text: "", ts: Date.now() / 1000 });
     row.classList.add("streaming");
-    streams.set(f.stream_id, { row: row, bubble: row.querySelector(".bubble") });
+    streams.set(f.stream_id, { row: row, bubble: row.querySelector(".bubble"), text: "" });
     append(row);
   }
 
@@ -684,7 +801,8 @@
     var s = streams.get(f.stream_id);
     if (!s || f.session_id !== current) return;
     var stick = nearBottom();
-    s.bubble.textContent += str(f.text);
+    s.text += str(f.text);
+    renderRich(s.bubble, s.text);
     if (stick) transcript().scrollTop = transcript().scrollHeight;
   }
 
@@ -693,7 +811,7 @@
     if (!s || f.session_id !== current) return;
     streams.delete(f.stream_id);
     s.row.classList.remove("streaming");
-    s.bubble.textContent = str(f.text);
+    renderRich(s.bubble, f.text);
     extras(s.row, f);
     if (typeof f.event_id === "string") rendered.set(f.event_id, s.row);
   }
@@ -719,6 +837,7 @@
     // A (re)watch replays the conversation from the start: begin from a clean slate.
     clear(transcript());
     rendered.clear();
+    joinedLine = null;
     streams.clear();
     viewed = [];
     renderViewed();
@@ -751,6 +870,14 @@
       var failed = outbox.filter(function (m) { return m.frame.client_id === f.client_id; })[0];
       ackOutbox(str(f.client_id));
       if (failed && failed.frame.session_id === current && !$("reply-text").value) $("reply-text").value = failed.frame.text;
+    }
+    if (f.action === "watch" && f.code === "unknown_session" && f.session_id === current) {
+      // The conversation open before a reload has expired since.
+      current = null;
+      save("sessionStorage", OPEN_KEY, null);
+      showConversation(null);
+      renderList();
+      return;
     }
     if (!f.session_id || f.session_id === current) showError(message);
   }
@@ -849,6 +976,8 @@
   renderViewed();
   if (saved && saved.token) {
     $("app-view").hidden = false;
+    if (typeof current === "string" && current) showConversation(current); // watched after auth_ok
+    else current = null;
     connect();
   } else {
     showLogin("");

@@ -5,6 +5,8 @@
  * Options, as data-* attributes on that tag (all optional):
  *   data-server     base URL of the deskmate server (default: where this script came from)
  *   data-color      accent colour, any CSS colour ("#0f766e", "rebeccapurple")
+ *   data-agent-color colour that marks a support agent's messages (default amber)
+ *   data-bot-color  background of the bot's message bubbles (default light grey)
  *   data-title      header title (default: a localised "Customer support")
  *   data-greeting   text shown above an empty conversation
  *   data-position   "right" (default) or "left"
@@ -83,6 +85,8 @@
       quickReplies: "Suggested replies",
       products: "Products",
       view: "View",
+      source: "Source: {titles}",
+      sources: "Sources: {titles}",
       tooLong: "That message is too long ({n} characters at most).",
       rateLimited: "You're sending messages a little fast. Please wait a moment.",
       errorGeneric: "Something went wrong: {message}",
@@ -118,6 +122,8 @@
       quickReplies: "快捷回复",
       products: "商品",
       view: "查看",
+      source: "来源：{titles}",
+      sources: "来源：{titles}",
       tooLong: "消息太长了（最多 {n} 个字符）。",
       rateLimited: "发送太快了，请稍等片刻。",
       errorGeneric: "出错了：{message}",
@@ -381,6 +387,7 @@
     ".pending .bubble{opacity:.65}",
     ".failed .bubble{background:#fee2e2;color:#7f1d1d}",
     ".meta{font-size:11.5px;color:var(--muted);margin:3px 4px 0}",
+    ".sources{font-size:11.5px;color:var(--muted);margin:3px 4px 0}",
     ".failed .meta{color:var(--danger)}",
     ".link-btn{border:0;background:none;padding:0;margin-left:4px;color:inherit;font-weight:600;text-decoration:underline}",
     ".streaming .bubble::after{content:'';display:inline-block;width:7px;height:14px;margin-left:2px;",
@@ -569,26 +576,50 @@
   root.appendChild(styleEl);
   root.appendChild(shell);
 
-  /** Accent colour from data-color, with readable text and a soft tint derived from it. */
+  /**
+   * Colours from the script tag: data-color (the accent, with readable text and a soft tint
+   * derived from it), data-agent-color (marks agents' messages) and data-bot-color (the
+   * bot's bubbles). A value the browser does not read as a colour is ignored.
+   */
   function applyTheme() {
-    var color = ds.color;
-    if (!color || !(window.CSS && CSS_supports("color", color))) return;
+    var accent = rgbOf(ds.color);
+    if (accent) {
+      shell.style.setProperty("--accent", ds.color);
+      // White text unless dark text has the better contrast ratio on this accent.
+      var L = luminance(accent);
+      shell.style.setProperty("--accent-text", 1.05 / (L + 0.05) >= (L + 0.05) / 0.05 ? "#fff" : "#111827");
+      shell.style.setProperty("--accent-soft", tint(accent, 0.12));
+    }
+    var agent = rgbOf(ds.agentColor);
+    if (agent) {
+      shell.style.setProperty("--agent-edge", ds.agentColor);
+      shell.style.setProperty("--agent", tint(agent, 0.1));
+    }
+    if (rgbOf(ds.botColor)) shell.style.setProperty("--bot", ds.botColor);
+  }
+
+  /** [r, g, b] of a CSS colour as the browser computes it, or null if it is not one. */
+  function rgbOf(color) {
+    if (!color || !(window.CSS && CSS_supports("color", color))) return null;
     var probe = el("span");
     probe.style.color = color;
     shell.appendChild(probe);
     var rgb = (getComputedStyle(probe).color.match(/[\d.]+/g) || []).slice(0, 3).map(Number);
     shell.removeChild(probe);
-    shell.style.setProperty("--accent", color);
-    if (rgb.length !== 3) return;
+    return rgb.length === 3 ? rgb : null;
+  }
+
+  function luminance(rgb) {
     var lum = rgb.map(function (c) {
       c /= 255;
       return c <= 0.03928 ? c / 12.92 : Math.pow((c + 0.055) / 1.055, 2.4);
     });
-    var L = 0.2126 * lum[0] + 0.7152 * lum[1] + 0.0722 * lum[2];
-    // White text unless dark text has the better contrast ratio on this accent.
-    shell.style.setProperty("--accent-text", 1.05 / (L + 0.05) >= (L + 0.05) / 0.05 ? "#fff" : "#111827");
-    var soft = rgb.map(function (c) { return Math.round(c * 0.12 + 255 * 0.88); });
-    shell.style.setProperty("--accent-soft", "rgb(" + soft.join(",") + ")");
+    return 0.2126 * lum[0] + 0.7152 * lum[1] + 0.0722 * lum[2];
+  }
+
+  /** `rgb` mixed into white, `amount` of it (0..1): a pale background in the same hue. */
+  function tint(rgb, amount) {
+    return "rgb(" + rgb.map(function (c) { return Math.round(c * amount + 255 * (1 - amount)); }).join(",") + ")";
   }
   function CSS_supports(prop, value) {
     try { return window.CSS.supports(prop, value); } catch (e) { return false; }
@@ -767,6 +798,13 @@
   function attachExtras(row, frame) {
     var body = row.querySelector(".body");
     if (!body) return;
+    var titles = sourceTitles(frame.sources);
+    if (titles.length && !body.querySelector(".sources")) {
+      // What the answer was taken from, as plain text under the bubble.
+      var line = el("p", "sources", t(titles.length > 1 ? "sources" : "source", { titles: titles.join(", ") }));
+      var bubble = body.querySelector(".bubble");
+      body.insertBefore(line, bubble ? bubble.nextSibling : null);
+    }
     if (Array.isArray(frame.cards) && frame.cards.length && !body.querySelector(".cards")) {
       body.appendChild(buildCards(frame.cards));
       body.classList.add("wide"); // a carousel may use the whole row
@@ -783,6 +821,16 @@
     }
   }
 
+  /** The titles of a message's `sources` ([{id, title, source}]), each once. */
+  function sourceTitles(sources) {
+    var titles = [];
+    (Array.isArray(sources) ? sources : []).forEach(function (src) {
+      var title = src && typeof src === "object" ? str(src.title) || str(src.id) : str(src);
+      if (title && titles.indexOf(title) < 0) titles.push(title);
+    });
+    return titles.slice(0, 3);
+  }
+
   /** A reply button ({title, payload}) or a link button ({title, url}); null when unusable. */
   function buildButton(b, group) {
     if (!b || typeof b !== "object") return null;
@@ -796,6 +844,8 @@
           btn.classList.add("chosen");
         }
         sendAction(b.payload, title);
+        // The chosen button is disabled and its group hidden: keep the keyboard in the chat.
+        input.focus({ preventScroll: true });
       });
       return btn;
     }
@@ -856,6 +906,7 @@
     rendered.clear();
     streams.clear();
     closedRow = null;
+    joinedLine = null;
     lastEventId = null;
     currentAgent = null;
     hideTyping();
@@ -880,6 +931,19 @@
       }
       return;
     }
+    // A system line ends any answer still streaming: an agent took over or closed the
+    // conversation, or the bot was interrupted, and that answer will never be stored.
+    if (f.role === "system") endOpenStreams();
+    if (f.role === "system" && joinedLine && str(f.agent) === joinedLine.agent) {
+      // The words that go with the agent_joined handoff already shown (see onHandoff).
+      if (id) {
+        rendered.set(id, joinedLine.row);
+        noteEventId(id);
+      }
+      joinedLine = null;
+      return;
+    }
+    joinedLine = null;
     if (f.role === "user" && adoptPending(f, id)) return;
     var row = buildRow(f);
     insertRow(row);
@@ -887,6 +951,9 @@
       rendered.set(id, row);
       noteEventId(id);
     }
+    // An agent's other system line may come with a change of status that this socket is not
+    // told about in a frame of its own (closing the conversation): read the status again.
+    if (f.role === "system" && str(f.agent) && isLive(f) && !closedRow) refreshStatus();
     if (f.role !== "user") {
       hideTyping();
       var who = f.role === "agent" ? str(f.agent) || t("anAgent") : f.role === "bot" ? t("assistant") : "";
@@ -995,6 +1062,7 @@
     if (id && rendered.has(id)) {
       s.row.parentNode.removeChild(s.row); // the stored message got here first
     } else if (id) {
+      joinedLine = null;
       s.row.dataset.streamed = "1";
       rendered.set(id, s.row);
       noteEventId(id);
@@ -1002,6 +1070,16 @@
       countUnread({});
     }
     afterChange(stick);
+  }
+
+  function endOpenStreams() {
+    streams.forEach(function (s) {
+      if (s.raf) cancelAnimationFrame(s.raf);
+      renderRich(s.bubble, s.text);
+      s.row.classList.remove("streaming");
+      s.row.classList.add("interrupted");
+    });
+    streams.clear();
   }
 
   /** After a reconnect the server replays the stored copy of any reply cut off mid-stream. */
@@ -1019,9 +1097,17 @@
     else hideTyping();
   }
 
+  /**
+   * An agent's arrival is stored twice: this `handoff` (the change of state) and, right after
+   * it, a system message in the server's words for clients that know no handoff frames. The
+   * customer sees one line: this one, in their language; the system message maps onto it.
+   */
+  var joinedLine = null; // { agent, row } while the newest stored event is an agent_joined
+
   function onHandoff(f) {
     var id = typeof f.event_id === "string" ? f.event_id : null;
     if (id && rendered.has(id)) return;
+    joinedLine = null;
     var name = str(f.agent) || currentAgent || t("anAgent");
     var text;
     if (f.state === "requested") text = t("handoffRequested");
@@ -1034,6 +1120,7 @@
       rendered.set(id, row);
       noteEventId(id);
     }
+    if (f.state === "agent_joined") joinedLine = { agent: str(f.agent), row: row };
     if (isLive(f)) announce(text);
     if (connState === "online") setConn("online");
   }
@@ -1172,6 +1259,7 @@
 
   var ws = null;
   var started = false; // the server answered our `start`; other frames may go out
+  var refreshing = false; // the socket was closed on purpose, to read the status again
   var wanted = false; // connect lazily: on open, on track, or when a conversation exists
   var attempt = 0;
   var retryTimer = 0;
@@ -1231,9 +1319,24 @@
       }
       hideTyping();
       streams.forEach(function (s) { s.row.classList.add("interrupted"); });
-      scheduleReconnect();
+      if (refreshing) {
+        refreshing = false;
+        connect();
+      } else {
+        scheduleReconnect();
+      }
     };
     sock.onerror = function () { /* a close event follows */ };
+  }
+
+  /**
+   * Resume on a fresh socket to read the conversation's status from `session` (only that
+   * frame states it). The resume asks for events after lastEventId: nothing shows twice.
+   */
+  function refreshStatus() {
+    if (!ws || !started) return;
+    refreshing = true;
+    ws.close();
   }
 
   function scheduleReconnect() {

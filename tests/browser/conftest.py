@@ -1,5 +1,7 @@
-"""Browser tests of the widget: the real server in a subprocess (with its embedded Redis
-under a temporary data dir), driven by Debian's chromium through Playwright for Python.
+"""Browser tests of the widget and the agent console: the real server in a subprocess (with
+its embedded Redis under a temporary data dir), driven by Debian's chromium through
+Playwright for Python. Support agents are real accounts (``deskmate agent add``) acting
+through the real agent socket: in the console, or with :class:`AgentClient`.
 
 Nothing is downloaded: Playwright launches ``/usr/bin/chromium`` (``apt-get install
 chromium``; override with ``DESKMATE_CHROMIUM``). Without that binary every test here is
@@ -9,8 +11,10 @@ is a declared dev dependency. Screenshots go to ``test-artifacts/``.
 
 from __future__ import annotations
 
+import itertools
 import json
 import os
+import re
 import signal
 import socket
 import subprocess
@@ -18,12 +22,17 @@ import sys
 import time
 import urllib.error
 import urllib.request
-from collections.abc import Callable, Iterator, Sequence
+import uuid
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
 import pytest
 from playwright.sync_api import Browser, Page, Playwright, expect, sync_playwright
+from websockets.sync.client import ClientConnection
+from websockets.sync.client import connect as ws_connect
+
+Frame = dict[str, Any]
 
 ROOT = Path(__file__).resolve().parents[2]
 ARTIFACTS = ROOT / "test-artifacts"
@@ -66,11 +75,15 @@ class DeskmateServer:
         self.process: subprocess.Popen[bytes] | None = None
 
     def start(self) -> None:
-        env = {k: v for k, v in os.environ.items() if k not in ("REDIS_URL", "DESKMATE_REDIS_URL")}
-        env["DESKMATE_DATA_DIR"] = str(self.data_dir)
+        env = self.env()
         # The limits the tests (and the widget's defaults) count on, whatever the environment says.
         env.update(DESKMATE_MAX_TEXT_CHARS="2000", DESKMATE_RATE_MESSAGES="20",
-                   DESKMATE_RATE_WINDOW="10", DESKMATE_LOG_LEVEL="INFO")
+                   DESKMATE_RATE_WINDOW="10", DESKMATE_LOG_LEVEL="INFO",
+                   # Every customer here comes from 127.0.0.1: no per-address budget or cap.
+                   DESKMATE_RATE_IP_MESSAGES="0", DESKMATE_MAX_CONNECTIONS_PER_IP="0",
+                   # Replies from the shop's responses, knowledge and actions only: the same
+                   # text every run, at once. The language model has its own tests (tests/lm).
+                   DESKMATE_LM_BACKEND="none")
         self.data_dir.mkdir(parents=True, exist_ok=True)
         with self.log.open("ab") as log:
             self.process = subprocess.Popen(
@@ -102,15 +115,22 @@ class DeskmateServer:
             self.process.kill()
             self.process.wait(timeout=5)
 
-    def inject(self, session_id: str, events: Sequence[tuple[str, dict[str, Any]]] = (),
-               frames: Sequence[dict[str, Any]] = ()) -> None:
-        """Store ``events`` and publish ephemeral ``frames`` in a conversation, through the
-        server's own ``bot.store.Store`` on its Redis, the way a support agent's actions
-        reach the customer. A stand-in for the agent socket until the console lands."""
-        job = json.dumps({"url": f"unix://{self.data_dir / 'redis' / 'redis.sock'}",
-                          "sid": session_id, "events": list(events), "frames": list(frames)})
-        subprocess.run([sys.executable, "-c", INJECT], input=job.encode(), cwd=ROOT, check=True,
-                       timeout=30)
+    def env(self) -> dict[str, str]:
+        env = {k: v for k, v in os.environ.items() if k not in ("REDIS_URL", "DESKMATE_REDIS_URL")}
+        env["DESKMATE_DATA_DIR"] = str(self.data_dir)
+        return env
+
+    def add_agent(self, name: str, role: str = "agent") -> str:
+        """``deskmate agent add NAME`` against this server's Redis; the password it prints."""
+        done = subprocess.run([sys.executable, "-m", "bot.cli", "agent", "add", name, "--role", role],
+                              cwd=ROOT, env=self.env(), capture_output=True, text=True, timeout=60)
+        found = re.search(r"^password: (\S+)$", done.stdout, re.M)
+        assert done.returncode == 0 and found, done.stdout + done.stderr
+        return found.group(1)
+
+    def agent(self, name: str, role: str = "agent") -> AgentClient:
+        """A new agent account ``name``, signed in on the agent socket."""
+        return AgentClient(self, name, self.add_agent(name, role))
 
     def tail(self, lines: int = 40) -> str:
         try:
@@ -119,27 +139,52 @@ class DeskmateServer:
             return "(no log)"
 
 
-INJECT = """
-import asyncio, json, sys
-from bot.store import NewEvent, Store
+class AgentClient:
+    """A support agent on ``/ws/agent`` (websockets' sync client, so it runs beside
+    Playwright's sync API): how a test acts as an agent without a console on screen."""
 
-async def main(job):
-    store = Store.from_url(job["url"])
-    try:
-        for kind, data in job["events"]:
-            await store.append(job["sid"], [NewEvent(kind, data)])
-        for frame in job["frames"]:
-            await store.publish(job["sid"], frame)
-    finally:
-        await store.close()
+    def __init__(self, server: DeskmateServer, name: str, password: str) -> None:
+        self.name = name
+        self.ws: ClientConnection = ws_connect(server.url.replace("http", "ws", 1) + "/ws/agent",
+                                               open_timeout=10, max_queue=None)
+        self.send({"type": "login", "name": name, "password": password})
+        signed_in = self.until(lambda f: f["type"] in ("auth_ok", "error"))[-1]
+        assert signed_in["type"] == "auth_ok", signed_in
 
-asyncio.run(main(json.load(sys.stdin)))
-"""
+    def send(self, frame: Frame) -> None:
+        self.ws.send(json.dumps(frame))
+
+    def until(self, predicate: Callable[[Frame], bool], timeout: float = 15.0) -> list[Frame]:
+        """Frames received up to and including the first that matches ``predicate``."""
+        seen: list[Frame] = []
+        deadline = time.monotonic() + timeout
+        while not seen or not predicate(seen[-1]):
+            seen.append(json.loads(self.ws.recv(timeout=max(0.01, deadline - time.monotonic()))))
+        return seen
+
+    def act(self, kind: str, session_id: str, **fields: Any) -> Frame:
+        """Send an action on a conversation; its answer (``ok``, ``ack`` or ``error``)."""
+        self.send({"type": kind, "session_id": session_id, **fields})
+        return self.until(lambda f: f["type"] in ("ok", "ack", "error")
+                          and f.get("session_id") == session_id)[-1]
+
+    def do(self, kind: str, session_id: str, **fields: Any) -> Frame:
+        """:meth:`act`, which must succeed."""
+        answer = self.act(kind, session_id, **fields)
+        assert answer["type"] in ("ok", "ack"), answer
+        return answer
+
+    def say(self, session_id: str, text: str) -> Frame:
+        return self.do("send", session_id, client_id=uuid.uuid4().hex, text=text)
+
+    def close(self) -> None:
+        self.ws.close()
 
 
 @pytest.fixture(scope="session")
 def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[DeskmateServer]:
-    """One server for the whole run; each test gets its own browser context (a new customer)."""
+    """One server for the whole run; each test gets its own browser context (a new customer).
+    A test may stop and start it again (same port, same data dir)."""
     srv = DeskmateServer(tmp_path_factory.mktemp("deskmate"))
     srv.start()
     try:
@@ -148,14 +193,30 @@ def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[DeskmateServer]
         srv.stop()
 
 
+_names = itertools.count(1)
+
+
 @pytest.fixture
-def own_server(tmp_path: Path) -> Iterator[DeskmateServer]:
-    """A server this test may stop and restart (not started yet)."""
-    srv = DeskmateServer(tmp_path / "deskmate")
+def agent_name() -> Callable[[str], str]:
+    """``name`` made unique on the shared server (accounts outlive a test): "anna-7"."""
+    return lambda name: f"{name}-{next(_names)}"
+
+
+@pytest.fixture
+def new_agent(server: DeskmateServer, agent_name: Callable[[str], str],
+              ) -> Iterator[Callable[..., AgentClient]]:
+    """Factory: a new agent account signed in on the agent socket, closed after the test."""
+    clients: list[AgentClient] = []
+
+    def make(name: str = "agent", role: str = "agent") -> AgentClient:
+        clients.append(server.agent(agent_name(name), role))
+        return clients[-1]
+
     try:
-        yield srv
+        yield make
     finally:
-        srv.stop()
+        for client in clients:
+            client.close()
 
 
 # -- the browser ------------------------------------------------------------------------
@@ -190,6 +251,7 @@ class Widget:
     def __init__(self, page: Page) -> None:
         self.page = page
         self.sent: list[dict[str, Any]] = []  # JSON frames the widget sent
+        self.received: list[dict[str, Any]] = []  # and the frames it got
         self.dialogs: list[str] = []
         self.errors: list[str] = []  # uncaught page errors and the widget's console.error
         page.on("websocket", self._watch_socket)
@@ -201,7 +263,12 @@ class Widget:
         def sent(payload: str | bytes) -> None:
             if isinstance(payload, str):
                 self.sent.append(json.loads(payload))
+
+        def received(payload: str | bytes) -> None:
+            if isinstance(payload, str):
+                self.received.append(json.loads(payload))
         ws.on("framesent", sent)
+        ws.on("framereceived", received)
 
     def _on_dialog(self, dialog: Any) -> None:
         self.dialogs.append(dialog.message)
@@ -276,7 +343,16 @@ class Widget:
         return str(stored[0])
 
     def frames(self, kind: str) -> list[dict[str, Any]]:
+        """The frames of type ``kind`` the widget sent."""
         return [f for f in self.sent if f.get("type") == kind]
+
+    @property
+    def typing(self) -> Any:
+        return self.page.locator("#deskmate-widget .typing")
+
+    @property
+    def status(self) -> Any:
+        return self.page.locator("#deskmate-widget .status")
 
 
 @pytest.fixture
@@ -305,3 +381,96 @@ def new_widget(browser: Browser) -> Iterator[Callable[..., Widget]]:
 @pytest.fixture
 def widget(new_widget: Callable[..., Widget]) -> Widget:
     return new_widget()
+
+
+class Console:
+    """A support agent's view: the console at /agent, and what its socket received."""
+
+    def __init__(self, page: Page) -> None:
+        self.page = page
+        self.received: list[Frame] = []  # JSON frames from the agent socket
+        self.dialogs: list[str] = []
+        self.errors: list[str] = []
+        page.on("websocket", self._watch_socket)
+        page.on("dialog", self._on_dialog)
+        page.on("pageerror", lambda exc: self.errors.append(f"pageerror: {exc}"))
+        page.on("console", lambda msg: self.errors.append(f"console: {msg.text}")
+                if msg.type == "error" and "[deskmate]" in msg.text else None)
+
+    def _watch_socket(self, ws: Any) -> None:
+        def received(payload: str | bytes) -> None:
+            if isinstance(payload, str):
+                self.received.append(json.loads(payload))
+        ws.on("framereceived", received)
+
+    def _on_dialog(self, dialog: Any) -> None:
+        self.dialogs.append(dialog.message)
+        dialog.dismiss()
+
+    def goto(self, base: str) -> None:
+        self.page.goto(base + "/agent")
+
+    def sign_in(self, name: str, password: str) -> None:
+        self.page.fill("#login-name", name)
+        self.page.fill("#login-password", password)
+        self.page.click("#login-submit")
+        expect(self.page.locator("#me")).to_have_text(name)
+        expect(self.page.locator("#conn")).to_have_attribute("data-state", "online")
+
+    def item(self, session_id: str) -> Any:
+        """The conversation's entry in the list."""
+        return self.page.locator(f'#session-list li.session[data-sid="{session_id}"]')
+
+    @property
+    def items(self) -> Any:
+        return self.page.locator("#session-list li.session")
+
+    def open(self, session_id: str) -> None:
+        self.item(session_id).click()
+        expect(self.item(session_id)).to_have_class(re.compile(r"\bactive\b"))
+        expect(self.page.locator("#conversation")).to_be_visible()
+
+    def rows(self, selector: str = "") -> Any:
+        return self.page.locator(f"#transcript .msg{selector}")
+
+    def button(self, name: str) -> Any:
+        return self.page.locator(f"#btn-{name}")
+
+    @property
+    def error(self) -> Any:
+        return self.page.locator("#conv-error")
+
+    def reply(self, text: str) -> None:
+        box = self.page.locator("#reply-text")
+        box.fill(text)
+        box.press("Enter")
+
+    def transcript(self) -> list[tuple[str, str]]:
+        """(kind, text) for every message row, in order (kind: user, bot, agent, system, note)."""
+        rows = self.page.evaluate(
+            """() => Array.from(document.querySelectorAll('#transcript .msg')).map(r => [
+                 ['user', 'bot', 'agent', 'system', 'note'].find(c => r.classList.contains(c)) || '?',
+                 (r.querySelector('.bubble, .sys') || r).textContent])""")
+        return [(kind, text) for kind, text in rows]
+
+
+@pytest.fixture
+def new_console(browser: Browser) -> Iterator[Callable[..., Console]]:
+    """Factory: the agent console in a browser context of its own (its own sessionStorage)."""
+    contexts = []
+    consoles: list[Console] = []
+
+    def make(**context_options: Any) -> Console:
+        options = {"viewport": {"width": 1280, "height": 800}, **context_options}
+        context = browser.new_context(**options)
+        contexts.append(context)
+        consoles.append(Console(context.new_page()))
+        return consoles[-1]
+
+    try:
+        yield make
+    finally:
+        for context in contexts:
+            context.close()
+    errors = [e for c in consoles for e in c.errors]
+    assert not errors, errors
