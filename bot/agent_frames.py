@@ -7,15 +7,18 @@ the customer socket's rules (``bot.frames``) apply to the shared fields.
 
 from __future__ import annotations
 
-import json
+import re
 from dataclasses import dataclass
 from typing import Any
 
 from bot.errors import FrameError
-from bot.frames import MAX_ID_CHARS, _field, _short, _text
+from bot.frames import MAX_ID_CHARS, _field, _short, _text, load
 from bot.store import EVENT_ID
 
 MAX_SECRET_CHARS = 256
+MAX_QUESTION_CHARS = 2000  # a customer message at most (DESKMATE_MAX_TEXT_CHARS' default)
+MAX_ANSWER_CHARS = 8000  # bot.learning joins the agent messages that answered a question
+PROPOSAL_ID = re.compile(r"^[0-9a-f]{1,64}$")  # bot.learning.proposal_id: part of a Redis key
 
 
 @dataclass(frozen=True)
@@ -90,9 +93,33 @@ class Close:
     session_id: str
 
 
+@dataclass(frozen=True)
+class ListProposals:
+    """Ask for the knowledge proposals waiting for review, and their changes from then on."""
+
+
+@dataclass(frozen=True)
+class Approve:
+    proposal_id: str
+    question: str  # as the reviewer left it (edited or not)
+    answer: str
+
+
+@dataclass(frozen=True)
+class Reject:
+    proposal_id: str
+
+
+@dataclass(frozen=True)
+class Report:
+    """Ask for the insights report (``deskmate report``) of the window since ``since``."""
+
+    since: str  # "7d", "24h", an ISO date, "all": as ``deskmate report --since``
+
+
 First = Auth | Login
 AgentFrame = (ListSessions | Logout | Watch | Unwatch | Takeover | Assign | Send | Typing
-              | Handback | Note | Close)
+              | Handback | Note | Close | ListProposals | Approve | Reject | Report)
 # Frames that name one session and nothing else.
 _SESSION_ONLY: dict[str, type[Unwatch | Takeover | Handback | Close]] = {
     "unwatch": Unwatch, "takeover": Takeover, "handback": Handback, "close": Close,
@@ -100,19 +127,7 @@ _SESSION_ONLY: dict[str, type[Unwatch | Takeover | Handback | Close]] = {
 
 
 def _load(raw: str | bytes, max_bytes: int) -> dict[str, Any]:
-    if isinstance(raw, bytes):
-        raise FrameError("binary_frame", "binary frames are not supported; send JSON text")
-    if len(raw.encode("utf-8", "surrogatepass")) > max_bytes:
-        raise FrameError("frame_too_large", f"frame is larger than {max_bytes} bytes")
-    try:
-        frame = json.loads(raw)
-    except (json.JSONDecodeError, RecursionError):
-        raise FrameError("bad_json", "frame is not valid JSON") from None
-    if not isinstance(frame, dict):
-        raise FrameError("bad_frame", "frame must be a JSON object")
-    if not isinstance(frame.get("type"), str):
-        raise FrameError("bad_frame", "frame needs a string 'type'")
-    return frame
+    return load(raw, max_bytes=max_bytes)  # the customer socket's checks: size, JSON, depth, Unicode
 
 
 def _str(frame: dict[str, Any], name: str, limit: int) -> str:
@@ -162,4 +177,16 @@ def parse(raw: str | bytes, *, max_bytes: int, max_text: int) -> AgentFrame:
         return Typing(sid, on)
     if kind == "note":
         return Note(sid, _text(_field(frame, "text", str), max_text))
+    if kind == "proposals":
+        return ListProposals()
+    if kind in ("approve", "reject"):
+        pid = _str(frame, "proposal_id", 64)
+        if not PROPOSAL_ID.match(pid):
+            raise FrameError("bad_field", "'proposal_id' is not a proposal id")
+        if kind == "reject":
+            return Reject(pid)
+        return Approve(pid, _text(_field(frame, "question", str), MAX_QUESTION_CHARS).strip(),
+                       _text(_field(frame, "answer", str), MAX_ANSWER_CHARS).strip())
+    if kind == "report":
+        return Report(_short(frame, "since", 40, required=False) or "7d")
     raise FrameError("unknown_type", f"unknown frame type {kind[:40]!r}")

@@ -5,6 +5,10 @@ conversation's channel *before* replaying the stored events (so nothing
 published in between is missed, and duplicates are dropped by event id);
 then store each message, ``ack`` it once Redis has it, and hand the turn to
 the :class:`~bot.turns.TurnRunner`.
+
+Every frame, good or bad, spends one token of the client address's budget
+(shared by all its connections to this instance) and, once the session is
+open, one of the connection's own; a spent budget is answered ``rate_limited``.
 """
 
 from __future__ import annotations
@@ -21,6 +25,8 @@ from websockets.exceptions import ConnectionClosed
 
 from bot import frames
 from bot.errors import FrameError, StoreError
+from bot.logs import bind_session
+from bot.security import RateLimiter
 from bot.store import CUSTOMER_KINDS, NewEvent, parse_event_id
 
 if TYPE_CHECKING:
@@ -33,23 +39,7 @@ MESSAGE_FIELDS = ("type", "session_id", "event_id", "ts", "role", "text", "butto
                   "agent", "client_id", "payload")
 
 
-class RateLimiter:
-    """Token bucket: ``rate`` frames per ``window`` seconds, bursts up to ``rate``."""
-
-    def __init__(self, rate: int, window: float) -> None:
-        self.capacity = float(rate)
-        self.per_second = rate / window
-        self.tokens = float(rate)
-        self.stamp = time.monotonic()
-
-    def allow(self) -> bool:
-        now = time.monotonic()
-        self.tokens = min(self.capacity, self.tokens + (now - self.stamp) * self.per_second)
-        self.stamp = now
-        if self.tokens >= 1:
-            self.tokens -= 1
-            return True
-        return False
+__all__ = ["MAX_QUEUED", "ChatConnection", "RateLimiter"]  # RateLimiter: bot.agent_socket uses it
 
 
 class ChatConnection:
@@ -67,6 +57,8 @@ class ChatConnection:
         self._tasks: set[asyncio.Future[None]] = set()
         self._dropping = False  # a close for a too-slow client is under way
         self.limiter = RateLimiter(self.settings.rate_messages, self.settings.rate_window)
+        self.address = app.client_key(ws)  # the budget this connection shares with its address
+        self.awaiting_reply: float | None = None  # when the oldest unanswered message was acked
 
     async def serve(self) -> None:
         writer = asyncio.create_task(self._write())
@@ -77,6 +69,7 @@ class ChatConnection:
             pass
         finally:
             if self.sid:
+                self.app.metrics.active_sessions.dec()
                 await self.app.hub.unsubscribe(self.store.keys.channel(self.sid), self._on_live)
             for task in [writer, *self._tasks]:
                 task.cancel()
@@ -90,10 +83,21 @@ class ChatConnection:
 
     def error(self, code: str, message: str, client_id: str | None = None) -> None:
         self.app.metrics.errors.labels(code).inc()
+        if self.out.qsize() > MAX_QUEUED:
+            # Flooding without reading: its answers would pile up here. Drop it (it can resume).
+            self._drop()
+            return
         frame: dict[str, Any] = {"type": "error", "code": code, "message": message}
         if client_id is not None:
             frame["client_id"] = client_id  # lets the client mark the message that failed
         self.send(frame)
+
+    def _drop(self) -> None:
+        if not self._dropping:
+            log.warning("session %s: client too slow, dropping it", self.sid,
+                        extra={"session_id": self.sid})
+            self._dropping = True
+            self._spawn(self.ws.close(1013, "too slow; reconnect to resume"))
 
     async def _write(self) -> None:
         # One writer per connection: a slow client delays only its own queue.
@@ -107,10 +111,7 @@ class ChatConnection:
             self.held.append(frame)
             return
         if self.out.qsize() > MAX_QUEUED:
-            if not self._dropping:
-                log.warning("session %s: client too slow, dropping it", self.sid)
-                self._dropping = True
-                self._spawn(self.ws.close(1013, "too slow; reconnect to resume"))
+            self._drop()
             return
         self._forward(frame)
 
@@ -141,6 +142,8 @@ class ChatConnection:
                 return  # already replayed
             self.last_id = position
             if kind == "message":
+                if frame.get("role") == "bot":
+                    self._replied()
                 message = {k: frame[k] for k in MESSAGE_FIELDS if k in frame}
                 message.setdefault("buttons", [])
                 message.setdefault("cards", [])
@@ -158,6 +161,7 @@ class ChatConnection:
             else:
                 self.send(frame)
                 if kind == "handoff":
+                    self.awaiting_reply = None  # a person answers from here: not a bot latency
                     self.status = {"requested": "waiting", "agent_joined": "agent",
                                    "agent_left": "bot"}.get(frame.get("state", ""), self.status)
         elif kind == "stream_start":
@@ -165,14 +169,26 @@ class ChatConnection:
             self.send(frame)
         elif kind == "stream_delta":
             if frame.get("stream_id") in self.streams:
+                self._replied()
                 self.send(frame)
         elif kind == "typing":
             self.send(frame)
+
+    def _replied(self) -> None:
+        """The first text of an answer reached this customer: observe the wait."""
+        if self.awaiting_reply is not None:
+            self.app.metrics.first_reply_seconds.observe(time.perf_counter() - self.awaiting_reply)
+            self.awaiting_reply = None
 
     # -- incoming -------------------------------------------------------------
 
     async def _on_frame(self, raw: str | bytes) -> None:
         try:
+            # Bad frames count too: answering garbage costs as much as answering messages.
+            if not self.app.limits.allow(self.address):
+                raise FrameError("rate_limited", "too many messages from your network; slow down")
+            if self.sid is not None and not self.limiter.allow():
+                raise FrameError("rate_limited", "too many messages; slow down")
             frame = frames.parse(raw, max_bytes=self.settings.max_frame_bytes,
                                  max_text=self.settings.max_text_chars)
             if isinstance(frame, frames.Start):
@@ -180,8 +196,6 @@ class ChatConnection:
                 return
             if self.sid is None:
                 raise FrameError("start_required", "send a 'start' frame first")
-            if not self.limiter.allow():
-                raise FrameError("rate_limited", "too many messages; slow down")
             if isinstance(frame, frames.Message):
                 await self._store_message(frame.client_id, {"text": frame.text})
             elif isinstance(frame, frames.Action):
@@ -218,6 +232,8 @@ class ChatConnection:
         assert sid is not None and token is not None
         self.held = []
         self.sid = sid
+        bind_session(sid)  # this task's log lines, and the turns it starts, name the session
+        self.app.metrics.active_sessions.inc()
         self.status = record.get("status", "bot")
         await self.app.hub.subscribe(self.store.keys.channel(sid), self._on_live)
         self.send({"type": "session", "session_id": sid, "token": token, "status": self.status})
@@ -249,4 +265,6 @@ class ChatConnection:
         self.app.metrics.messages.labels(str(result.duplicate).lower()).inc()
         self.app.metrics.ack_seconds.observe(time.perf_counter() - started)
         if not result.duplicate:
+            if self.awaiting_reply is None and self.status == "bot":
+                self.awaiting_reply = time.perf_counter()
             self.app.runner.kick(self.sid)

@@ -36,14 +36,18 @@ def _run(args: argparse.Namespace) -> int:
     settings = config.from_env().replace(
         host=args.host, port=args.port, project=args.project, redis_url=args.redis_url,
         data_dir=args.data_dir, log_level=args.log_level)
-    config.configure_logging(settings.log_level)
+    config.configure_logging(settings.log_level, fmt=settings.log_format, redact=settings.redact_pii)
     run(settings)
     return 0
 
 
 def _show_config(args: argparse.Namespace) -> int:
+    from bot.security import mask_secrets
+
     settings = config.from_env()
     for name, _default, kind in config.documented():
         field = name.removeprefix("DESKMATE_").lower()
-        print(f"{name:<28} {kind:<6} {getattr(settings, field)}")
+        value = getattr(settings, field)
+        shown = ",".join(value) if isinstance(value, tuple) else str(value)
+        print(f"{name:<32} {kind:<6} {mask_secrets(shown)}")  # no Redis password on screen
     return 0

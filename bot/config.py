@@ -9,8 +9,8 @@ that names it.
 from __future__ import annotations
 
 import dataclasses
-import logging
 import os
+import re
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
@@ -19,6 +19,10 @@ from typing import Any
 from bot.errors import ConfigError
 
 LOG_LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR")
+LOG_FORMATS = ("text", "json")
+# scheme://host[:port], a wildcard for subdomains (https://*.example.com), or "null"
+ORIGIN = re.compile(r"^(?:https?://(?:\*\.)?[a-z0-9.\-\[\]:]+|null)$", re.IGNORECASE)
+_TRUE, _FALSE = ("1", "true", "yes", "on"), ("0", "false", "no", "off")
 
 
 @dataclass(frozen=True)
@@ -35,6 +39,13 @@ class Settings:
     max_text_chars: int = 2000  # longer message text gets an error frame
     rate_messages: int = 20  # customer frames allowed per rate_window per connection
     rate_window: float = 10.0  # seconds
+    # Per client address, across all its connections to this instance (counted in-process):
+    rate_ip_messages: int = 100  # customer frames per rate_ip_window; 0: no limit
+    rate_ip_window: float = 10.0  # seconds
+    max_connections_per_ip: int = 50  # open websockets (both sockets); 0: no cap
+    trust_proxy: bool = False  # client address from X-Forwarded-For (set only behind your proxy)
+    allowed_origins: tuple[str, ...] = ()  # browser Origins allowed on both sockets; empty: any
+    redact_pii: bool = True  # mask e-mails, phones, card numbers in logs and remote-LM prompts
     session_ttl: int = 7 * 24 * 3600  # seconds of inactivity before a session expires
     turn_lock_ttl: float = 30.0  # seconds a turn lock lives without renewal
     shutdown_grace: float = 10.0  # seconds running turns get to finish on SIGTERM
@@ -42,6 +53,7 @@ class Settings:
     action_endpoint: str | None = None  # rasa-sdk action server webhook URL; None: the project's actions/
     lm_backend: str = ""  # embedded | remote | none; empty: config.yml's language_model.backend
     log_level: str = "INFO"
+    log_format: str = "text"  # text (one line, key=value context) | json (one object a line)
 
     def __post_init__(self) -> None:
         _check(0 <= self.port <= 65535, "port", f"must be 0..65535, got {self.port}")
@@ -49,6 +61,13 @@ class Settings:
         _check(self.max_text_chars >= 1, "max_text_chars", "must be at least 1")
         _check(self.rate_messages >= 1, "rate_messages", "must be at least 1")
         _check(self.rate_window > 0, "rate_window", "must be positive")
+        _check(self.rate_ip_messages >= 0, "rate_ip_messages", "must be 0 (no limit) or more")
+        _check(self.rate_ip_window > 0, "rate_ip_window", "must be positive")
+        _check(self.max_connections_per_ip >= 0, "max_connections_per_ip", "must be 0 (no cap) or more")
+        bad = [o for o in self.allowed_origins if not ORIGIN.match(o)]
+        _check(not bad, "allowed_origins",
+               f"each entry must look like https://shop.example.com (no path), got {bad!r}")
+        _check(self.log_format in LOG_FORMATS, "log_format", f"must be one of {', '.join(LOG_FORMATS)}")
         _check(self.session_ttl >= 1, "session_ttl", "must be at least 1 second")
         _check(self.turn_lock_ttl >= 1, "turn_lock_ttl", "must be at least 1 second")
         _check(self.shutdown_grace >= 0, "shutdown_grace", "must not be negative")
@@ -82,12 +101,20 @@ def _convert(name: str, raw: str, kind: type) -> Any:
     try:
         if kind is Path:
             return Path(raw).expanduser()
+        if kind is bool:
+            if raw.lower() in _TRUE + _FALSE:
+                return raw.lower() in _TRUE
+            raise ValueError(raw)
+        if kind is tuple:  # comma-separated; origins and hosts are case-insensitive
+            return tuple(part.strip().rstrip("/").lower() for part in raw.split(",") if part.strip())
         if kind is int:
             return int(raw)
         if kind is float:
             return float(raw)
     except ValueError:
-        raise ConfigError(name, f"expected {kind.__name__}, got {raw!r}") from None
+        names: dict[type, str] = {bool: "true or false", tuple: "a comma-separated list"}
+        expected = names.get(kind, kind.__name__)
+        raise ConfigError(name, f"expected {expected}, got {raw!r}") from None
     return raw
 
 
@@ -99,6 +126,10 @@ def _field_kind(f: dataclasses.Field[Any]) -> type:
         return int
     if annotation.startswith("float"):
         return float
+    if annotation.startswith("bool"):
+        return bool
+    if annotation.startswith("tuple"):
+        return tuple
     return str
 
 
@@ -113,7 +144,11 @@ def from_env(env: Mapping[str, str] | None = None) -> Settings:
             raw = env.get("REDIS_URL", "").strip()
         if raw:
             value = _convert(name, raw, _field_kind(f))
-            values[f.name] = value.upper() if f.name == "log_level" else value
+            if f.name == "log_level":
+                value = value.upper()
+            elif f.name == "log_format":
+                value = value.lower()
+            values[f.name] = value
     return Settings(**values)
 
 
@@ -122,17 +157,16 @@ def documented() -> list[tuple[str, str, str]]:
     rows = []
     for f in dataclasses.fields(Settings):
         default = f.default if f.default is not dataclasses.MISSING else None
-        rows.append((f"DESKMATE_{f.name.upper()}", "" if default is None else str(default),
+        shown = ",".join(default) if isinstance(default, tuple) else str(default)
+        rows.append((f"DESKMATE_{f.name.upper()}", "" if default is None else shown,
                      _field_kind(f).__name__))
     return rows
 
 
-def configure_logging(level: str) -> None:
-    logging.basicConfig(
-        level=getattr(logging, level),
-        format="%(asctime)s %(levelname)s %(name)s %(message)s",
-    )
-    # websockets logs every failed handshake at ERROR with a traceback; ours are enough.
-    logging.getLogger("websockets.server").setLevel(logging.WARNING)
+def configure_logging(level: str, *, fmt: str = "text", redact: bool = True) -> None:
+    """Log to stderr: see :func:`bot.logs.configure` (secrets masked, session ids attached)."""
+    from bot import logs
+
+    logs.configure(level, fmt=fmt, redact=redact)
 
 

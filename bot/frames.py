@@ -2,12 +2,18 @@
 
 Every frame from a customer becomes one of the typed values below, or a
 :class:`FrameError` whose ``code`` goes back in an ``error`` frame. Nothing
-malformed gets past this module.
+malformed gets past this module: besides types and sizes, a frame nested deeper
+than ``MAX_DEPTH`` (it would overflow the recursion of every JSON encoder on its
+way to an agent console), holding a lone surrogate (``"\\ud800"``: valid JSON, but
+no UTF-8 encoding exists, so Redis could not store it), or a number JSON cannot
+carry back out (``NaN``, ``1e999``, an integer of over 4,300 digits) is refused
+here, whole.
 """
 
 from __future__ import annotations
 
 import json
+import re
 from dataclasses import dataclass
 from typing import Any
 
@@ -17,6 +23,8 @@ from bot.store import EVENT_ID
 MAX_ID_CHARS = 128
 MAX_PAYLOAD_CHARS = 1024
 MAX_NAME_CHARS = 64
+MAX_DEPTH = 16  # nesting of objects and lists in one frame (track data, customer info)
+_SURROGATE = re.compile("[\ud800-\udfff]")
 
 
 @dataclass(frozen=True)
@@ -70,6 +78,8 @@ def _short(frame: dict[str, Any], name: str, limit: int, *, required: bool = Tru
             raise FrameError("bad_field", f"'{name}' must not be empty")
         if len(value) > limit:
             raise FrameError("bad_field", f"'{name}' is longer than {limit} characters")
+        if "\x00" in value:
+            raise FrameError("bad_field", f"'{name}' must not contain NUL characters")
     return value
 
 
@@ -87,21 +97,63 @@ def _json_size(value: Any) -> int:
     return len(json.dumps(value, ensure_ascii=False))
 
 
-def parse(raw: str | bytes, *, max_bytes: int, max_text: int) -> ClientFrame:
-    """Parse one websocket frame from a customer."""
+def _check_values(value: Any, depth: int = 1) -> None:
+    """Refuse nesting deeper than ``MAX_DEPTH`` and strings with lone surrogates."""
+    if depth > MAX_DEPTH:
+        raise FrameError("bad_frame", f"frame is nested deeper than {MAX_DEPTH} levels")
+    if isinstance(value, str):
+        if not value.isascii() and _SURROGATE.search(value):
+            raise FrameError("bad_field", "text must be valid Unicode (no lone surrogates)")
+    elif isinstance(value, dict):
+        for key, item in value.items():
+            _check_values(key, depth)
+            _check_values(item, depth + 1)
+    elif isinstance(value, list):
+        for item in value:
+            _check_values(item, depth + 1)
+
+
+def _finite(text: str) -> float:
+    value = float(text)
+    if value != value or value in (float("inf"), float("-inf")):
+        raise ValueError(f"number out of range: {text[:20]}")
+    return value
+
+
+def _no_constant(name: str) -> Any:
+    raise ValueError(f"{name} is not JSON")  # NaN, Infinity: browsers cannot parse them back
+
+
+def _decode(raw: str) -> Any:
+    """``json.loads`` for untrusted text: only what ``JSON.parse`` in a browser reads back."""
+    return json.loads(raw, parse_float=_finite, parse_constant=_no_constant)
+
+
+def load(raw: str | bytes, *, max_bytes: int) -> dict[str, Any]:
+    """One frame as a JSON object with a string ``type``, checked for size, depth and
+    Unicode (both sockets use it)."""
     if isinstance(raw, bytes):
         raise FrameError("binary_frame", "binary frames are not supported; send JSON text")
-    if len(raw.encode("utf-8", "surrogatepass")) > max_bytes:
+    # A frame of ASCII is as long in bytes as in characters: skip the encode.
+    if len(raw) > max_bytes or (not raw.isascii()
+                                and len(raw.encode("utf-8", "surrogatepass")) > max_bytes):
         raise FrameError("frame_too_large", f"frame is larger than {max_bytes} bytes")
     try:
-        frame = json.loads(raw)
-    except (json.JSONDecodeError, RecursionError):
+        frame = _decode(raw)
+    except (ValueError, RecursionError):  # JSONDecodeError, and numbers refused above
         raise FrameError("bad_json", "frame is not valid JSON") from None
     if not isinstance(frame, dict):
         raise FrameError("bad_frame", "frame must be a JSON object")
-    kind = frame.get("type")
-    if not isinstance(kind, str):
+    if not isinstance(frame.get("type"), str):
         raise FrameError("bad_frame", "frame needs a string 'type'")
+    _check_values(frame)
+    return frame
+
+
+def parse(raw: str | bytes, *, max_bytes: int, max_text: int) -> ClientFrame:
+    """Parse one websocket frame from a customer."""
+    frame = load(raw, max_bytes=max_bytes)
+    kind: str = frame["type"]
     if kind == "start":
         after = _short(frame, "after", MAX_ID_CHARS, required=False)
         if after is not None and not EVENT_ID.match(after):
@@ -138,8 +190,10 @@ def client_id_of(raw: str | bytes) -> str | None:
     if isinstance(raw, bytes) or len(raw) > 1 << 20:
         return None
     try:
-        frame = json.loads(raw)
-    except (json.JSONDecodeError, RecursionError):
+        frame = _decode(raw)
+    except (ValueError, RecursionError):
         return None
     value = frame.get("client_id") if isinstance(frame, dict) else None
-    return value if isinstance(value, str) and 0 < len(value) <= MAX_ID_CHARS else None
+    if not isinstance(value, str) or not 0 < len(value) <= MAX_ID_CHARS:
+        return None
+    return None if "\x00" in value or _SURROGATE.search(value) else value  # echoed back: keep it sendable

@@ -1,8 +1,12 @@
 """The deskmate server: HTTP routes and websockets on one port, on one asyncio loop.
 
 :class:`App` holds what every connection shares (settings, Redis store, live
-hub, turn runner, metrics); :func:`running` is its lifespan — start in order,
-stop in reverse, finishing running turns first on shutdown.
+hub, turn runner, metrics, per-address limits); :func:`running` is its lifespan —
+start in order, stop in reverse, finishing running turns first on shutdown.
+
+Before a socket's handshake is accepted, :meth:`App.http` checks the browser
+``Origin`` against ``DESKMATE_ALLOWED_ORIGINS`` (403 when refused) and the client
+address's open connections against ``DESKMATE_MAX_CONNECTIONS_PER_IP`` (429).
 """
 
 from __future__ import annotations
@@ -28,7 +32,9 @@ from bot.chat import ChatConnection
 from bot.config import Settings
 from bot.embedded_redis import EmbeddedRedis
 from bot.hub import Hub
-from bot.metrics import Metrics
+from bot.learning import Learning
+from bot.metrics import MeteredPipeline, Metrics
+from bot.security import AddressLimits, OriginPolicy, client_address
 from bot.store import Store
 from bot.turns import TurnRunner
 
@@ -55,10 +61,18 @@ class App:
         self.store = store
         self.instance = uuid.uuid4().hex[:8]
         self.metrics = Metrics()
+        self.metrics.watch_model(getattr(brain, "model", None))
         self.hub = Hub(store.redis)
-        self.runner = TurnRunner(store, brain.pipeline, self.metrics, understand=brain.understand,
-                                 lock_ttl=settings.turn_lock_ttl)
+        self.runner = TurnRunner(store, MeteredPipeline(brain.pipeline, self.metrics), self.metrics,
+                                 understand=brain.understand, lock_ttl=settings.turn_lock_ttl)
         self.assets: dict[str, bytes] = {}
+        self.origins = OriginPolicy(settings.allowed_origins)
+        self.limits = AddressLimits(rate=settings.rate_ip_messages, window=settings.rate_ip_window,
+                                    max_connections=settings.max_connections_per_ip)
+        self._watchers: set[asyncio.Future[None]] = set()  # release a connection slot on close
+        # Knowledge learned from agents (bot/learning.py): proposals, and approved entries
+        # added to this process's index as any instance approves them.
+        self.learning = Learning(store, self.hub, brain.pipeline, getattr(brain, "embed", None))
 
     def encode(self, frame: dict[str, Any]) -> str:
         return json.dumps(frame, ensure_ascii=False, separators=(",", ":"))
@@ -73,10 +87,16 @@ class App:
 
     # -- HTTP -----------------------------------------------------------------
 
+    def client_key(self, connection: ServerConnection) -> str:
+        """The address ``connection`` counts against (see :func:`bot.security.client_address`)."""
+        headers = connection.request.headers if connection.request else None
+        return client_address(connection.remote_address, headers,
+                              trust_proxy=self.settings.trust_proxy)
+
     async def http(self, connection: ServerConnection, request: Request) -> Response | None:
         path = request.path.split("?", 1)[0]
         if path in SOCKETS:
-            return None  # continue with the websocket handshake
+            return self._admit(connection, request)  # None: go on with the websocket handshake
         if path == "/healthz":
             ok = await self.store.ping()
             self.metrics.redis_up.set(1 if ok else 0)
@@ -92,6 +112,34 @@ class App:
         if path in self.assets:
             return _response(http.HTTPStatus.OK, self.assets[path], STATIC[path][1])
         return _response(http.HTTPStatus.NOT_FOUND, b"not found\n", "text/plain; charset=utf-8")
+
+    def _admit(self, connection: ServerConnection, request: Request) -> Response | None:
+        origin = request.headers.get("Origin")
+        if not self.origins.allows(origin, request.headers.get("Host")):
+            self.metrics.errors.labels("forbidden_origin").inc()
+            log.debug("refused a socket from origin %.100r", origin)
+            return _response(http.HTTPStatus.FORBIDDEN, b"origin not allowed\n",
+                             "text/plain; charset=utf-8")
+        key = client_address(connection.remote_address, request.headers,
+                             trust_proxy=self.settings.trust_proxy)
+        if not self.limits.open(key):
+            self.metrics.errors.labels("too_many_connections").inc()
+            log.debug("refused a socket: %d connections open from one address",
+                      self.settings.max_connections_per_ip)
+            return _response(http.HTTPStatus.TOO_MANY_REQUESTS,
+                             b"too many connections from your address\n",
+                             "text/plain; charset=utf-8", retry_after=10)
+        # The slot is held until the TCP connection closes, whether or not the handshake
+        # completes (a failed upgrade never reaches handle(), so handle() cannot free it).
+        closed = asyncio.ensure_future(connection.wait_closed())
+        self._watchers.add(closed)
+
+        def release(done: asyncio.Future[None]) -> None:
+            self._watchers.discard(done)
+            self.limits.close(key)
+
+        closed.add_done_callback(release)
+        return None
 
     # -- websockets -----------------------------------------------------------
 
@@ -117,7 +165,7 @@ class App:
 
 
 def _response(status: http.HTTPStatus, body: bytes, content_type: str, *,
-              location: str | None = None) -> Response:
+              location: str | None = None, retry_after: int | None = None) -> Response:
     headers = Headers()
     headers["Content-Type"] = content_type
     headers["Content-Length"] = str(len(body))
@@ -125,6 +173,8 @@ def _response(status: http.HTTPStatus, body: bytes, content_type: str, *,
     headers["Cache-Control"] = "no-cache"
     if location:
         headers["Location"] = location
+    if retry_after is not None:
+        headers["Retry-After"] = str(retry_after)
     return Response(status.value, status.phrase, headers, body)
 
 
@@ -142,6 +192,7 @@ async def running(settings: Settings, *, redis_url: str | None = None,
     app = App(settings, store, brain)
     app.load_assets()
     await app.hub.start()
+    await app.learning.start()  # every approved entry is in the index before the first turn
     sweeper = asyncio.create_task(app.sweep())
     server = await serve(
         app.handle, settings.host, settings.port,
@@ -159,6 +210,7 @@ async def running(settings: Settings, *, redis_url: str | None = None,
         sweeper.cancel()
         with contextlib.suppress(asyncio.CancelledError):
             await sweeper
+        await app.learning.stop()
         await app.hub.stop()
         await store.close()
 

@@ -13,9 +13,10 @@ What is replaced, and how it is told apart from the numbers a shop chat is full 
   hyphens, that pass the Luhn check (so most order or tracking numbers do not match);
 * phone numbers → ``[phone]``: ``+`` or ``00`` and 7–15 digits; or 9–15 digits written
   in at least two groups (``030 1234 5678``, ``(555) 123-4567``, ``06.12.34.56.78``),
-  no group longer than 8 digits (a 13-digit event id with ``-0`` is not a phone); or a
-  national number written in one piece: 10–15 digits starting with ``0``. An IPv4
-  address and an ISO date are never a phone number.
+  no group longer than 8 digits (a 13-digit event id with ``-0`` is not a phone), that
+  start with ``0`` or ``(`` or have a group of three digits or more ("sizes 38 40 42 44"
+  is not a phone number); or a national number written in one piece: 10–15 digits
+  starting with ``0``. An IPv4 address, a date or a time is never a phone number.
 
 Each rule has a test in ``tests/test_security.py``. Pattern matching misses some
 formats (a phone number written in words, a card number split oddly) and may hide an
@@ -37,7 +38,7 @@ _CARD = re.compile(r"(?<![\w+-])\d(?:[ -]?\d){12,18}(?!\w|-\d)")
 # A phone candidate: an optional + / 00 prefix, an optional "(area)", then digit groups
 # joined by single separators. Checked further by _phone() (digit counts, group sizes).
 # Group counts are bounded so that a long run of numbers is scanned in linear time.
-_PHONE = re.compile(r"(?<![\w+.:-])(?:\+|00)?(?:\(\d{1,5}\)[ .-]?)?\d{1,15}(?:[ .-]\d{1,15}){0,7}"
+_PHONE = re.compile(r"(?<![\w+.-])(?<!\d:)(?:\+|00)?(?:\(\d{1,5}\)[ .-]?)?\d{1,15}(?:[ .-]\d{1,15}){0,7}"
                     r"(?!\w|[.:-]\d)")
 _IPV4 = re.compile(r"\d{1,3}(?:\.\d{1,3}){3}")
 _DATE = re.compile(r"\d{4}[-./]\d{1,2}[-./]\d{1,2}|\d{1,2}[-./]\d{1,2}[-./]\d{2,4}")
