@@ -35,8 +35,10 @@ if TYPE_CHECKING:
 log = logging.getLogger("deskmate.chat")
 
 MAX_QUEUED = 2000  # frames waiting for a slow client before it is dropped (it can resume)
+# What a customer sees of a stored message: "name" tells the widget what kind of message it
+# is (e.g. "interrupted"), "sources" the knowledge an answer came from.
 MESSAGE_FIELDS = ("type", "session_id", "event_id", "ts", "role", "text", "buttons", "cards",
-                  "agent", "client_id", "payload")
+                  "agent", "client_id", "payload", "name", "sources")
 
 
 __all__ = ["MAX_QUEUED", "ChatConnection", "RateLimiter"]  # RateLimiter: bot.agent_socket uses it
@@ -155,7 +157,7 @@ class ChatConnection:
                     self.send({"type": "stream_end", "session_id": self.sid,
                                "stream_id": stream_id, "event_id": frame["event_id"],
                                "text": message.get("text", ""), "buttons": message["buttons"],
-                               "cards": message["cards"]})
+                               "cards": message["cards"], "sources": message.get("sources", [])})
                     return
                 self.send(message)
             else:

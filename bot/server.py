@@ -48,6 +48,9 @@ STATIC = {  # path -> (file in web/, content type)
     "/agent.js": ("agent.js", "application/javascript; charset=utf-8"),
     "/agent.css": ("agent.css", "text/css; charset=utf-8"),
 }
+STATIC_DIR = "static"  # web/static/**: pictures and other files served under /static/
+STATIC_TYPES = {".svg": "image/svg+xml", ".png": "image/png", ".jpg": "image/jpeg", ".webp": "image/webp",
+                ".css": "text/css; charset=utf-8", ".js": "application/javascript; charset=utf-8"}
 SOCKETS = {"/ws/chat", "/ws/agent"}
 HARD_MAX_FRAME = 1 << 20  # frames above max_frame_bytes get an error; above this, close 1009
 SWEEP_EVERY = 60.0
@@ -84,6 +87,12 @@ class App:
                 self.assets[path] = file.read_bytes()
             else:
                 log.warning("web asset %s is missing; %s will answer 404", file, path)
+        # Read once at start (a few hundred KB): no file system access per request, and no
+        # request path ever reaches the file system, so nothing outside web/static/ is served.
+        folder = WEB_DIR / STATIC_DIR
+        for file in sorted(folder.rglob("*")) if folder.is_dir() else []:
+            if file.is_file() and file.suffix in STATIC_TYPES:
+                self.assets["/" + file.relative_to(WEB_DIR).as_posix()] = file.read_bytes()
 
     # -- HTTP -----------------------------------------------------------------
 
@@ -110,7 +119,8 @@ class App:
         if path == "/":
             return _response(http.HTTPStatus.FOUND, b"", "text/plain", location="/demo")
         if path in self.assets:
-            return _response(http.HTTPStatus.OK, self.assets[path], STATIC[path][1])
+            kind = STATIC[path][1] if path in STATIC else STATIC_TYPES[Path(path).suffix]
+            return _response(http.HTTPStatus.OK, self.assets[path], kind)
         return _response(http.HTTPStatus.NOT_FOUND, b"not found\n", "text/plain; charset=utf-8")
 
     def _admit(self, connection: ServerConnection, request: Request) -> Response | None:

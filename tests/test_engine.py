@@ -249,3 +249,19 @@ async def test_recommendations_remember_what_a_known_customer_viewed_before(
     _, frames = await stranger.say("can you recommend something for me?")
     cards = next(f for f in frames if f["type"] == "stream_end")["cards"]
     assert not any("you viewed" in c["subtitle"] for c in cards), cards
+
+
+async def test_a_knowledge_answer_reaches_the_customer_with_its_source(
+        servers: Servers, shop_actions_env: None,
+        shop_parts: tuple[DialogueEngine, Callable[[list[str]], list[dict[str, Any]]]]) -> None:
+    engine, understand = shop_parts
+    running = await servers.start(Brain(engine, understand), project=engine.project.path)
+    client = await running.client()
+    await client.start()
+    _, frames = await client.say("how do I use a voucher code")
+    end = next(f for f in frames if f["type"] == "stream_end")
+    assert end["sources"] and end["sources"][0]["source"] == "knowledge/faq.yml#vouchers"
+    later = await running.client()  # a reload replays the stored message with its source
+    await later.start(client.session_id, client.token)
+    replayed = await later.until(lambda f: f["type"] == "message" and f.get("role") == "bot")
+    assert replayed[-1]["sources"] == end["sources"]

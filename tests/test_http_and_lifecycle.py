@@ -105,7 +105,11 @@ async def test_cli_run_with_embedded_redis_and_sigterm(tmp_path: Path, trained_t
         [sys.executable, "-m", "bot.cli", "run", "--port", str(port), "--project", str(trained_tinybot)],
         env=env, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
     try:
-        for _ in range(100):
+        # Loading torch and the models takes seconds, many more on a busy machine: poll until
+        # the process answers or exits.
+        for _ in range(1200):
+            if proc.poll() is not None:
+                pytest.fail(f"server exited: {proc.stdout.read().decode() if proc.stdout else ''}")
             try:
                 status, _, _ = await aget(f"http://127.0.0.1:{port}/healthz")
                 if status == 200:
@@ -164,3 +168,13 @@ def test_cli_refuses_an_untrained_or_stale_project(tmp_path: Path, trained_tinyb
     assert result.returncode == 1
     assert "older than the training data" in result.stderr
     assert f"deskmate train --project {stale}" in result.stderr
+
+
+async def test_product_pictures_are_served_and_nothing_else_from_disk(server: Running) -> None:
+    status, headers, body = await aget(f"{server.http}/static/img/p1001.svg")
+    assert status == 200 and body.startswith(b"<svg") and b"Harbor Runner" in body
+    assert "image/svg+xml" in str(headers).lower()
+    for path in ("/static/../bot/config.py", "/static/img/../../../pyproject.toml", "/static/img/nope.svg",
+                 "/static/", "/web/widget.js"):
+        status, _, _ = await aget(f"{server.http}{path}")
+        assert status == 404, path

@@ -17,7 +17,6 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-import pytest
 from playwright.sync_api import expect
 from websockets.sync.client import connect as ws_connect
 
@@ -336,8 +335,6 @@ def test_a_live_close_shows_in_the_widget(
     customer.wait_bot_replies(2)
 
 
-@pytest.mark.xfail(strict=True, reason="bot/chat.py does not pass a message's `sources` on to "
-                                       "customers yet (MESSAGE_FIELDS, and stream_end)")
 def test_a_knowledge_answer_names_its_source(
         server: DeskmateServer, new_widget: Callable[..., Widget],
         new_console: Callable[..., Console], agent_name: Callable[[str], str]) -> None:
