@@ -55,6 +55,7 @@ class GenerationSettings:
     temperature: float = 0.3
     first_token_timeout: float = 20.0  # seconds until the first chunk, then...
     chunk_timeout: float = 10.0        # ...at most this long between chunks
+    max_sentences: int = 3             # a chat reply is short; small models ramble on
 
     @classmethod
     def from_config(cls, section: Mapping[str, Any]) -> GenerationSettings:
@@ -62,7 +63,8 @@ class GenerationSettings:
         return cls(max_tokens=int(section.get("max_tokens", d.max_tokens)),
                    temperature=float(section.get("temperature", d.temperature)),
                    first_token_timeout=float(section.get("first_token_timeout", d.first_token_timeout)),
-                   chunk_timeout=float(section.get("chunk_timeout", d.chunk_timeout)))
+                   chunk_timeout=float(section.get("chunk_timeout", d.chunk_timeout)),
+                   max_sentences=int(section.get("max_sentences", d.max_sentences)))
 
 
 @dataclass
@@ -196,12 +198,20 @@ class Writer:
         sentences = gate.__aiter__()
         released = ""
         try:
+            seen: set[str] = set()
             async for piece in sentences:
                 if self.leak_guard.leaks(released + piece, evidence):
                     report.leaked = True
                     report.error = "the reply repeated the system prompt"
                     log.warning("generation stopped: the reply repeated the system prompt")
                     break
+                # Small models loop ("I'm happy to help. I'm happy to help."): a sentence said
+                # before, or one past the limit, ends the reply (and the generation).
+                key = " ".join(_WORDS.findall(piece.lower()))
+                if key and key in seen or len(seen) >= self.settings.max_sentences:
+                    break
+                if key:
+                    seen.add(key)
                 released += piece
                 yield piece
         except TimeoutError as exc:

@@ -265,3 +265,13 @@ async def test_a_knowledge_answer_reaches_the_customer_with_its_source(
     await later.start(client.session_id, client.token)
     replayed = await later.until(lambda f: f["type"] == "message" and f.get("role") == "bot")
     assert replayed[-1]["sources"] == end["sources"]
+
+
+async def test_a_rambling_model_is_cut_at_a_repeat_and_at_three_sentences(tmp_path: Path) -> None:
+    engine = chit_chat_engine(tmp_path, ScriptedModel("Hi there! I can help. I can help. I can help."))
+    reply, _ = await answer(engine, "hello", {"intent": "greet", "confidence": 0.99})
+    assert reply == "Hi there! I can help."
+    rambling = ScriptedModel("One moment. Sure thing. Happy to help. Anything else?")
+    engine = chit_chat_engine(tmp_path, rambling)
+    reply, _ = await answer(engine, "hello", {"intent": "greet", "confidence": 0.99})
+    assert reply == "One moment. Sure thing. Happy to help."
