@@ -13,6 +13,7 @@ import sys
 from pathlib import Path
 from typing import Any
 
+from bot.cli_bench import add_bench_load
 from bot.errors import DeskmateError, ProjectError
 from model.lm.cli import add_bench_lm, add_model_commands
 
@@ -73,6 +74,7 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
                     help="subset: banking77 hwu64 sofmattress curekart sst2 tweet_eval latency")
     bn.set_defaults(handler=cmd_bench_nlu)
     add_bench_lm(bench_sub)  # deskmate bench lm
+    add_bench_load(bench_sub)  # deskmate bench load (bot/cli_bench.py)
     add_model_commands(subparsers)  # deskmate model serve
 
 
