@@ -119,12 +119,16 @@ class Store:
         self._begin_turn = client.register_script(lua.BEGIN_TURN)
 
     @classmethod
-    def from_url(cls, url: str, **kwargs: Any) -> Store:
-        client = aioredis.from_url(
-            url, decode_responses=True, socket_timeout=5, socket_connect_timeout=5,
-            health_check_interval=15, retry_on_timeout=True,
+    def from_url(cls, url: str, *, pool_size: int = 200, pool_timeout: float = 5.0, **kwargs: Any) -> Store:
+        """A store on ``url``. Connections come from a blocking pool: under a burst, a command
+        waits up to ``pool_timeout`` seconds for a free connection instead of failing at once
+        (redis-py's default pool raises "Too many connections"). A ``max_connections`` query
+        parameter on the URL overrides ``pool_size``."""
+        pool = aioredis.BlockingConnectionPool.from_url(
+            url, max_connections=pool_size, timeout=pool_timeout, decode_responses=True,
+            socket_timeout=5, socket_connect_timeout=5, health_check_interval=15, retry_on_timeout=True,
         )
-        return cls(client, **kwargs)
+        return cls(aioredis.Redis.from_pool(pool), **kwargs)  # the client owns (and closes) the pool
 
     async def close(self) -> None:
         await self.redis.aclose()

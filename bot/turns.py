@@ -41,7 +41,7 @@ from bot.store import (
     StartedTurn,
     Store,
 )
-from dialogue.simple import stream_words
+from dialogue.simple import stream_sentences
 from dialogue.types import (
     Conversation,
     Handoff,
@@ -81,6 +81,7 @@ class TurnRunner:
         self._tasks: dict[str, asyncio.Task[None]] = {}
         self._again: set[str] = set()
         self._unreleased: dict[str, str] = {}  # sid -> owner of a lock we failed to release
+        self._profile_fields: dict[str, dict[str, str]] = {}  # sid -> profile to store with the turn
         self.accepting = True
 
     def kick(self, sid: str) -> None:
@@ -214,30 +215,40 @@ class TurnRunner:
             customer=customer,
             history=history,
             state=json.loads(record.get("state") or "{}"),
-            profile=await self._profile(sid, customer),
+            profile=await self._profile(sid, record, customer),
         )
 
-    async def _profile(self, sid: str, customer: dict[str, Any]) -> dict[str, list[str]]:
+    async def _profile(self, sid: str, record: dict[str, str], customer: dict[str, Any],
+                       ) -> dict[str, list[str]]:
         """Product ids the customer viewed, put in the cart or bought: from this conversation's
         `track` events, after those of earlier conversations when the host page names the
-        customer (``customer.id`` in the start frame)."""
-        customer_id = customer.get("id") if isinstance(customer, dict) else None
-        known = isinstance(customer_id, str | int) and str(customer_id).strip()
-        profile: dict[str, list[str]] = await self.store.customer_profile(str(customer_id)) if known else {}
-        before = json.dumps(profile, sort_keys=True)
-        for ev in await self.store.events(sid, kinds=frozenset({"track"})):
+        customer (``customer.id`` in the start frame).
+
+        The conversation's own profile is kept in its session record with the id of the last
+        event read, so a turn reads only the events since the previous turn; the new values
+        are stored with the turn's replies (see ``_answer``)."""
+        own: dict[str, list[str]] = json.loads(record.get("profile") or "{}")
+        cursor = record.get("profile_cursor") or None
+        signals = await self.store.events(sid, cursor, kinds=frozenset({"track"}))
+        for ev in signals:
             kind = TRACK_KINDS.get(str(ev.data.get("name", "")))
             data = ev.data.get("data") or {}
             pid = data.get("product_id") or data.get("id") if isinstance(data, dict) else None
             if kind and isinstance(pid, str):
-                items = profile.setdefault(kind, [])
-                if pid in items:
-                    items.remove(pid)
-                items.append(pid)
-                del items[:-PROFILE_ITEMS]
-        if known and json.dumps(profile, sort_keys=True) != before:
-            await self.store.save_customer_profile(str(customer_id), profile)
-        return profile
+                _remember(own.setdefault(kind, []), pid)
+        if signals:
+            self._profile_fields[sid] = {"profile": json.dumps(own),
+                                         "profile_cursor": signals[-1].event_id}
+        customer_id = customer.get("id") if isinstance(customer, dict) else None
+        if not (isinstance(customer_id, str | int) and str(customer_id).strip()):
+            return own
+        merged = await self.store.customer_profile(str(customer_id))
+        for kind, ids in own.items():
+            for pid in ids:
+                _remember(merged.setdefault(kind, []), pid)
+        if signals:
+            await self.store.save_customer_profile(str(customer_id), merged)
+        return merged
 
     async def _answer(self, sid: str, record: dict[str, str], message: Event, owner: str) -> None:
         conversation = await self._conversation(sid, record, message.event_id)
@@ -256,7 +267,7 @@ class TurnRunner:
             await self._interrupted(sid, message, owner, earlier)
             return
         events: list[NewEvent] = []
-        fields: dict[str, str | None] = {}
+        fields: dict[str, str | None] = dict(self._profile_fields.pop(sid, {}))
         slots = dict(conversation.slots)
         await self._publish(sid, {"type": "typing", "role": "bot", "on": True})
         try:
@@ -270,8 +281,8 @@ class TurnRunner:
                     slots[out.name] = out.value
                     events.append(NewEvent("slot", {"name": out.name, "value": out.value}))
                 elif isinstance(out, Reply):
-                    # Said word by word, like generated text: one way for clients to show replies.
-                    streamed = StreamedReply(stream_words(out.text), out.buttons, out.cards, out.name,
+                    # Streamed like generated text (a sentence a time): one way for clients to show replies.
+                    streamed = StreamedReply(stream_sentences(out.text), out.buttons, out.cards, out.name,
                                              out.sources)
                     events.append(await self._stream(sid, streamed, message.event_id))
                 elif isinstance(out, StreamedReply):
@@ -376,6 +387,14 @@ class TurnRunner:
         event = _bot_message("".join(parts).strip(), reply.buttons, reply.cards, reply_to, reply.name,
                              reply.sources)
         return NewEvent("message", {**event.data, "stream_id": stream_id})
+
+
+def _remember(items: list[str], pid: str) -> None:
+    """Move ``pid`` to the end (most recent) of ``items``, keeping the last PROFILE_ITEMS."""
+    if pid in items:
+        items.remove(pid)
+    items.append(pid)
+    del items[:-PROFILE_ITEMS]
 
 
 def _bot_message(text: str, buttons: Any, cards: Any, reply_to: str, name: str | None = None,

@@ -3,7 +3,8 @@
 :class:`ExampleMatcher` reads an intent from word overlap with the project's NLU
 examples (TF-IDF-weighted cosine similarity) when no trained classifier is
 given; :func:`parse_payload` reads Rasa's button payloads (``/intent`` or
-``/intent{"slot": "value"}``); :func:`stream_words` says a text word by word.
+``/intent{"slot": "value"}``); :func:`stream_sentences` says a written text a sentence
+at a time.
 """
 
 from __future__ import annotations
@@ -69,8 +70,14 @@ def parse_payload(payload: str) -> tuple[str, dict[str, Any]] | None:
     return m.group(1), entities
 
 
-async def stream_words(text: str) -> AsyncIterator[str]:
-    """Yield ``text`` a word at a time (with its following space), letting other turns run."""
-    for piece in re.findall(r"\S+\s*", text):
-        yield piece
-        await asyncio.sleep(0)
+_SENTENCE = re.compile(r".+?(?:[.!?…:](?=\s)\s*|\n+|$)", re.DOTALL)
+
+
+async def stream_sentences(text: str) -> AsyncIterator[str]:
+    """Yield ``text`` a sentence (or line) at a time, letting other turns run. A written
+    response is ready at once: word-sized pieces would cost a Redis publish and a websocket
+    frame per word for nothing (generated text streams as the model writes it)."""
+    for piece in _SENTENCE.findall(text):
+        if piece:
+            yield piece
+            await asyncio.sleep(0)
