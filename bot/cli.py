@@ -17,9 +17,11 @@ Registrar = Callable[["argparse._SubParsersAction[argparse.ArgumentParser]"], No
 
 
 def _registrars() -> list[Registrar]:
-    from bot import cli_agents, cli_project, cli_server
+    from bot import cli_agents, cli_marketing, cli_project, cli_report, cli_server
 
-    found: list[Registrar] = [cli_server.register, cli_project.register, cli_agents.register]
+    found: list[Registrar] = [cli_server.register, cli_project.register, cli_agents.register,
+                              cli_report.register]
+    found.append(cli_marketing.register)
     try:
         from model import cli as model_cli
     except ImportError:  # model commands not installed in this tree
