@@ -156,10 +156,10 @@ def _offline_engine(root: Path, *, lm: bool) -> tuple[Any, Any]:
 
 
 def _test(args: argparse.Namespace) -> int:
-    from dialogue.convtest import ConversationRunner, load_tests, test_files
+    from dialogue.convtest import ConversationRunner, conversation_files, load_tests
 
     root = _project(args)
-    files = list(args.files) or test_files(root)
+    files = list(args.files) or conversation_files(root)
     if not files:
         raise ProjectError(str(root / "tests"), "no conversation tests found (tests/*.yml)")
     tests = load_tests(files)
