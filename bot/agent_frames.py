@@ -94,7 +94,7 @@ class Close:
 
 
 @dataclass(frozen=True)
-class ListProposals:
+class Proposals:
     """Ask for the knowledge proposals waiting for review, and their changes from then on."""
 
 
@@ -119,7 +119,7 @@ class Report:
 
 First = Auth | Login
 AgentFrame = (ListSessions | Logout | Watch | Unwatch | Takeover | Assign | Send | Typing
-              | Handback | Note | Close | ListProposals | Approve | Reject | Report)
+              | Handback | Note | Close | Proposals | Approve | Reject | Report)
 # Frames that name one session and nothing else.
 _SESSION_ONLY: dict[str, type[Unwatch | Takeover | Handback | Close]] = {
     "unwatch": Unwatch, "takeover": Takeover, "handback": Handback, "close": Close,
@@ -178,7 +178,7 @@ def parse(raw: str | bytes, *, max_bytes: int, max_text: int) -> AgentFrame:
     if kind == "note":
         return Note(sid, _text(_field(frame, "text", str), max_text))
     if kind == "proposals":
-        return ListProposals()
+        return Proposals()
     if kind in ("approve", "reject"):
         pid = _str(frame, "proposal_id", 64)
         if not PROPOSAL_ID.match(pid):

@@ -8,6 +8,10 @@ on them. Each action re-checks the token (it may have been revoked or have
 expired) and runs as one guarded append, so ownership is decided by Redis,
 not by what this socket saw earlier. Like ``bot.chat``, every frame goes out
 through this connection's own queue: a slow console delays only itself.
+
+Consoles also review what the bot learns from agents (``bot.learning``): ``proposals``
+lists the pending ones and follows their changes; ``approve`` and ``reject`` decide.
+Admins may ask for the insights ``report`` (``deskmate report``'s HTML page).
 """
 
 from __future__ import annotations
@@ -18,6 +22,7 @@ import logging
 from collections.abc import Coroutine
 from typing import TYPE_CHECKING, Any
 
+from redis.exceptions import RedisError
 from websockets.asyncio.server import ServerConnection
 from websockets.exceptions import ConnectionClosed
 
@@ -25,7 +30,8 @@ from bot import agent_actions as actions
 from bot import agent_frames as frames
 from bot.agents import Agent, Agents, LoginRefused
 from bot.chat import MAX_QUEUED, RateLimiter
-from bot.errors import FrameError, StoreError
+from bot.errors import ConfigError, FrameError, StoreError
+from bot.learning import ReviewError
 from bot.store import Conflict, parse_event_id
 
 if TYPE_CHECKING:
@@ -117,6 +123,9 @@ class AgentConnection:
         self.watches: dict[str, Watch] = {}
         self.out: asyncio.Queue[dict[str, Any]] = asyncio.Queue()
         self.held_updates: list[dict[str, Any]] | None = None
+        self.following_proposals = False
+        self.held_proposals: list[dict[str, Any]] | None = None
+        self._reporting = False
         self._tasks: set[asyncio.Future[None]] = set()
         self._dropping = False
         self.limiter = RateLimiter(RATE_FRAMES, RATE_WINDOW)
@@ -138,6 +147,8 @@ class AgentConnection:
             pass
         finally:
             await self.app.hub.unsubscribe(updates, self._on_update)
+            if self.following_proposals:
+                await self.app.hub.unsubscribe(self.store.keys.knowledge_channel(), self._on_proposal)
             for watch in list(self.watches.values()):
                 await self.app.hub.unsubscribe(self.store.keys.channel(watch.sid), watch.on_live)
             for task in [writer, *self._tasks]:
@@ -279,7 +290,7 @@ class AgentConnection:
     # -- incoming -------------------------------------------------------------
 
     async def _on_frame(self, raw: str | bytes) -> None:
-        sid = action = client_id = None
+        sid = action = client_id = pid = None
         try:
             frame = frames.parse(raw, max_bytes=self.settings.max_frame_bytes,
                                  max_text=self.settings.max_text_chars)
@@ -287,12 +298,14 @@ class AgentConnection:
             sid = getattr(frame, "session_id", None)
             action = type(frame).__name__.lower()  # the frame's `type`
             client_id = getattr(frame, "client_id", None)
+            pid = getattr(frame, "proposal_id", None)
             if not self.limiter.allow():
                 raise FrameError("rate_limited", "too many frames; slow down")
             agent = await self._current_agent()
             await self._dispatch(agent, frame)
-        except FrameError as exc:
-            self.error(exc.code, exc.message, session_id=sid, action=action, client_id=client_id)
+        except (FrameError, ReviewError) as exc:
+            self.error(exc.code, exc.message, session_id=sid, action=action, client_id=client_id,
+                       proposal_id=pid)
         except Conflict as exc:
             assert self.agent is not None
             code, message = actions.refusal(exc, self.agent.name)
@@ -305,7 +318,7 @@ class AgentConnection:
             else:
                 log.warning("agent socket: %s", exc)
                 self.error("unavailable", "briefly unavailable; please retry", session_id=sid,
-                           action=action, client_id=client_id)
+                           action=action, client_id=client_id, proposal_id=pid)
 
     async def _dispatch(self, agent: Agent, frame: frames.AgentFrame) -> None:
         if isinstance(frame, frames.ListSessions):
@@ -326,9 +339,25 @@ class AgentConnection:
                 "type": "typing", "role": "agent", "on": frame.on, "agent": agent.name})
         elif isinstance(frame, frames.Send):
             write = actions.send(agent, frame.client_id, frame.text)
-            result = await self._run(frame.session_id, write)
+            appended = await self.store.append(frame.session_id, write.events, fields=write.fields,
+                                               allow=write.allow, client_id=write.client_id)
+            event_id = appended.event_ids[0]
             self.send({"type": "ack", "session_id": frame.session_id,
-                       "client_id": frame.client_id, "event_id": result[0]})
+                       "client_id": frame.client_id, "event_id": event_id})
+            if not appended.duplicate:
+                self.app.learning.note_answer(frame.session_id, event_id)
+        elif isinstance(frame, frames.Proposals):
+            await self._send_proposals()
+        elif isinstance(frame, frames.Approve):
+            entry = await self.app.learning.approve(frame.proposal_id, frame.question, frame.answer,
+                                                    agent.name)
+            self.send({"type": "ok", "action": "approve", "proposal_id": frame.proposal_id,
+                       "entry_id": entry.id})
+        elif isinstance(frame, frames.Reject):
+            await self.app.learning.reject(frame.proposal_id, agent.name)
+            self.send({"type": "ok", "action": "reject", "proposal_id": frame.proposal_id})
+        elif isinstance(frame, frames.Report):
+            self._start_report(agent, frame.since)
         else:
             await self._act(agent, frame)
 
@@ -368,6 +397,89 @@ class AgentConnection:
         appended = await self.store.append(sid, write.events, fields=write.fields,
                                            allow=write.allow, client_id=write.client_id)
         return appended.event_ids
+
+    # -- knowledge review and insights ------------------------------------------
+
+    async def _send_proposals(self) -> None:
+        """The pending proposals; the first time, follow their changes too. Subscribed
+        before the list is read, and changes that arrive meanwhile are held and sent after
+        it only when newer (by ``rev``), so none is lost or shown out of order."""
+        learning = self.app.learning
+        if not learning.enabled:
+            self.send({"type": "proposals", "enabled": False, "proposals": []})
+            return
+        self.held_proposals = []
+        try:
+            if not self.following_proposals:
+                try:
+                    await self.app.hub.subscribe(self.store.keys.knowledge_channel(), self._on_proposal)
+                except (TimeoutError, RedisError, OSError):
+                    raise StoreError("could not subscribe") from None
+                self.following_proposals = True
+            pending = await learning.pending()
+            self.send({"type": "proposals", "enabled": True, "proposals": pending})
+        finally:
+            held, self.held_proposals = self.held_proposals, None
+        revs = {p["id"]: p["rev"] for p in pending}
+        for frame in held:
+            proposal = frame["proposal"]
+            if proposal.get("rev", 0) > revs.get(proposal.get("id"), -1):
+                self.send(frame)
+
+    def _on_proposal(self, frame: dict[str, Any]) -> None:
+        if frame.get("type") == "resync":  # pub/sub reconnected: changes may be lost
+            self.spawn(self._resend_proposals())
+            return
+        if frame.get("type") not in ("proposal", "proposal_update") or not isinstance(
+                frame.get("proposal"), dict):
+            return
+        if self.held_proposals is not None:
+            self.held_proposals.append(frame)
+        elif self.room():
+            self.send(frame)
+
+    async def _resend_proposals(self) -> None:
+        with contextlib.suppress(StoreError):
+            await self._send_proposals()
+
+    def _start_report(self, agent: Agent, since_text: str) -> None:
+        """Build the insights report in the background (it reads every conversation of the
+        window and clusters questions: seconds), one at a time per console."""
+        from bot.cli_report import parse_since
+
+        if not agent.is_admin:
+            raise FrameError("forbidden", "only an admin can read the insights report")
+        try:
+            since = parse_since(since_text)
+        except ConfigError:
+            raise FrameError("bad_field", "'since' must be like 24h, 7d, 2w, an ISO date or 'all'") from None
+        if self._reporting:
+            raise FrameError("busy", "a report is being built; wait for it")
+        self._reporting = True
+        self.spawn(self._report(since_text, since))
+
+    async def _report(self, label: str, since: float | None) -> None:
+        from bot.insights import build_report
+        from bot.report_html import render
+
+        try:
+            threshold = float(getattr(self.app.learning.pipeline, "intent_threshold", 0.5))
+            report = await build_report(self.store, since=since, intent_threshold=threshold,
+                                        embed=self.app.learning.embed)
+            html = await asyncio.to_thread(render, report)  # matplotlib: blocking
+            self.send({"type": "report", "since": label, "generated_at": report["generated_at"],
+                       "conversations": report["totals"]["conversations"], "html": html})
+        except StoreError as exc:
+            log.warning("insights report: %s", exc)
+            self.error("unavailable", "briefly unavailable; please retry", action="report")
+        except Exception:
+            log.exception("insights report failed")
+            self.error("report_failed", "the report could not be built; see the server log",
+                       action="report")
+        finally:
+            self._reporting = False
+
+    # -- watching ---------------------------------------------------------------
 
     async def _watch(self, sid: str, after: str | None) -> None:
         record = await self.store.session(sid)

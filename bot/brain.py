@@ -45,6 +45,10 @@ class Brain:
     understand: Understand | None = None
     closers: list[Callable[[], Awaitable[None]]] = field(default_factory=list)
     model: Any = None  # the language model, for its metrics (queue depth, tokens); None: off
+    # texts -> (N, D) unit vectors with the encoder the knowledge index was built with, safe
+    # to call from a worker thread while turns are classified; None: no encoder (then
+    # knowledge learned from agents is stored but not used, see bot.learning)
+    embed: Callable[[list[str]], Any] | None = None
 
     async def close(self) -> None:
         for close in self.closers:
@@ -171,7 +175,8 @@ def load_brain(settings: Settings, *, language_model: bool = True) -> Brain:
              project.path, len(project.intents), len(engine.knowledge or ()),
              "remote" if settings.action_endpoint else ("in-process" if engine.actions else "no"),
              getattr(model, "name", "off"))
-    return Brain(engine, functools.partial(classifier.parse_batch, vectors=True), closers, model)
+    return Brain(engine, functools.partial(classifier.parse_batch, vectors=True), closers, model,
+                 embed=classifier.embed)
 
 
 def actions_environment(redis_url: str, key_prefix: str) -> None:

@@ -73,3 +73,21 @@ class Keys:
     def agent_logins(self, name: str) -> str:
         """String: login attempts for one name in the current throttle window (expires)."""
         return f"{self.prefix}agent:{name}:logins"
+
+    # -- learning from agents (bot/learning.py) ----------------------------------
+
+    def proposal(self, proposal_id: str) -> str:
+        """Hash: one proposed knowledge entry (question, answer, session, agent, status, rev)."""
+        return f"{self.prefix}kb:proposal:{proposal_id}"
+
+    def proposals(self) -> str:
+        """Sorted set: ids of the proposals waiting for review, scored by when they were made."""
+        return f"{self.prefix}kb:proposals"
+
+    def learned(self) -> str:
+        """Hash: knowledge entry id ("agents/<proposal id>") -> approved entry (JSON); durable."""
+        return f"{self.prefix}kb:learned"
+
+    def knowledge_channel(self) -> str:
+        """Pub/sub channel: proposals made and reviewed, for consoles and every instance's index."""
+        return f"{self.prefix}ch:knowledge"

@@ -75,7 +75,8 @@ class App:
         self._watchers: set[asyncio.Future[None]] = set()  # release a connection slot on close
         # Knowledge learned from agents (bot/learning.py): proposals, and approved entries
         # added to this process's index as any instance approves them.
-        self.learning = Learning(store, self.hub, brain.pipeline, getattr(brain, "embed", None))
+        self.learning = Learning(store, self.hub, brain.pipeline, getattr(brain, "embed", None),
+                                 classify=self.runner.understand)
 
     def encode(self, frame: dict[str, Any]) -> str:
         return json.dumps(frame, ensure_ascii=False, separators=(",", ":"))

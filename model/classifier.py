@@ -14,6 +14,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import torch
 import torch.nn.functional as F
 
@@ -74,6 +75,13 @@ class Classifier:
     def parse(self, text: str) -> dict[str, Any]:
         """``{"intent", "confidence", "ranking", "sentiment", "sentiment_score"}`` for one text."""
         return self.parse_batch([text])[0]
+
+    def embed(self, texts: list[str]) -> np.ndarray:
+        """:meth:`SharedEncoder.embed` (full length, as the knowledge index is built), safe to
+        call while another thread parses: the Rust tokenizer is shared and not re-entrant, so
+        the call holds the tokenizer lock (a few milliseconds for a handful of texts)."""
+        with self._tokenize_lock:
+            return self.encoder.embed(texts)
 
     @torch.inference_mode()
     def parse_batch(self, texts: list[str], batch_size: int = 64, *,

@@ -3,7 +3,9 @@
  * Served at /agent with agent.html and agent.css. Signs in over the agent socket
  * (/ws/agent: `login` with name and password, then `auth` with the token kept in
  * sessionStorage on reload), lists conversations live, watches one at a time and
- * acts on it (take over, reply, note, hand back, close).
+ * acts on it (take over, reply, note, hand back, close). Two more views: the knowledge
+ * review (approve or reject what the bot learns from agents' answers, live) and, for
+ * admins, the insights report in a sandboxed frame.
  *
  * Wire contract: docs/protocol.md, agent socket /ws/agent. Everything a customer, the
  * bot or another agent wrote is put in the DOM through textContent or element
@@ -20,6 +22,8 @@
   var TOKEN_KEY = "deskmate:agent:v1"; // sessionStorage: { token, agent, role, expires_at }
   var OPEN_KEY = "deskmate:agent:open"; // sessionStorage: the open conversation's id
   var SOUND_KEY = "deskmate:agent:sound"; // localStorage: "1" when alerts beep
+  var VIEW_KEY = "deskmate:agent:view"; // sessionStorage: the view shown (a reload keeps it)
+  var VIEWS = ["conversations", "review", "insights"];
   var BACKOFF_MIN_MS = 500;
   var BACKOFF_MAX_MS = 10000;
   var TYPING_IDLE_MS = 3000; // typing "off" after this long without a keystroke
@@ -182,6 +186,11 @@
   var typingSent = false;
   var typingIdle = 0;
   var typingTimer = 0;
+  var view = load("sessionStorage", VIEW_KEY) || "conversations";
+  var proposals = new Map(); // proposal id -> the newest proposal seen (pending ones)
+  var cards = new Map(); // proposal id -> its card in the review list (kept: it holds edits)
+  var learningOn = true;
+  var reporting = false;
 
   // ---------------------------------------------------------------- connection
 
@@ -283,6 +292,11 @@
     sessions.clear();
     flagged.clear();
     outbox = [];
+    proposals.clear();
+    cards.clear();
+    renderProposals();
+    clear($("report-box")); // the next person to sign in may not be an admin
+    reportDone("");
     renderList();
     showConversation(null);
     showLogin(message);
@@ -318,6 +332,9 @@
     setConn("online");
     if (current) sendFrame({ type: "watch", session_id: current }); // replayed from the start
     outbox.forEach(function (m) { sendFrame(m.frame); }); // deduplicated by client_id
+    sendFrame({ type: "proposals" }); // the review list, then its changes, live
+    $("tab-insights").hidden = myRole !== "admin";
+    showView(view);
     updateActions();
   }
 
@@ -850,6 +867,10 @@
   }
 
   function onOk(f) {
+    if (f.proposal_id) {
+      reviewed(str(f.proposal_id), f.action === "approve" ? "approved" : "rejected", me);
+      return;
+    }
     if (f.session_id === current) showError("");
   }
 
@@ -865,6 +886,9 @@
     var message = str(f.message) || str(f.code);
     lastError = message;
     if (!authed) return; // the close (4401) that follows shows it on the sign-in form
+    if (f.proposal_id) { proposalError(str(f.proposal_id), str(f.code), message); return; }
+    if (f.action === "report") { reportDone(message); return; }
+    if (f.action === "proposals") { $("review-log").textContent = message; return; }
     if (f.action === "send" && f.client_id) {
       // Not delivered (not the owner any more, say): give the text back to the agent.
       var failed = outbox.filter(function (m) { return m.frame.client_id === f.client_id; })[0];
@@ -899,7 +923,232 @@
     ok: onOk,
     ack: onAck,
     error: onError,
+    proposals: onProposals,
+    proposal: onProposal,
+    proposal_update: onProposalUpdate,
+    report: onReport,
   };
+
+  // ---------------------------------------------------------------- views
+
+  function showView(name) {
+    if (VIEWS.indexOf(name) < 0 || (name === "insights" && myRole !== "admin")) name = "conversations";
+    view = name;
+    save("sessionStorage", VIEW_KEY, name === "conversations" ? null : name);
+    $("app-view").dataset.view = name;
+    $("review-view").hidden = name !== "review";
+    $("insights-view").hidden = name !== "insights";
+    var tabs = document.querySelectorAll(".view-tab");
+    for (var i = 0; i < tabs.length; i++) {
+      tabs[i].setAttribute("aria-pressed", String(tabs[i].dataset.view === name));
+    }
+  }
+
+  document.querySelector(".views").addEventListener("click", function (ev) {
+    var tab = ev.target.closest(".view-tab");
+    if (tab) showView(tab.dataset.view);
+  });
+
+  // ---------------------------------------------------------------- knowledge review
+  // Proposals come from the server (bot/learning.py); each carries a `rev` that grows with
+  // every change, so a late or repeated frame never undoes a newer one.
+
+  function onProposals(f) {
+    learningOn = f.enabled !== false;
+    var fresh = new Map();
+    (Array.isArray(f.proposals) ? f.proposals : []).forEach(function (p) {
+      if (!p || typeof p.id !== "string") return;
+      var known = proposals.get(p.id);
+      fresh.set(p.id, known && (known.rev || 0) > (p.rev || 0) ? known : p);
+    });
+    proposals = fresh;
+    renderProposals();
+  }
+
+  function onProposal(f) {
+    var p = f.proposal;
+    if (!p || typeof p.id !== "string" || p.status !== "pending") return;
+    var known = proposals.get(p.id);
+    if (known && (known.rev || 0) >= (p.rev || 0)) return; // stale or repeated
+    proposals.set(p.id, p);
+    renderProposals();
+  }
+
+  function onProposalUpdate(f) {
+    var p = f.proposal;
+    if (!p || typeof p.id !== "string") return;
+    reviewed(p.id, str(p.status), str(p.reviewed_by), p.question);
+  }
+
+  /** `pid` was approved or rejected (by this console or another): off the list. */
+  function reviewed(pid, status, who, question) {
+    var known = proposals.get(pid);
+    if (!known && !cards.has(pid)) return;
+    var text = str(question) || (known ? str(known.question) : "");
+    proposals.delete(pid);
+    renderProposals();
+    var verb = status === "approved" ? "Approved" : status === "rejected" ? "Rejected" : "Reviewed";
+    $("review-log").textContent = verb + (who ? " by " + (who === me ? "you" : who) : "") +
+      (text ? ": \u201c" + text + "\u201d" : "") + (status === "approved" ? " (the bot uses it now)" : "");
+  }
+
+  function proposalError(pid, code, message) {
+    var card = cards.get(pid);
+    if (code === "already_reviewed" || code === "unknown_proposal") {
+      proposals.delete(pid); // decided elsewhere (or expired): nothing left to do here
+      renderProposals();
+      $("review-log").textContent = message;
+      return;
+    }
+    if (!card) return;
+    var err = card.querySelector(".p-error");
+    err.textContent = message;
+    err.hidden = false;
+    setBusy(card, false);
+  }
+
+  function setBusy(card, busy) {
+    card.querySelector(".p-approve").disabled = busy;
+    card.querySelector(".p-reject").disabled = busy;
+  }
+
+  function proposalCard(p) {
+    var li = el("li", "proposal");
+    li.dataset.pid = p.id;
+    var meta = el("div", "p-meta");
+    li.appendChild(meta);
+    var q = el("label", null, "Customer question");
+    var question = el("textarea", "p-question");
+    question.rows = 2;
+    question.maxLength = 2000;
+    q.appendChild(question);
+    li.appendChild(q);
+    var a = el("label", null, "Answer the bot will give");
+    var answer = el("textarea", "p-answer");
+    answer.rows = 4;
+    answer.maxLength = 8000;
+    a.appendChild(answer);
+    li.appendChild(a);
+    var changed = el("p", "p-changed", "The agent's answer changed since you started editing.");
+    changed.hidden = true;
+    li.appendChild(changed);
+    var err = el("p", "p-error");
+    err.setAttribute("role", "alert");
+    err.hidden = true;
+    li.appendChild(err);
+    var actions = el("div", "p-actions");
+    var approve = el("button", "primary p-approve", "Approve");
+    approve.type = "button";
+    var reject = el("button", "danger p-reject", "Reject");
+    reject.type = "button";
+    actions.appendChild(approve);
+    actions.appendChild(reject);
+    li.appendChild(actions);
+    [question, answer].forEach(function (box) {
+      box.addEventListener("input", function () { li.dataset.dirty = "1"; });
+    });
+    approve.addEventListener("click", function () { decide(li, "approve"); });
+    reject.addEventListener("click", function () { decide(li, "reject"); });
+    return li;
+  }
+
+  function fillCard(li, p) {
+    var meta = li.querySelector(".p-meta");
+    clear(meta);
+    meta.appendChild(el("span", null, "Answered by " + (str(p.agent) || "an agent")));
+    if (typeof p.updated_at === "number") meta.appendChild(el("time", null, new Date(p.updated_at * 1000).toLocaleString()));
+    var open = el("button", "link", "Open the conversation");
+    open.type = "button";
+    open.addEventListener("click", function () {
+      showView("conversations");
+      openSession(str(p.session_id));
+    });
+    meta.appendChild(open);
+    if (li.dataset.dirty && li.dataset.rev && li.dataset.rev !== String(p.rev)) {
+      li.querySelector(".p-changed").hidden = false; // keep the reviewer's edits
+    } else if (!li.dataset.dirty) {
+      li.querySelector(".p-question").value = str(p.question);
+      li.querySelector(".p-answer").value = str(p.answer);
+    }
+    li.dataset.rev = String(p.rev);
+  }
+
+  function decide(li, action) {
+    var pid = li.dataset.pid;
+    var err = li.querySelector(".p-error");
+    err.hidden = true;
+    var frame = { type: action, proposal_id: pid };
+    if (action === "approve") {
+      frame.question = li.querySelector(".p-question").value.trim();
+      frame.answer = li.querySelector(".p-answer").value.trim();
+      if (!frame.question || !frame.answer) {
+        err.textContent = "Both the question and the answer are needed.";
+        err.hidden = false;
+        return;
+      }
+    }
+    setBusy(li, true);
+    if (!sendFrame(frame)) {
+      setBusy(li, false);
+      err.textContent = "Not connected; try again in a moment.";
+      err.hidden = false;
+    }
+  }
+
+  function renderProposals() {
+    var list = $("proposal-list");
+    var pending = Array.from(proposals.values()).sort(function (a, b) {
+      return (a.created_at || 0) - (b.created_at || 0);
+    });
+    cards.forEach(function (card, pid) {
+      if (!proposals.has(pid)) { card.remove(); cards.delete(pid); }
+    });
+    pending.forEach(function (p) {
+      var card = cards.get(p.id);
+      if (!card) cards.set(p.id, (card = proposalCard(p)));
+      fillCard(card, p);
+      list.appendChild(card); // in order; moving a node keeps its edits and focus
+    });
+    $("no-proposals").hidden = pending.length > 0 || !learningOn;
+    $("review-off").hidden = learningOn;
+    var badge = $("review-count");
+    badge.textContent = String(pending.length);
+    badge.hidden = !pending.length;
+  }
+
+  // ---------------------------------------------------------------- insights
+
+  $("report-build").addEventListener("click", function () {
+    if (reporting) return;
+    if (!sendFrame({ type: "report", since: $("report-since").value })) {
+      $("report-status").textContent = "Not connected; try again in a moment.";
+      return;
+    }
+    reporting = true;
+    $("report-build").disabled = true;
+    $("report-status").textContent = "Building the report…";
+  });
+
+  function reportDone(status) {
+    reporting = false;
+    $("report-build").disabled = false;
+    $("report-status").textContent = status;
+  }
+
+  function onReport(f) {
+    // A fresh frame per report, made only when there is one to show. sandbox="" (set before
+    // the content): no scripts, no forms, no same-origin access to this page or its token.
+    var frame = el("iframe", "report-frame");
+    frame.id = "report-frame";
+    frame.title = "Insights report";
+    frame.setAttribute("sandbox", "");
+    frame.setAttribute("referrerpolicy", "no-referrer");
+    frame.srcdoc = str(f.html);
+    var box = $("report-box");
+    clear(box);
+    box.appendChild(frame);
+    reportDone(str(f.conversations) + " conversations · built " + new Date().toLocaleTimeString());
+  }
 
   // ---------------------------------------------------------------- actions
 
@@ -974,8 +1223,11 @@
 
   updateActions();
   renderViewed();
+  renderProposals();
   if (saved && saved.token) {
     $("app-view").hidden = false;
+    $("tab-insights").hidden = myRole !== "admin";
+    showView(view);
     if (typeof current === "string" && current) showConversation(current); // watched after auth_ok
     else current = null;
     connect();

@@ -392,3 +392,82 @@ def test_readme_screenshots(server: DeskmateServer, new_widget: Callable[..., Wi
         for what, shot in shots.items():
             shutil.copyfile(shot, ROOT / "docs" / "img" / f"{what}.png")
 
+
+
+def test_the_knowledge_review_teaches_the_bot(
+        server: DeskmateServer, new_widget: Callable[..., Widget],
+        new_console: Callable[..., Console], new_agent: Callable[..., AgentClient],
+        agent_name: Callable[[str], str], artifacts: Path) -> None:
+    from bot.learning import proposal_id
+
+    console, _ = signed_in(server, new_console, agent_name, "rita")
+    console.page.click('.view-tab[data-view="review"]')
+    expect(console.page.locator("#review-view")).to_be_visible()
+    expect(console.page.locator("#session-list")).to_be_hidden()
+
+    # A question the shop's knowledge does not cover; another agent answers it in two messages.
+    question, answer = "Do you sell gift cards?", "Yes: digital gift cards from €20 to €200, sent by e-mail."
+    customer = greeted(server, new_widget, question)
+    sid = customer.session_id()
+    bert = new_agent("bert")
+    bert.do("takeover", sid)
+    bert.say(sid, "Hi, I'm Bert.")
+    bert.say(sid, answer)
+
+    # The proposal shows up live; the reviewer tidies the answer and approves it.
+    card = console.page.locator(f'#proposal-list li.proposal[data-pid="{proposal_id(sid, question)}"]')
+    expect(card.locator(".p-answer")).to_have_value(f"Hi, I'm Bert.\n\n{answer}")
+    expect(card.locator(".p-question")).to_have_value(question)
+    expect(card.locator(".p-meta")).to_contain_text(f"Answered by {bert.name}")
+    expect(console.page.locator("#review-count")).to_be_visible()
+    card.locator(".p-answer").fill(answer)
+    console.page.screenshot(path=artifacts / "console-review.png")
+    card.locator(".p-approve").click()
+    expect(card).to_have_count(0)
+    expect(console.page.locator("#review-log")).to_contain_text(f"Approved by you: \u201c{question}\u201d")
+
+    # The next customer who asks (in other words) gets the approved answer, with its source.
+    asker = greeted(server, new_widget, "can I buy a gift card?")
+    expect(asker.rows(".bot .bubble").last).to_have_text(answer)
+    expect(asker.rows(".bot .sources").last).to_contain_text(question)
+
+    # Rejected: gone from the list, and the bot has not learned it.
+    other = greeted(server, new_widget, "Is there a loyalty programme?")
+    other_sid = other.session_id()
+    bert.do("takeover", other_sid)
+    bert.say(other_sid, "Not yet, but we are working on one.")
+    rejected = console.page.locator(
+        f'#proposal-list li.proposal[data-pid="{proposal_id(other_sid, "Is there a loyalty programme?")}"]')
+    expect(rejected.locator(".p-answer")).to_have_value("Not yet, but we are working on one.")
+    rejected.locator(".p-reject").click()
+    expect(rejected).to_have_count(0)
+    expect(console.page.locator("#review-log")).to_contain_text("Rejected by you")
+    # A reload keeps the view, and the list comes back without the reviewed proposals.
+    console.page.reload()
+    expect(console.page.locator("#review-view")).to_be_visible()
+    expect(card).to_have_count(0)
+    expect(rejected).to_have_count(0)
+
+
+def test_admins_read_the_insights_report_in_the_console(
+        server: DeskmateServer, new_console: Callable[..., Console],
+        agent_name: Callable[[str], str], artifacts: Path) -> None:
+    agent, _ = signed_in(server, new_console, agent_name, "ines")
+    expect(agent.page.locator("#tab-insights")).to_be_hidden()  # admins only
+
+    chat(server, ["Do you deliver on Sundays to the moon?"])
+    name = agent_name("root")
+    admin = new_console()
+    admin.goto(server.url)
+    admin.page.fill("#login-name", name)
+    admin.page.fill("#login-password", server.add_agent(name, "admin"))
+    admin.page.click("#login-submit")
+    expect(admin.page.locator("#me")).to_have_text(f"{name} (admin)")
+    admin.page.click("#tab-insights")
+    admin.page.select_option("#report-since", "24h")
+    admin.page.click("#report-build")
+    expect(admin.page.locator("#report-status")).to_contain_text("conversations", timeout=60_000)
+    report = admin.page.frame_locator("#report-frame")
+    expect(report.locator("h1")).to_contain_text("insights", ignore_case=True)
+    assert admin.page.locator("#report-frame").get_attribute("sandbox") == ""
+    admin.page.screenshot(path=artifacts / "console-insights.png")
