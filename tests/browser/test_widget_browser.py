@@ -268,7 +268,9 @@ def test_mobile_layout_fills_the_screen(server: DeskmateServer,
     widget.wait_bot_replies(1)
     box = widget.panel.bounding_box()
     assert box is not None
-    assert (box["x"], box["y"], box["width"], box["height"]) == (0, 0, 390, 844), box
+    # Full screen, to within a device pixel (sub-pixel layout rounding differs between runs).
+    assert all(abs(got - want) <= 0.5 for got, want in
+               zip((box["x"], box["y"], box["width"], box["height"]), (0, 0, 390, 844), strict=True)), box
     widget.page.screenshot(path=artifacts / "widget-mobile.png")
     widget.page.locator("#deskmate-widget .head .icon-btn").tap()
     expect(widget.panel).to_be_hidden()
