@@ -41,6 +41,7 @@ from bot.store import (
     StartedTurn,
     Store,
 )
+from dialogue.recommend import TRACK_KINDS
 from dialogue.simple import stream_sentences
 from dialogue.types import (
     Conversation,
@@ -61,8 +62,6 @@ log = logging.getLogger("deskmate.turns")
 Understand = Callable[[list[str]], list[dict[str, Any]]]
 HISTORY_EVENTS = 50  # recent messages handed to the pipeline as context
 PROFILE_ITEMS = 20  # most recent product ids per kind of browsing signal
-# widget `track` names -> the profile list they feed
-TRACK_KINDS = {"view_product": "viewed", "add_to_cart": "carted", "purchase": "bought", "bought": "bought"}
 ERROR_TEXT = "Sorry, something went wrong on my side. Please try again in a moment."
 INTERRUPTED_TEXT = ("Sorry, I was interrupted while answering your last message and could not "
                     "finish. Please send it again.")

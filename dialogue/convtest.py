@@ -30,6 +30,7 @@ from typing import Any
 import yaml
 
 from bot.errors import ProjectError
+from dialogue.recommend import TRACK_KINDS
 from dialogue.types import (
     Conversation,
     Handoff,
@@ -45,7 +46,6 @@ from dialogue.types import (
 
 Understand = Callable[[list[str]], list[dict[str, Any]]]
 INTERNAL_ACTIONS = {"action_deactivate_loop", "action_listen"}
-TRACK_KINDS = {"view_product": "viewed", "add_to_cart": "carted", "purchase": "bought"}
 
 
 @dataclass

@@ -197,6 +197,10 @@ class Preferences:
     words: tuple[str, ...] = ()  # other words of their request ("waterproof", "wedding")
 
 
+# The widget's `track` signals and the profile list each one feeds.
+TRACK_KINDS = {"view_product": "viewed", "add_to_cart": "carted", "purchase": "bought", "bought": "bought"}
+
+
 @dataclass(frozen=True)
 class Profile:
     """What the customer did in the shop: product ids, oldest first."""
