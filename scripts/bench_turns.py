@@ -65,8 +65,13 @@ async def replay(port: int, turns: list[list[tuple[str, str | None]]], rounds: i
                     await ws.send(json.dumps(frame))
                     first = last_end = None
                     while True:
-                        got = json.loads(await asyncio.wait_for(ws.recv(), 30))
+                        try:
+                            got = json.loads(await asyncio.wait_for(ws.recv(), 30))
+                        except TimeoutError:
+                            raise SystemExit(f"no answer within 30 s to {text!r}") from None
                         now = time.perf_counter()
+                        if got["type"] == "error":
+                            raise SystemExit(f"error frame for {text!r}: {got}")
                         if got["type"] == "ack":
                             out["ack"].append(now - sent)
                         elif got["type"] in ("stream_start", "message") and got.get("role") != "user":
@@ -95,7 +100,9 @@ async def main(args: argparse.Namespace) -> str:
     turns = [[(t.text, t.payload) for t in test.turns] for test in tests]
     prefix = f"dm:bench-{uuid.uuid4().hex[:6]}:"
     os.environ["DESKMATE_ACTIONS_PREFIX"] = f"{prefix}shop:"
-    settings = Settings(port=0, project=SHOP, key_prefix=prefix, lm_backend="none")
+    # One client address sends every turn: the per-address limits would throttle it.
+    settings = Settings(port=0, project=SHOP, key_prefix=prefix, lm_backend="none", rate_ip_messages=0,
+                        max_connections_per_ip=0)
     brain = load_brain(settings)
     with contextlib.ExitStack() as stack:
         url = os.environ.get("REDIS_URL")
