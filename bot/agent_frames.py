@@ -14,10 +14,14 @@ from typing import Any
 from bot.errors import FrameError
 from bot.frames import MAX_ID_CHARS, _field, _short, _text, load
 from bot.store import EVENT_ID
+from dialogue.copywriting import TONES
 
 MAX_SECRET_CHARS = 256
 MAX_QUESTION_CHARS = 2000  # a customer message at most (DESKMATE_MAX_TEXT_CHARS' default)
 MAX_ANSWER_CHARS = 8000  # bot.learning joins the agent messages that answered a question
+COPY_N = (1, 10)  # ads one ``copy`` frame may ask for
+COPY_MAX_CHARS = (30, 200)  # the longest ad it may allow
+MAX_KEYWORDS, MAX_KEYWORD_CHARS, MAX_AUDIENCE_CHARS = 8, 40, 200
 PROPOSAL_ID = re.compile(r"^[0-9a-f]{1,64}$")  # bot.learning.proposal_id: part of a Redis key
 
 
@@ -117,9 +121,21 @@ class Report:
     since: str  # "7d", "24h", an ISO date, "all": as ``deskmate report --since``
 
 
+@dataclass(frozen=True)
+class Copy:
+    """Ask for ad lines for a catalog product (``deskmate copy --product ... --json``)."""
+
+    product_id: str
+    audience: str
+    keywords: tuple[str, ...]
+    n: int = 5
+    max_chars: int = 90
+    tone: str = "friendly"
+
+
 First = Auth | Login
 AgentFrame = (ListSessions | Logout | Watch | Unwatch | Takeover | Assign | Send | Typing
-              | Handback | Note | Close | Proposals | Approve | Reject | Report)
+              | Handback | Note | Close | Proposals | Approve | Reject | Report | Copy)
 # Frames that name one session and nothing else.
 _SESSION_ONLY: dict[str, type[Unwatch | Takeover | Handback | Close]] = {
     "unwatch": Unwatch, "takeover": Takeover, "handback": Handback, "close": Close,
@@ -189,4 +205,34 @@ def parse(raw: str | bytes, *, max_bytes: int, max_text: int) -> AgentFrame:
                        _text(_field(frame, "answer", str), MAX_ANSWER_CHARS).strip())
     if kind == "report":
         return Report(_short(frame, "since", 40, required=False) or "7d")
+    if kind == "copy":
+        return _copy(frame)
     raise FrameError("unknown_type", f"unknown frame type {kind[:40]!r}")
+
+
+def _bounded(frame: dict[str, Any], name: str, bounds: tuple[int, int], default: int) -> int:
+    value = _field(frame, name, int, required=False)
+    if value is None:
+        return default
+    if not bounds[0] <= value <= bounds[1]:
+        raise FrameError("bad_field", f"'{name}' must be from {bounds[0]} to {bounds[1]}")
+    return int(value)
+
+
+def _copy(frame: dict[str, Any]) -> Copy:
+    words = _field(frame, "keywords", list)
+    if not 1 <= len(words) <= MAX_KEYWORDS:
+        raise FrameError("bad_field", f"'keywords' must list 1 to {MAX_KEYWORDS} words")
+    keywords: list[str] = []
+    for word in words:
+        if not isinstance(word, str) or not word.strip() or len(word) > MAX_KEYWORD_CHARS \
+                or "\x00" in word or "," in word:
+            raise FrameError("bad_field", f"'keywords' must be words of 1 to {MAX_KEYWORD_CHARS} "
+                                          "characters, without commas")
+        keywords.append(word.strip())
+    tone = _short(frame, "tone", 20, required=False) or "friendly"
+    if tone not in TONES:
+        raise FrameError("bad_field", f"'tone' must be one of {', '.join(sorted(TONES))}")
+    return Copy(_str(frame, "product_id", MAX_ID_CHARS).strip(),
+                _str(frame, "audience", MAX_AUDIENCE_CHARS).strip(), tuple(keywords),
+                _bounded(frame, "n", COPY_N, 5), _bounded(frame, "max_chars", COPY_MAX_CHARS, 90), tone)

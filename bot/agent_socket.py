@@ -11,7 +11,8 @@ through this connection's own queue: a slow console delays only itself.
 
 Consoles also review what the bot learns from agents (``bot.learning``): ``proposals``
 lists the pending ones and follows their changes; ``approve`` and ``reject`` decide.
-Admins may ask for the insights ``report`` (``deskmate report``'s HTML page).
+Admins may ask for the insights ``report`` (``deskmate report``'s HTML page); any agent
+for ad lines (``copy``: ``deskmate copy --json``'s report) from the server's language model.
 """
 
 from __future__ import annotations
@@ -126,6 +127,7 @@ class AgentConnection:
         self.following_proposals = False
         self.held_proposals: list[dict[str, Any]] | None = None
         self._reporting = False
+        self._copying = False
         self._tasks: set[asyncio.Future[None]] = set()
         self._dropping = False
         self.limiter = RateLimiter(RATE_FRAMES, RATE_WINDOW)
@@ -358,6 +360,8 @@ class AgentConnection:
             self.send({"type": "ok", "action": "reject", "proposal_id": frame.proposal_id})
         elif isinstance(frame, frames.Report):
             self._start_report(agent, frame.since)
+        elif isinstance(frame, frames.Copy):
+            self._start_copy(frame)
         else:
             await self._act(agent, frame)
 
@@ -478,6 +482,44 @@ class AgentConnection:
                        action="report")
         finally:
             self._reporting = False
+        self._copying = False
+
+    def _start_copy(self, frame: frames.Copy) -> None:
+        """Write ad lines in the background (the model decodes for seconds), one run at a
+        time per console, with the model that also writes the bot's replies."""
+        if self.app.model is None:
+            raise FrameError("lm_off", "this server runs without a language model "
+                                       "(language_model.backend: none), so it cannot write ads")
+        if self._copying:
+            raise FrameError("busy", "ads are being written; wait for them")
+        self._copying = True
+        self.spawn(self._copy(frame))
+
+    async def _copy(self, frame: frames.Copy) -> None:
+        from bot import cli_marketing as cm
+        from bot.errors import ProjectError
+        from dialogue.copywriting import AdBrief
+
+        try:
+            shop = await asyncio.to_thread(cm.load_shop, self.settings.project)
+            product = next((p for p in shop.catalog if p.id.casefold() == frame.product_id.casefold()),
+                           None)
+            if product is None:
+                self.error("unknown_product", f"no product {frame.product_id!r} in the catalog",
+                           action="copy")
+                return
+            name, facts, shown = cm.product_facts(product)
+            brief = AdBrief(name, facts, frame.audience, frame.keywords, tone=frame.tone,
+                            max_chars=frame.max_chars, banned=tuple(shop.banned), shown=shown)
+            report = await cm.copy_report(self.app.model, brief, n=frame.n, candidates=3 * frame.n)
+            self.send({"type": "copy_result", **report})
+        except ProjectError as exc:  # the project's data (banned_words), or facts too long
+            self.error("copy_failed", exc.message, action="copy")
+        except Exception:
+            log.exception("ad lines failed")
+            self.error("copy_failed", "the ads could not be written; see the server log", action="copy")
+        finally:
+            self._copying = False
 
     # -- watching ---------------------------------------------------------------
 

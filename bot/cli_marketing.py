@@ -166,13 +166,18 @@ def ad_brief(args: argparse.Namespace, shop: ShopData) -> cw.AdBrief:
     """The brief of a ``copy`` run: the product's facts, the words asked for and banned."""
     if args.product:
         product = shop.product(args.product)
-        name, facts, shown = product.name, product.facts_text(), cw.product_summary(product)
+        name, facts, shown = product_facts(product)
     else:
         name, facts, shown = _read_facts(args.facts)
     knowledge = tuple(text for _, _, text, _ in shop.knowledge()) if args.with_knowledge else ()
     return cw.AdBrief(name, facts, args.audience, _words(args.keywords), tone=args.tone,
                       max_chars=args.max_chars, banned=tuple(shop.banned) + _words(args.banned),
                       shown=shown, knowledge=knowledge)
+
+
+def product_facts(product: Product) -> tuple[str, str, str]:
+    """A catalog product's name, its facts (what ads may state) and its summary for the prompt."""
+    return product.name, product.facts_text(), cw.product_summary(product)
 
 
 def _read_facts(path: Path) -> tuple[str, str, str]:
@@ -187,7 +192,7 @@ def _read_facts(path: Path) -> tuple[str, str, str]:
             listed = Path(tmp) / path.name
             listed.write_text(f"[{text}]", encoding="utf-8")
             product = load_catalog(listed)[0]
-        return product.name, product.facts_text(), cw.product_summary(product)
+        return product_facts(product)
     name = next((line.split(":", 1)[1].strip() for line in text.splitlines()
                  if line.lower().startswith("name:")), "the product")
     facts = " ".join(text.split())
@@ -229,23 +234,25 @@ async def generate_ads(lm: Any, brief: cw.AdBrief, *, candidates: int, seed: int
     return [line for lines in results for line in lines]
 
 
-def run_copy(lm: Any, brief: cw.AdBrief, *, n: int, candidates: int, rounds: int = 2, seed: int = 1,
-             progress: bool = False) -> dict[str, Any]:
-    """Generate, check and rank; the report ``--json`` prints. When fewer than ``n`` lines
-    pass, another round of ``candidates`` lines (new seeds) is generated, up to ``rounds``."""
+async def copy_report(lm: Any, brief: cw.AdBrief, *, n: int, candidates: int, rounds: int = 2,
+                      seed: int = 1, bar: Any = None) -> dict[str, Any]:
+    """Generate, check and rank; the report ``--json`` prints (and the agent console's
+    ``copy_result``). When fewer than ``n`` lines pass, another round of ``candidates`` lines
+    (new seeds) is generated, up to ``rounds``. ``bar`` (a tqdm) is sized for one round and
+    grows by one per extra round."""
     checker = cw.AdChecker(brief)
     streams = max(1, math.ceil(candidates / LINES_PER_STREAM))
     per_round = streams * LINES_PER_STREAM * (brief.max_chars // 3 + 8)
     started = time.monotonic()
     lines: list[tuple[str, int, float]] = []
-    with _bar(progress, per_round, "ad lines") as bar:
-        for done in range(1, rounds + 1):
-            lines += asyncio.run(generate_ads(lm, brief, candidates=candidates,
-                                              seed=seed + (done - 1) * streams, bar=bar))
-            variants = cw.rank(lines, checker, n)
-            selected = [v for v in variants if v.status == "selected"]
-            if len(selected) >= n or done == rounds:
-                break
+    for done in range(1, rounds + 1):
+        lines += await generate_ads(lm, brief, candidates=candidates, seed=seed + (done - 1) * streams,
+                                    bar=bar)
+        variants = cw.rank(lines, checker, n)
+        selected = [v for v in variants if v.status == "selected"]
+        if len(selected) >= n or done == rounds:
+            break
+        if bar is not None:
             bar.total += per_round
             bar.refresh()
     return {"product": brief.product, "audience": brief.audience, "keywords": list(brief.keywords),
@@ -258,6 +265,16 @@ def run_copy(lm: Any, brief: cw.AdBrief, *, n: int, candidates: int, rounds: int
             "warnings": [f"keyword {k!r} is not supported by the product data: every line using it fails"
                          for k in checker.unsupported_keywords()],
             "variants": [v.to_dict() for v in variants]}
+
+
+def run_copy(lm: Any, brief: cw.AdBrief, *, n: int, candidates: int, rounds: int = 2, seed: int = 1,
+             progress: bool = False) -> dict[str, Any]:
+    """:func:`copy_report` for the command line, with its progress bar."""
+    streams = max(1, math.ceil(candidates / LINES_PER_STREAM))
+    per_round = streams * LINES_PER_STREAM * (brief.max_chars // 3 + 8)
+    with _bar(progress, per_round, "ad lines") as bar:
+        return asyncio.run(copy_report(lm, brief, n=n, candidates=candidates, rounds=rounds, seed=seed,
+                                       bar=bar))
 
 
 def _copy(args: argparse.Namespace) -> int:

@@ -64,7 +64,8 @@ class App:
         self.store = store
         self.instance = uuid.uuid4().hex[:8]
         self.metrics = Metrics()
-        self.metrics.watch_model(getattr(brain, "model", None))
+        self.model = getattr(brain, "model", None)  # the language model (ads for consoles); None: off
+        self.metrics.watch_model(self.model)
         self.hub = Hub(store.redis)
         self.runner = TurnRunner(store, MeteredPipeline(brain.pipeline, self.metrics), self.metrics,
                                  understand=brain.understand, lock_ttl=settings.turn_lock_ttl)

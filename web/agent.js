@@ -3,9 +3,9 @@
  * Served at /agent with agent.html and agent.css. Signs in over the agent socket
  * (/ws/agent: `login` with name and password, then `auth` with the token kept in
  * sessionStorage on reload), lists conversations live, watches one at a time and
- * acts on it (take over, reply, note, hand back, close). Two more views: the knowledge
+ * acts on it (take over, reply, note, hand back, close). Three more views: the knowledge
  * review (approve or reject what the bot learns from agents' answers, live) and, for
- * admins, the insights report in a sandboxed frame.
+ * admins, the insights report in a sandboxed frame; and ad copy for a catalog product.
  *
  * Wire contract: docs/protocol.md, agent socket /ws/agent. Everything a customer, the
  * bot or another agent wrote is put in the DOM through textContent or element
@@ -23,7 +23,7 @@
   var OPEN_KEY = "deskmate:agent:open"; // sessionStorage: the open conversation's id
   var SOUND_KEY = "deskmate:agent:sound"; // localStorage: "1" when alerts beep
   var VIEW_KEY = "deskmate:agent:view"; // sessionStorage: the view shown (a reload keeps it)
-  var VIEWS = ["conversations", "review", "insights"];
+  var VIEWS = ["conversations", "review", "insights", "copy"];
   var BACKOFF_MIN_MS = 500;
   var BACKOFF_MAX_MS = 10000;
   var TYPING_IDLE_MS = 3000; // typing "off" after this long without a keystroke
@@ -191,6 +191,7 @@
   var cards = new Map(); // proposal id -> its card in the review list (kept: it holds edits)
   var learningOn = true;
   var reporting = false;
+  var copying = false; // a `copy` frame is out: Generate waits for its copy_result or error
 
   // ---------------------------------------------------------------- connection
 
@@ -239,6 +240,7 @@
       streams.forEach(function (s) { s.row.classList.add("interrupted"); });
       streams.clear();
       hideTyping();
+      if (copying) copyDone("Connection lost; generate again.");
       if (ev.code === 4401 || signingOut) {
         signedOut(signingOut ? "" : lastError || "Please sign in again.");
         return;
@@ -297,6 +299,9 @@
     renderProposals();
     clear($("report-box")); // the next person to sign in may not be an admin
     reportDone("");
+    clear($("copy-list"));
+    $("copy-summary").textContent = "";
+    copyDone("");
     renderList();
     showConversation(null);
     showLogin(message);
@@ -888,6 +893,7 @@
     if (!authed) return; // the close (4401) that follows shows it on the sign-in form
     if (f.proposal_id) { proposalError(str(f.proposal_id), str(f.code), message); return; }
     if (f.action === "report") { reportDone(message); return; }
+    if (f.action === "copy") { copyDone(message); return; }
     if (f.action === "proposals") { $("review-log").textContent = message; return; }
     if (f.action === "send" && f.client_id) {
       // Not delivered (not the owner any more, say): give the text back to the agent.
@@ -927,6 +933,7 @@
     proposal: onProposal,
     proposal_update: onProposalUpdate,
     report: onReport,
+    copy_result: onCopyResult,
   };
 
   // ---------------------------------------------------------------- views
@@ -938,6 +945,7 @@
     $("app-view").dataset.view = name;
     $("review-view").hidden = name !== "review";
     $("insights-view").hidden = name !== "insights";
+    $("copy-view").hidden = name !== "copy";
     var tabs = document.querySelectorAll(".view-tab");
     for (var i = 0; i < tabs.length; i++) {
       tabs[i].setAttribute("aria-pressed", String(tabs[i].dataset.view === name));
@@ -1148,6 +1156,60 @@
     clear(box);
     box.appendChild(frame);
     reportDone(str(f.conversations) + " conversations · built " + new Date().toLocaleTimeString());
+  }
+
+  // ---------------------------------------------------------------- ad copy
+
+  $("copy-form").addEventListener("submit", function (ev) {
+    ev.preventDefault();
+    if (copying) return;
+    var keywords = $("copy-keywords").value.split(",").map(function (w) { return w.trim(); })
+      .filter(function (w) { return w; });
+    var frame = { type: "copy", product_id: $("copy-product").value.trim(),
+                  audience: $("copy-audience").value.trim(), keywords: keywords,
+                  n: parseInt($("copy-n").value, 10) || 5, tone: $("copy-tone").value };
+    if (!sendFrame(frame)) {
+      $("copy-status").textContent = "Not connected; try again in a moment.";
+      return;
+    }
+    copying = true;
+    $("copy-generate").disabled = true;
+    $("copy-status").textContent = "Writing ads…";
+  });
+
+  function copyDone(status) {
+    copying = false;
+    $("copy-generate").disabled = false;
+    $("copy-status").textContent = status;
+  }
+
+  function onCopyResult(f) {
+    var list = $("copy-list");
+    clear(list);
+    var variants = Array.isArray(f.variants) ? f.variants : [];
+    variants.forEach(function (v) {
+      var status = str(v.status);
+      var li = el("li", "copy-ad " + status);
+      li.appendChild(el("div", "c-text", str(v.text)));
+      var score = typeof v.score === "number" ? v.score.toFixed(2) : "–";
+      li.appendChild(el("div", "c-meta", (v.rank ? "#" + v.rank + " · " : "") + status + " · score " + score +
+        " · " + str(v.chars) + " chars"));
+      var reasons = Array.isArray(v.reasons) ? v.reasons : [];
+      if (reasons.length) {
+        var details = el("details");
+        details.appendChild(el("summary", null, "why rejected"));
+        var ul = el("ul");
+        reasons.forEach(function (r) { ul.appendChild(el("li", null, str(r))); });
+        details.appendChild(ul);
+        li.appendChild(details);
+      }
+      list.appendChild(li);
+    });
+    var warnings = Array.isArray(f.warnings) ? f.warnings.map(str) : [];
+    $("copy-summary").textContent = str(f.product) + ": " + str(f.passed) + " of " + str(f.generated) +
+      " lines passed (" + str(f.model) + ", " + str(f.seconds) + " s)" +
+      (warnings.length ? " · " + warnings.join(" · ") : "");
+    copyDone(f.enough ? "" : "Fewer ads passed than asked for; try other keywords or generate again.");
   }
 
   // ---------------------------------------------------------------- actions
