@@ -109,18 +109,20 @@ async def main(args: argparse.Namespace) -> str:
         if not url:
             url = stack.enter_context(EmbeddedRedis(Path(stack.enter_context(
                 tempfile.TemporaryDirectory())))).url
-        async with running(settings, redis_url=url, brain=brain) as (app, server):
-            port = bound_port(server)
-            await replay(port, turns[:2], 1)  # warm-up: first torch calls, first imports
-            before = server_turn_seconds(app.metrics.render().decode())
-            measured = await replay(port, turns, args.rounds)
-            after = server_turn_seconds(app.metrics.render().decode())
-        import redis
+        try:
+            async with running(settings, redis_url=url, brain=brain) as (app, server):
+                port = bound_port(server)
+                await replay(port, turns[:2], 1)  # warm-up: first torch calls, first imports
+                before = server_turn_seconds(app.metrics.render().decode())
+                measured = await replay(port, turns, args.rounds)
+                after = server_turn_seconds(app.metrics.render().decode())
+        finally:  # the run's keys go, whatever happened
+            import redis
 
-        client = redis.Redis.from_url(url)
-        keys = list(client.scan_iter(f"{prefix}*"))
-        if keys:
-            client.delete(*keys)
+            client = redis.Redis.from_url(url)
+            keys = list(client.scan_iter(f"{prefix}*"))
+            if keys:
+                client.delete(*keys)
     server_mean = (after[0] - before[0]) / max(after[1] - before[1], 1) * 1000
     m = machine()
     rows = [f"| {name} | {len(v)} | {pct(v, 50):.1f} | {pct(v, 95):.1f} | {pct(v, 99):.1f} | "
