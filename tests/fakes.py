@@ -20,6 +20,7 @@ from collections.abc import Awaitable, Callable
 from pathlib import Path
 
 import pytest
+from aiohttp import web
 
 from bot.actions import RemoteActions
 from bot.brain import Brain, build_engine, open_writer
@@ -36,6 +37,14 @@ def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         return int(s.getsockname()[1])
+
+
+async def serve_app(app: web.Application) -> tuple[web.AppRunner, int]:
+    """Serve ``app`` on a free loopback port; the caller cleans the runner up."""
+    runner = web.AppRunner(app)
+    await runner.setup()
+    await web.TCPSite(runner, "127.0.0.1", 0).start()
+    return runner, int(runner.addresses[0][1])
 
 
 def closed_url(path: str = "/webhook") -> str:

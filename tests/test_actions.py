@@ -31,6 +31,7 @@ from aiohttp import web
 from bot.actions import InProcessActions, RemoteActions, open_action_runner
 from dialogue.actions import ActionError, ActionResult
 from tests.conftest import ROOT, TINYBOT, delete_prefix
+from tests.fakes import serve_app
 
 SHOP = ROOT / "examples" / "shop"
 FIXTURES = ROOT / "tests" / "fixtures"
@@ -413,11 +414,9 @@ async def proxy() -> AsyncIterator[Callable[[list[tuple[int, str]]], Awaitable[P
         fake = Proxy(answers)
         app = web.Application()
         app.router.add_post("/webhook", fake.handle)
-        runner = web.AppRunner(app)
-        await runner.setup()
+        runner, port = await serve_app(app)
         runners.append(runner)
-        await web.TCPSite(runner, "127.0.0.1", 0).start()
-        fake.url = f"http://127.0.0.1:{runner.addresses[0][1]}/webhook"
+        fake.url = f"http://127.0.0.1:{port}/webhook"
         return fake
 
     yield start

@@ -32,7 +32,16 @@ from bot.store import TURN_MARK_CLEARED, LockLost, NewEvent, StaleTurn, Store
 from bot.turns import INTERRUPTED_TEXT
 from dialogue.engine import ACTION_DOWN
 from tests.conftest import Client, Servers, delete_prefix
-from tests.fakes import FAULTBOT, ROOT, FakeLM, closed_url, faultbot_brain, free_port, lm_environment
+from tests.fakes import (
+    FAULTBOT,
+    ROOT,
+    FakeLM,
+    closed_url,
+    faultbot_brain,
+    free_port,
+    lm_environment,
+    serve_app,
+)
 
 NO_PROXY = urllib.request.build_opener(urllib.request.ProxyHandler({}))
 LOCK_TTL = 2  # seconds: how long a killed server's turn lock outlives it
@@ -369,11 +378,8 @@ async def slow_actions() -> AsyncIterator[SlowActions]:
     actions = SlowActions()
     app = web.Application()
     app.router.add_post("/webhook", actions.handle)
-    runner = web.AppRunner(app)
-    await runner.setup()
-    site = web.TCPSite(runner, "127.0.0.1", 0)
-    await site.start()
-    actions.url = f"http://127.0.0.1:{runner.addresses[0][1]}/webhook"
+    runner, port = await serve_app(app)
+    actions.url = f"http://127.0.0.1:{port}/webhook"
     yield actions
     actions.release.set()
     await runner.cleanup()

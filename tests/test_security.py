@@ -36,6 +36,7 @@ from dialogue.project import Project, load_project
 from dialogue.redact import luhn_ok, redact_pii
 from model.lm import PromptBuilder, approx_tokens
 from tests.conftest import TINYBOT, Client, Running, Servers
+from tests.fakes import serve_app
 from tests.test_agent_socket import add_agent, console, refused, signed_in
 
 # -- a customer reads only their own conversation ------------------------------------------
@@ -432,11 +433,7 @@ async def remote_lm(monkeypatch: pytest.MonkeyPatch) -> AsyncIterator[RemoteLM]:
     lm = RemoteLM()
     app = web.Application()
     app.router.add_post("/v1/chat/completions", lm.completions)
-    runner = web.AppRunner(app)
-    await runner.setup()
-    site = web.TCPSite(runner, "127.0.0.1", 0)
-    await site.start()
-    port = site._server.sockets[0].getsockname()[1]  # type: ignore[union-attr]
+    runner, port = await serve_app(app)
     monkeypatch.setenv("DESKMATE_LM_BASE_URL", f"http://127.0.0.1:{port}/v1")
     monkeypatch.setenv("DESKMATE_LM_MODEL_NAME", "remote-test")
     monkeypatch.setenv("DESKMATE_LM_API_KEY", "sk-test-key")
