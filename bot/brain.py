@@ -155,7 +155,7 @@ def load_brain(settings: Settings, *, language_model: bool = True) -> Brain:
 
     classifier = load_project_classifier(settings.project)
     writer, model = open_writer(settings, project) if language_model else (None, None)
-    engine = build_engine(project, embed=classifier.encoder.embed, actions_url=settings.action_endpoint,
+    engine = build_engine(project, embed=classifier.embed, actions_url=settings.action_endpoint,
                           writer=writer)
     closers: list[Callable[[], Awaitable[None]]] = []
     if engine.actions is not None and hasattr(engine.actions, "close"):

@@ -146,7 +146,7 @@ def _offline_engine(root: Path, *, lm: bool) -> tuple[Any, Any]:
     classifier = load_project_classifier(root)
     settings = config.from_env().replace(project=root)
     writer = open_writer(settings, project)[0] if lm else None
-    engine = build_engine(project, embed=classifier.encoder.embed, actions_url=settings.action_endpoint,
+    engine = build_engine(project, embed=classifier.embed, actions_url=settings.action_endpoint,
                           writer=writer)
 
     def understand(texts: list[str]) -> list[dict[str, Any]]:

@@ -126,16 +126,23 @@ def _percentiles(fn: Callable[[str], object], texts: list[str], warmup: int = 20
             "p95_ms": round(float(np.percentile(times, 95)), 2)}
 
 
-def bench_latency(classifier: Classifier, texts: list[str], results: dict[str, Any],
-                  baseline: TfidfBaseline | None) -> None:
-    """Single-utterance p50/p95 (intent + sentiment) and batched throughput."""
-    sample = texts[:300]
+def _speed(classifier: Classifier, texts: list[str], sample: list[str]) -> dict[str, Any]:
     single = _percentiles(classifier.parse, sample)
     start = time.perf_counter()
     classifier.parse_batch(texts)
     throughput = len(texts) / (time.perf_counter() - start)
-    out: dict[str, Any] = {**single, "batched_per_s": round(throughput, 1), "n_single": len(sample),
-                           "n_batched": len(texts)}
+    return {**single, "batched_per_s": round(throughput, 1)}
+
+
+def bench_latency(classifier: Classifier, texts: list[str], results: dict[str, Any],
+                  baseline: TfidfBaseline | None, torch_path: Classifier | None = None) -> None:
+    """Single-utterance p50/p95 (intent + sentiment) and batched throughput; the same
+    model on the torch path (``torch_path``) side by side, when given."""
+    sample = texts[:300]
+    out: dict[str, Any] = {**_speed(classifier, texts, sample), "runtime": classifier.runtime,
+                           "n_single": len(sample), "n_batched": len(texts)}
+    if torch_path is not None:
+        out["torch"] = _speed(torch_path, texts, sample)
     if baseline is not None:
         base = _percentiles(lambda t: baseline.predict([t]), sample)
         start = time.perf_counter()
@@ -145,7 +152,7 @@ def bench_latency(classifier: Classifier, texts: list[str], results: dict[str, A
 
 
 _SERVING = """
-import json, sys
+import json, os, sys
 from pathlib import Path
 from model.bench_report import rss_mb
 from model import artifacts
@@ -158,14 +165,14 @@ enc = load_encoder()
 folder = Path(sys.argv[1])
 model, meta = artifacts.load(folder, enc)
 clf = Classifier(enc, IntentModel(model, meta, artifacts.load_lexical(folder)),
-                 load_sentiment(None, encoder=enc))
+                 load_sentiment(None, encoder=enc), runtime=sys.argv[2])
 for _ in range(20):
     clf.parse("I still have not received my new card")
 print(json.dumps({"rss_after_imports_mb": imported, "rss_serving_mb": rss_mb()}))
 """
 
 
-def serving_memory(intent: IntentModel) -> dict[str, float]:
+def serving_memory(intent: IntentModel, runtime: str) -> dict[str, float]:
     """RSS of a fresh process that loads the encoder, ``intent`` and the sentiment model
     from disk and parses a few turns: what the server pays, without training caches."""
     with tempfile.TemporaryDirectory() as tmp:
@@ -173,7 +180,7 @@ def serving_memory(intent: IntentModel) -> dict[str, float]:
         artifacts.save(folder, intent.model, intent.meta, intent.lexical)
         env = {**os.environ, "HF_HUB_OFFLINE": "1",
                "PYTHONPATH": str(Path(__file__).resolve().parents[1])}
-        out = subprocess.run([sys.executable, "-c", _SERVING, str(folder)], env=env,
+        out = subprocess.run([sys.executable, "-c", _SERVING, str(folder), runtime], env=env,
                              capture_output=True, text=True, check=True)
     result: dict[str, float] = json.loads(out.stdout.strip().splitlines()[-1])
     return result
@@ -211,9 +218,13 @@ def run_bench(data: Path, out: Path, *, json_out: Path | None = None,
                 train = load_csv(data / INTENT_SETS["banking77"][0])
                 b77 = Classifier(encoder, train_intents(encoder, train), None), TfidfBaseline().fit(train)
             full = Classifier(encoder, b77[0].intent, sentiment)
-            bench_latency(full, [e.text for e in test], results, b77[1])
+            reference = Classifier(encoder, b77[0].intent, sentiment, runtime="torch")
+            bench_latency(full, [e.text for e in test], results, b77[1], reference)
             assert b77[0].intent is not None
-            results["memory"].update(serving_memory(b77[0].intent))
+            results["memory"].update(serving_memory(b77[0].intent, full.runtime))
+            if full.runtime != "torch":
+                torch_rss = serving_memory(b77[0].intent, "torch")
+                results["memory"]["torch_rss_serving_mb"] = torch_rss["rss_serving_mb"]
     if json_out is not None:
         json_out.write_text(json.dumps(results, indent=2) + "\n")
     write_section(out, results)

@@ -129,9 +129,14 @@ def render(results: dict[str, Any]) -> str:
             "",
             "| what | p50 | p95 | batched |",
             "|---|---|---|---|",
-            f"| deskmate intent + sentiment, one utterance (Banking77 test, n={lat['n_single']}) | "
+            f"| deskmate intent + sentiment, one utterance (Banking77 test, n={lat['n_single']}), "
+            f"{lat.get('runtime', 'torch')} runtime | "
             f"{lat['p50_ms']} ms | {lat['p95_ms']} ms | {lat['batched_per_s']} utt/s |",
         ]
+        if "torch" in lat:
+            t = lat["torch"]
+            lines.append(f"| the same model on the torch path (`DESKMATE_NLU_RUNTIME=torch`) | "
+                         f"{t['p50_ms']} ms | {t['p95_ms']} ms | {t['batched_per_s']} utt/s |")
         if "tfidf_lr" in lat:
             t = lat["tfidf_lr"]
             lines.append(f"| TF-IDF + LR, intent only | {t['p50_ms']} ms | {t['p95_ms']} ms | "
@@ -146,6 +151,8 @@ def render(results: dict[str, Any]) -> str:
             parts.append(f"a fresh process serving the Banking77 model + sentiment: "
                          f"{mem['rss_after_imports_mb']} MB after imports, "
                          f"{mem['rss_serving_mb']} MB loaded and warm")
+        if "torch_rss_serving_mb" in mem:
+            parts.append(f"the same on the torch path: {mem['torch_rss_serving_mb']} MB")
         lines += ["Memory: " + "; ".join(parts) + ".", ""]
     return "\n".join(lines)
 

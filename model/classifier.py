@@ -23,9 +23,10 @@ from model import artifacts
 from model.adapter import TaskModel
 from model.artifacts import Meta
 from model.data import OUT_OF_SCOPE, data_hash, load_project
-from model.encoder import SharedEncoder, load_encoder, mean_pool
+from model.encoder import Batch, SharedEncoder, load_encoder, mean_pool
 from model.intents import IntentModel
 from model.lexical import blend
+from model.runtime import OnnxGraph, compile_graph, runtime_name
 from model.sentiment import SENTIMENT_LABELS, load_sentiment, sentiment_result
 
 RANKING_SIZE = 10
@@ -53,6 +54,7 @@ class Classifier:
         sentiment: tuple[TaskModel, Meta] | None,
         *,
         out_of_scope: bool = True,
+        runtime: str | None = None,
     ) -> None:
         self.encoder = encoder
         # False: closed-set answers (best real intent, no threshold), for benchmarks
@@ -67,6 +69,16 @@ class Classifier:
         # The trunk is shared: computed up to the lowest layer any task adapts.
         self.stop_layer = min((t.model.start_layer for t in tasks), default=encoder.num_layers)
         self.max_length = max((t.meta.max_length for t in tasks), default=64)
+        # Serving runs one ONNX Runtime graph (model/runtime.py); "torch" keeps the layers
+        # in torch. Both give the same outputs to float rounding.
+        self.runtime = runtime or runtime_name()
+        self.graph: OnnxGraph | None = None
+        if self.runtime == "onnx":
+            self.graph = compile_graph(
+                encoder,
+                self.intent.model if self.intent else None,
+                self.sentiment.model if self.sentiment else None,
+            )
 
     @property
     def intent_labels(self) -> list[str]:
@@ -80,8 +92,17 @@ class Classifier:
         """:meth:`SharedEncoder.embed` (full length, as the knowledge index is built), safe to
         call while another thread parses: the Rust tokenizer is shared and not re-entrant, so
         the call holds the tokenizer lock (a few milliseconds for a handful of texts)."""
-        with self._tokenize_lock:
-            return self.encoder.embed(texts)
+        if self.graph is None:
+            with self._tokenize_lock:
+                return self.encoder.embed(texts)
+        out = np.zeros((len(texts), self.encoder.hidden_size), dtype=np.float32)
+        order = sorted(range(len(texts)), key=lambda i: len(texts[i]))
+        for start in range(0, len(order), 64):
+            idx = order[start : start + 64]
+            with self._tokenize_lock:
+                batch = self.encoder.tokenize([texts[i] for i in idx])
+            out[idx] = self.graph.run(batch.input_ids, batch.attention_mask, ["embedding"])["embedding"]
+        return out
 
     @torch.inference_mode()
     def parse_batch(self, texts: list[str], batch_size: int = 64, *,
@@ -97,21 +118,16 @@ class Classifier:
             idx = order[start : start + batch_size]
             with self._tokenize_lock:
                 batch = self.encoder.tokenize([texts[i] for i in idx], self.max_length)
-            trunk = self.encoder.trunk(batch, self.stop_layer)  # (B, T, C)
+            intent_logits, sent_logits, embedded = self._forward(batch, vectors)
             intent_probs = sent_probs = None
             if self.intent is not None:
-                logits = self.intent.model(trunk, batch.attention_mask, self.stop_layer)
+                assert intent_logits is not None
                 lexical = None
                 if self.intent.lexical is not None:
                     lexical = self.intent.lexical([texts[i] for i in idx])
-                intent_probs = blend(logits, lexical, self.intent.lexical_weight)
-            if self.sentiment is not None:
-                logits = self.sentiment.model(trunk, batch.attention_mask, self.stop_layer)
-                sent_probs = logits.softmax(-1)
-            embedded = None
-            if vectors:
-                hidden = self.encoder.top(trunk, batch.attention_mask, self.stop_layer)  # (B, T, C)
-                embedded = F.normalize(mean_pool(hidden, batch.attention_mask), dim=-1).numpy()
+                intent_probs = blend(intent_logits, lexical, self.intent.lexical_weight)
+            if sent_logits is not None:
+                sent_probs = sent_logits.softmax(-1)
             for row, i in enumerate(idx):
                 out: dict[str, Any] = {}
                 if intent_probs is not None:
@@ -127,6 +143,28 @@ class Classifier:
                     out["vector"] = embedded[row]
                 results[i] = out
         return results
+
+    def _forward(self, batch: Batch, vectors: bool
+                 ) -> tuple[torch.Tensor | None, torch.Tensor | None, np.ndarray | None]:
+        """Intent logits, sentiment logits and (when ``vectors``) embeddings of a batch."""
+        if self.graph is not None:
+            out = self.graph.run(batch.input_ids, batch.attention_mask)
+            intent = out.get("intent_logits")
+            sentiment = out.get("sentiment_logits")
+            return (torch.from_numpy(intent) if intent is not None else None,
+                    torch.from_numpy(sentiment) if sentiment is not None else None,
+                    out["embedding"] if vectors else None)
+        trunk = self.encoder.trunk(batch, self.stop_layer)  # (B, T, C)
+        intent_logits = sent_logits = None
+        if self.intent is not None:
+            intent_logits = self.intent.model(trunk, batch.attention_mask, self.stop_layer)
+        if self.sentiment is not None:
+            sent_logits = self.sentiment.model(trunk, batch.attention_mask, self.stop_layer)
+        embedded = None
+        if vectors:
+            hidden = self.encoder.top(trunk, batch.attention_mask, self.stop_layer)  # (B, T, C)
+            embedded = F.normalize(mean_pool(hidden, batch.attention_mask), dim=-1).numpy()
+        return intent_logits, sent_logits, embedded
 
     def _intent_result(self, probs: torch.Tensor) -> dict[str, Any]:
         """Top intent with the out-of-scope rule applied, and the ranking."""

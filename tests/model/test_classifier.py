@@ -95,3 +95,41 @@ def test_stale_artifacts_name_the_command(trained_shopbot: Path, tmp_path: Path)
     nlu.write_text(nlu.read_text(encoding="utf-8") + extra, encoding="utf-8")
     with pytest.raises(ProjectError, match=r"older than the training data.*deskmate train --project"):
         load_project_classifier(project)
+
+
+def test_onnx_runtime_matches_torch(trained_shopbot: Path) -> None:
+    """The served ONNX graph (merged adapters, one trunk) gives the torch path's answers."""
+    from model import artifacts
+    from model.classifier import Classifier, intent_dir
+    from model.intents import IntentModel
+    from model.sentiment import load_sentiment
+
+    clf = load_project_classifier(trained_shopbot)
+    assert clf.runtime == "onnx" and clf.graph is not None
+    folder = intent_dir(trained_shopbot)
+    model, meta = artifacts.load(folder, clf.encoder)
+    reference = Classifier(
+        clf.encoder, IntentModel(model, meta, artifacts.load_lexical(folder)),
+        load_sentiment(trained_shopbot, encoder=clf.encoder), runtime="torch",
+    )
+    assert reference.graph is None
+    texts = ["where is my parcel", "I hate this, refund now!!", "hi", "ok thanks, bye",
+             "qwzx plorb", "Könnten Sie mir helfen? 🙂", "a " * 80]
+    ours = clf.parse_batch(texts, vectors=True)
+    theirs = reference.parse_batch(texts, vectors=True)
+    for a, b in zip(ours, theirs, strict=True):
+        assert a["intent"] == b["intent"] and a["sentiment"] == b["sentiment"]
+        assert a["confidence"] == pytest.approx(b["confidence"], abs=1e-4)
+        assert a["sentiment_score"] == pytest.approx(b["sentiment_score"], abs=1e-4)
+        assert abs(a["vector"] - b["vector"]).max() < 1e-5
+    # knowledge-base embeddings: full length, identical to the encoder's own
+    long_texts = ["returns within 30 days " * 20, "shipping"]
+    assert abs(clf.embed(long_texts) - clf.encoder.embed(long_texts)).max() < 1e-5
+
+
+def test_unknown_runtime_is_refused(monkeypatch: pytest.MonkeyPatch, trained_shopbot: Path) -> None:
+    monkeypatch.setenv("DESKMATE_NLU_RUNTIME", "tensorrt")
+    from bot.errors import DeskmateError
+
+    with pytest.raises(DeskmateError, match="DESKMATE_NLU_RUNTIME"):
+        load_project_classifier(trained_shopbot)

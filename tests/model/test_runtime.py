@@ -1,0 +1,57 @@
+"""The ONNX serving graph against the torch task models it is built from."""
+
+from __future__ import annotations
+
+import numpy as np
+import torch
+
+from model.adapter import AdapterConfig, TaskModel
+from model.encoder import SharedEncoder
+from model.runtime import InferenceGraph, compile_graph
+
+
+def _task(encoder: SharedEncoder, top_layers: int, labels: int, seed: int) -> TaskModel:
+    torch.manual_seed(seed)
+    model = TaskModel(AdapterConfig(top_layers=top_layers, rank=4), encoder, labels)
+    for p in model.adapter.up.values():  # untrained adapters are the identity: make them count
+        torch.nn.init.normal_(p, std=0.05)
+    return model.eval()
+
+
+def test_graph_with_adapters_of_different_depths(encoder: SharedEncoder) -> None:
+    intent = _task(encoder, 1, 5, seed=1)  # adapts layer 5 only: layer 4 runs plain in its branch
+    sentiment = _task(encoder, 3, 3, seed=2)  # adapts layers 3-5: the trunk stops at 3
+    graph = InferenceGraph(encoder, intent, sentiment)
+    assert graph.stop == 3 and graph.names == ["embedding", "intent_logits", "sentiment_logits"]
+    batch = encoder.tokenize(["where is my order?", "this is terrible", "ok"])
+    onnx = compile_graph(encoder, intent, sentiment).run(batch.input_ids, batch.attention_mask)
+    with torch.no_grad():
+        want_intent = intent.predict_logits(batch).numpy()
+        want_sentiment = sentiment.predict_logits(batch).numpy()
+    np.testing.assert_allclose(onnx["intent_logits"], want_intent, atol=1e-4)
+    np.testing.assert_allclose(onnx["sentiment_logits"], want_sentiment, atol=1e-4)
+    np.testing.assert_allclose(
+        onnx["embedding"], encoder.embed(["where is my order?", "this is terrible", "ok"]), atol=1e-5
+    )
+
+
+def test_graph_without_tasks_is_the_encoder(encoder: SharedEncoder) -> None:
+    texts = ["returns", "how long does shipping take to Canada?"]
+    batch = encoder.tokenize(texts)
+    out = compile_graph(encoder, None, None).run(batch.input_ids, batch.attention_mask)
+    assert list(out) == ["embedding"]
+    np.testing.assert_allclose(out["embedding"], encoder.embed(texts), atol=1e-5)
+
+
+def test_graph_is_cached_by_weights(encoder: SharedEncoder, tmp_path) -> None:  # type: ignore[no-untyped-def]
+    task = _task(encoder, 2, 3, seed=3)
+    compile_graph(encoder, None, task, cache=tmp_path)
+    files = list(tmp_path.glob("classifier-*.onnx"))
+    assert len(files) == 1
+    stamp = files[0].stat().st_mtime_ns
+    compile_graph(encoder, None, task, cache=tmp_path)  # same weights: the file is reused
+    assert files[0].stat().st_mtime_ns == stamp
+    other = _task(encoder, 2, 3, seed=4)  # other weights: another graph
+    compile_graph(encoder, None, other, cache=tmp_path)
+    assert len(list(tmp_path.glob("classifier-*.onnx"))) == 2
+    assert not list(tmp_path.glob(".classifier-*"))  # no half-written files left behind
