@@ -160,8 +160,10 @@ from model.classifier import Classifier
 from model.encoder import load_encoder
 from model.intents import IntentModel
 from model.sentiment import load_sentiment
+from model.runtime import ServedEncoder
 imported = rss_mb()
-enc = load_encoder()
+# what load_project_classifier does: the ONNX path loads word pieces only, torch the encoder
+enc = ServedEncoder() if sys.argv[2] == "onnx" else load_encoder()
 folder = Path(sys.argv[1])
 model, meta = artifacts.load(folder, enc)
 clf = Classifier(enc, IntentModel(model, meta, artifacts.load_lexical(folder)),
@@ -173,8 +175,8 @@ print(json.dumps({"rss_after_imports_mb": imported, "rss_serving_mb": rss_mb()})
 
 
 def serving_memory(intent: IntentModel, runtime: str) -> dict[str, float]:
-    """RSS of a fresh process that loads the encoder, ``intent`` and the sentiment model
-    from disk and parses a few turns: what the server pays, without training caches."""
+    """RSS of a fresh process that loads ``intent`` and the sentiment model from disk for
+    ``runtime`` as the server does and parses a few turns (no training caches)."""
     with tempfile.TemporaryDirectory() as tmp:
         folder = Path(tmp) / "intent"
         artifacts.save(folder, intent.model, intent.meta, intent.lexical)

@@ -148,9 +148,10 @@ def render(results: dict[str, Any]) -> str:
                  f"{mem['rss_before_load_mb']} MB",
                  f"after loading encoder + sentiment head: {mem['rss_encoder_sentiment_mb']} MB"]
         if "rss_serving_mb" in mem:
-            parts.append(f"a fresh process serving the Banking77 model + sentiment: "
-                         f"{mem['rss_after_imports_mb']} MB after imports, "
-                         f"{mem['rss_serving_mb']} MB loaded and warm")
+            parts.append(f"a fresh process serving the Banking77 model + sentiment as the server "
+                         f"loads it: {mem['rss_after_imports_mb']} MB after imports, "
+                         f"{mem['rss_serving_mb']} MB loaded and warm (encoder + heads: "
+                         f"{mem['rss_serving_mb'] - mem['rss_after_imports_mb']:.1f} MB)")
         if "torch_rss_serving_mb" in mem:
             parts.append(f"the same on the torch path: {mem['torch_rss_serving_mb']} MB")
         lines += ["Memory: " + "; ".join(parts) + ".", ""]

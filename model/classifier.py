@@ -26,7 +26,7 @@ from model.data import OUT_OF_SCOPE, data_hash, load_project
 from model.encoder import Batch, SharedEncoder, load_encoder, mean_pool
 from model.intents import IntentModel
 from model.lexical import blend
-from model.runtime import OnnxGraph, compile_graph, runtime_name
+from model.runtime import OnnxGraph, ServedEncoder, compile_graph, runtime_name
 from model.sentiment import SENTIMENT_LABELS, load_sentiment, sentiment_result
 
 RANKING_SIZE = 10
@@ -187,6 +187,12 @@ class Classifier:
         return {"intent": top, "confidence": round(confidence, 4), "ranking": ranking}
 
 
+def _serving_encoder() -> SharedEncoder:
+    """What a classifier loaded for serving needs: with the ONNX runtime only the word
+    pieces (the layers are in the graph), else the torch encoder."""
+    return ServedEncoder() if runtime_name() == "onnx" else load_encoder()
+
+
 def check_fresh(project: Path) -> Meta:
     """The intent artifact's metadata, or a ProjectError that says what to run."""
     folder = intent_dir(project)
@@ -214,7 +220,7 @@ def load_project_classifier(
     comes from ``<project>/models/sentiment`` if present, else the shipped default.
     """
     project = Path(project)
-    encoder = encoder or load_encoder()
+    encoder = encoder or _serving_encoder()
     check_fresh(project)
     folder = intent_dir(project)
     model, meta = artifacts.load(folder, encoder)
@@ -224,7 +230,7 @@ def load_project_classifier(
 
 def load_sentiment_only(encoder: SharedEncoder | None = None) -> Classifier:
     """A classifier with the default sentiment model and no intents."""
-    encoder = encoder or load_encoder()
+    encoder = encoder or _serving_encoder()
     return Classifier(encoder, None, load_sentiment(None, encoder=encoder))
 
 

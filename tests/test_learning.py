@@ -48,7 +48,7 @@ def shop_brain(trained_shop: Path, shop_classifier: Any, shop_actions_env: None)
     from dialogue.project import load_project
 
     def make() -> Brain:
-        engine = build_engine(load_project(trained_shop), embed=shop_classifier.encoder.embed)
+        engine = build_engine(load_project(trained_shop), embed=shop_classifier.embed)
         return Brain(engine, functools.partial(shop_classifier.parse_batch, vectors=True),
                      embed=shop_classifier.embed)
 

@@ -101,16 +101,20 @@ def test_onnx_runtime_matches_torch(trained_shopbot: Path) -> None:
     """The served ONNX graph (merged adapters, one trunk) gives the torch path's answers."""
     from model import artifacts
     from model.classifier import Classifier, intent_dir
+    from model.encoder import load_encoder
     from model.intents import IntentModel
+    from model.runtime import ServedEncoder
     from model.sentiment import load_sentiment
 
     clf = load_project_classifier(trained_shopbot)
     assert clf.runtime == "onnx" and clf.graph is not None
+    assert isinstance(clf.encoder, ServedEncoder)  # serving loads no torch layers
+    encoder = load_encoder()
     folder = intent_dir(trained_shopbot)
-    model, meta = artifacts.load(folder, clf.encoder)
+    model, meta = artifacts.load(folder, encoder)
     reference = Classifier(
-        clf.encoder, IntentModel(model, meta, artifacts.load_lexical(folder)),
-        load_sentiment(trained_shopbot, encoder=clf.encoder), runtime="torch",
+        encoder, IntentModel(model, meta, artifacts.load_lexical(folder)),
+        load_sentiment(trained_shopbot, encoder=encoder), runtime="torch",
     )
     assert reference.graph is None
     texts = ["where is my parcel", "I hate this, refund now!!", "hi", "ok thanks, bye",
@@ -124,7 +128,7 @@ def test_onnx_runtime_matches_torch(trained_shopbot: Path) -> None:
         assert abs(a["vector"] - b["vector"]).max() < 1e-5
     # knowledge-base embeddings: full length, identical to the encoder's own
     long_texts = ["returns within 30 days " * 20, "shipping"]
-    assert abs(clf.embed(long_texts) - clf.encoder.embed(long_texts)).max() < 1e-5
+    assert abs(clf.embed(long_texts) - encoder.embed(long_texts)).max() < 1e-5
 
 
 def test_unknown_runtime_is_refused(monkeypatch: pytest.MonkeyPatch, trained_shopbot: Path) -> None:

@@ -55,3 +55,27 @@ def test_graph_is_cached_by_weights(encoder: SharedEncoder, tmp_path) -> None:  
     compile_graph(encoder, None, other, cache=tmp_path)
     assert len(list(tmp_path.glob("classifier-*.onnx"))) == 2
     assert not list(tmp_path.glob(".classifier-*"))  # no half-written files left behind
+
+
+def test_served_word_pieces_equal_the_encoders(encoder: SharedEncoder) -> None:
+    from model.runtime import ServedEncoder
+
+    served = ServedEncoder()
+    assert (served.name, served.hidden_size, served.num_layers) == (
+        encoder.name, encoder.hidden_size, encoder.num_layers)
+    texts = ["Where's my order #4711?", "", "naïve café — ünïcödé 🙂 עברית", "x " * 300,
+             "RETURN\tthe\nshoes", "a"]
+    for max_length in (8, 64, 256):
+        a, b = served.tokenize(texts, max_length), encoder.tokenize(texts, max_length)
+        assert a.input_ids.tolist() == b.input_ids.tolist(), max_length
+        assert a.attention_mask.tolist() == b.attention_mask.tolist(), max_length
+
+
+def test_served_encoder_refuses_torch_work() -> None:
+    import pytest
+
+    from bot.errors import DeskmateError
+    from model.runtime import ServedEncoder
+
+    with pytest.raises(DeskmateError, match="no torch layers"):
+        ServedEncoder().embed(["hello"])
