@@ -167,3 +167,34 @@ if mark[1] == ARGV[2] then
 end
 return {0}
 """
+
+# The session record and the customer's messages after its turn cursor, read in one
+# round trip: what the turn runner checks before and after taking the turn lock.
+# KEYS: session hash, events stream. Returns {record (flat HGETALL), rows}, where rows
+# are XRANGE entries of kind "message" after the cursor ({} when the session is gone).
+PENDING = r"""
+local record = redis.call('HGETALL', KEYS[1])
+if #record == 0 then
+  return {record, {}}
+end
+local start = '-'
+for i = 1, #record, 2 do
+  if record[i] == 'cursor' and record[i + 1] ~= '' then
+    start = '(' .. record[i + 1]
+  end
+end
+local rows = redis.call('XRANGE', KEYS[2], start, '+')
+local messages = {}
+for _, row in ipairs(rows) do
+  local fields = row[2]
+  for i = 1, #fields, 2 do
+    if fields[i] == 'kind' then
+      if fields[i + 1] == 'message' then
+        messages[#messages + 1] = row
+      end
+      break
+    end
+  end
+end
+return {record, messages}
+"""

@@ -117,6 +117,7 @@ class Store:
         self._acquire = client.register_script(lua.ACQUIRE)
         self._extend = client.register_script(lua.EXTEND)
         self._begin_turn = client.register_script(lua.BEGIN_TURN)
+        self._pending = client.register_script(lua.PENDING)
 
     @classmethod
     def from_url(cls, url: str, *, pool_size: int = 200, pool_timeout: float = 5.0, **kwargs: Any) -> Store:
@@ -280,10 +281,23 @@ class Store:
         out.reverse()
         return out
 
-    async def pending_turns(self, sid: str, cursor: str | None) -> list[Event]:
-        """Customer messages stored after the turn ``cursor``, oldest first."""
-        return [e for e in await self.events(sid, cursor, kinds=frozenset({"message"}))
-                if e.data.get("role") == "user"]
+    async def pending_turns(self, sid: str) -> tuple[dict[str, str] | None, list[Event]]:
+        """The session record (None when gone) and the customer messages stored after its
+        turn cursor, oldest first; one round trip."""
+        try:
+            flat, rows = await self._pending(keys=[self.keys.session(sid), self.keys.events(sid)])
+        except (RedisError, OSError) as exc:
+            raise StoreError(f"could not read pending turns: {exc}") from exc
+        if not flat:
+            return None, []
+        record = dict(zip(flat[::2], flat[1::2], strict=True))
+        pending = []
+        for event_id, fields in rows:
+            values = dict(zip(fields[::2], fields[1::2], strict=True))
+            data = json.loads(values["data"])
+            if data.get("role") == "user":
+                pending.append(Event(event_id, values["kind"], float(values["ts"]), data))
+        return record, pending
 
     async def publish(self, sid: str, frame: Mapping[str, Any]) -> None:
         """Fan out an ephemeral frame (typing, stream deltas) to every instance."""

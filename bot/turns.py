@@ -136,8 +136,8 @@ class TurnRunner:
 
     async def _take_turns(self, sid: str) -> bool:
         """Answer pending turns while holding the lock; False when nothing is pending."""
-        record = await self.store.session(sid)
-        if record is None or not await self.store.pending_turns(sid, record.get("cursor") or None):
+        record, pending = await self.store.pending_turns(sid)
+        if record is None or not pending:
             return False
         previous = self._unreleased.pop(sid, None)
         try:
@@ -187,11 +187,8 @@ class TurnRunner:
                 return
 
     async def _process_next(self, sid: str, owner: str) -> bool:
-        record = await self.store.session(sid)
-        if record is None:
-            return False
-        pending = await self.store.pending_turns(sid, record.get("cursor") or None)
-        if not pending:
+        record, pending = await self.store.pending_turns(sid)
+        if record is None or not pending:
             return False
         message = pending[0]
         started = time.perf_counter()
@@ -224,20 +221,24 @@ class TurnRunner:
         customer (``customer.id`` in the start frame).
 
         The conversation's own profile is kept in its session record with the id of the last
-        event read, so a turn reads only the events since the previous turn; the new values
+        event read (of any kind), so a turn reads only the events since the previous turn; the new values
         are stored with the turn's replies (see ``_answer``)."""
         own: dict[str, list[str]] = json.loads(record.get("profile") or "{}")
         cursor = record.get("profile_cursor") or None
-        signals = await self.store.events(sid, cursor, kinds=frozenset({"track"}))
+        # Everything since the cursor is read and the cursor moves past all of it, so a
+        # conversation without `track` events does not re-read its whole stream each turn.
+        read = await self.store.events(sid, cursor)
+        signals = [ev for ev in read if ev.kind == "track"]
         for ev in signals:
             kind = TRACK_KINDS.get(str(ev.data.get("name", "")))
             data = ev.data.get("data") or {}
             pid = data.get("product_id") or data.get("id") if isinstance(data, dict) else None
             if kind and isinstance(pid, str):
                 _remember(own.setdefault(kind, []), pid)
+        if read:
+            self._profile_fields[sid] = {"profile_cursor": read[-1].event_id}
         if signals:
-            self._profile_fields[sid] = {"profile": json.dumps(own),
-                                         "profile_cursor": signals[-1].event_id}
+            self._profile_fields[sid]["profile"] = json.dumps(own)
         customer_id = customer.get("id") if isinstance(customer, dict) else None
         if not (isinstance(customer_id, str | int) and str(customer_id).strip()):
             return own

@@ -36,8 +36,15 @@ async def test_append_is_atomic_and_deduplicated(store: Store, sync_redis: redis
     events = await store.events(sid)
     assert [e.event_id for e in events] == first.event_ids + batch.event_ids
     assert sync_redis.hget(store.keys.session(sid), "cursor") == first.event_ids[0]
-    assert await store.pending_turns(sid, first.event_ids[0]) == []
-    assert [e.kind for e in await store.events(sid, first.event_ids[0])] == ["turn", "message"]
+    record, pending = await store.pending_turns(sid)
+    assert record is not None and record["cursor"] == first.event_ids[0] and pending == []
+    later = await store.append(sid, [NewEvent("message", {"role": "user", "text": "and?"}),
+                                     NewEvent("message", {"role": "agent", "text": "here"})])
+    record, pending = await store.pending_turns(sid)
+    assert [(e.event_id, e.data["text"]) for e in pending] == [(later.event_ids[0], "and?")]
+    assert await store.pending_turns("no-such-session") == (None, [])
+    assert [e.kind for e in await store.events(sid, first.event_ids[0])] == [
+        "turn", "message", "message", "message"]
     for key in (store.keys.session(sid), store.keys.events(sid), store.keys.client_ids(sid)):
         assert 0 < sync_redis.ttl(key) <= 60
 
