@@ -10,6 +10,7 @@ import argparse
 import json
 import os
 import sys
+import time
 from pathlib import Path
 from typing import Any
 
@@ -92,6 +93,14 @@ def cmd_train(args: argparse.Namespace) -> int:
         f"{meta.train_seconds:.1f}s (OOS threshold {meta.oos_threshold}) -> "
         f"{args.project / 'models' / 'intent'}"
     )
+    from model.classifier import load_project_classifier
+    from model.runtime import cache_dir, runtime_name
+
+    if runtime_name() == "onnx":
+        # Build the serving graph now, so that `deskmate run` starts without exporting it.
+        started = time.perf_counter()
+        load_project_classifier(args.project)
+        print(f"serving graph ready in {time.perf_counter() - started:.1f}s -> {cache_dir()}")
     return 0
 
 

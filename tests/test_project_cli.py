@@ -34,9 +34,14 @@ def test_init_validate_train_test_and_chat(tmp_path: Path, redis_url: str) -> No
     untrained = deskmate("test", "--project", str(project))
     assert untrained.returncode == 1 and "deskmate train" in untrained.stderr
 
-    assert deskmate("train", "--project", str(project), "--quiet").returncode == 0
+    cache = tmp_path / "graphs"
+    trained = deskmate("train", "--project", str(project), "--quiet",
+                       env={"DESKMATE_NLU_CACHE": str(cache)})
+    assert trained.returncode == 0, trained.stderr
+    # the serving graph is built by `train`, so the server starts without exporting it
+    assert "serving graph ready" in trained.stdout and len(list(cache.glob("classifier-*.onnx"))) == 1
     tested = deskmate("test", "--project", str(project), "--json", str(tmp_path / "r.json"),
-                      env={"REDIS_URL": redis_url})
+                      env={"REDIS_URL": redis_url, "DESKMATE_NLU_CACHE": str(cache)})
     assert tested.returncode == 0, tested.stdout + tested.stderr
     assert "4 passed, 0 failed" in tested.stdout and (tmp_path / "r.json").is_file()
 
