@@ -244,7 +244,8 @@ def bench_llamacpp(opts: BenchOptions, bar: tqdm) -> dict[str, Any] | None:
     if path.suffix != ".gguf":
         return None
     threads = opts.threads or os.cpu_count() or 1
-    llm = Llama(model_path=str(path), n_ctx=2048, n_threads=threads, verbose=False)
+    # Any: llama-cpp-python's TypedDicts do not cover our plain message dicts
+    llm: Any = Llama(model_path=str(path), n_ctx=2048, n_threads=threads, verbose=False)
     runs = []
     for i in range(1 if opts.quick else 3):
         t0, first, count = time.perf_counter(), 0.0, 0
