@@ -23,7 +23,7 @@ from model import artifacts
 from model.adapter import TaskModel
 from model.artifacts import Meta
 from model.data import OUT_OF_SCOPE, data_hash, load_project
-from model.encoder import Batch, SharedEncoder, load_encoder, mean_pool
+from model.encoder import Batch, SharedEncoder, by_length, load_encoder, mean_pool
 from model.intents import IntentModel
 from model.lexical import blend
 from model.runtime import OnnxGraph, ServedEncoder, compile_graph, runtime_name
@@ -95,14 +95,14 @@ class Classifier:
         if self.graph is None:
             with self._tokenize_lock:
                 return self.encoder.embed(texts)
-        out = np.zeros((len(texts), self.encoder.hidden_size), dtype=np.float32)
-        order = sorted(range(len(texts)), key=lambda i: len(texts[i]))
-        for start in range(0, len(order), 64):
-            idx = order[start : start + 64]
+        graph = self.graph
+
+        def encode(chunk: list[str]) -> np.ndarray:
             with self._tokenize_lock:
-                batch = self.encoder.tokenize([texts[i] for i in idx])
-            out[idx] = self.graph.run(batch.input_ids, batch.attention_mask, ["embedding"])["embedding"]
-        return out
+                batch = self.encoder.tokenize(chunk)
+            return graph.run(batch.input_ids, batch.attention_mask, ["embedding"])["embedding"]
+
+        return by_length(texts, encode, self.encoder.hidden_size)
 
     @torch.inference_mode()
     def parse_batch(self, texts: list[str], batch_size: int = 64, *,

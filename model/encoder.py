@@ -17,6 +17,7 @@ from __future__ import annotations
 import importlib.util
 import os
 import threading
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -183,14 +184,24 @@ class SharedEncoder:
         .encode(texts, normalize_embeddings=True)``. Texts are sorted by length so
         that batches carry little padding.
         """
-        order = sorted(range(len(texts)), key=lambda i: len(texts[i]))
-        out = np.zeros((len(texts), self.hidden_size), dtype=np.float32)
-        for start in range(0, len(order), batch_size):
-            idx = order[start : start + batch_size]
-            batch = self.tokenize([texts[i] for i in idx])
+        def encode(chunk: list[str]) -> np.ndarray:
+            batch = self.tokenize(chunk)
             hidden = self.trunk(batch, self.num_layers)
-            out[idx] = F.normalize(mean_pool(hidden, batch.attention_mask), dim=-1).numpy()
-        return out
+            return F.normalize(mean_pool(hidden, batch.attention_mask), dim=-1).numpy()
+
+        return by_length(texts, encode, self.hidden_size, batch_size)
+
+
+def by_length(texts: list[str], encode: Callable[[list[str]], np.ndarray], width: int,
+              batch_size: int = 64) -> np.ndarray:
+    """``encode`` over batches of similar length (little padding); rows in ``texts`` order,
+    (N, width) float32."""
+    order = sorted(range(len(texts)), key=lambda i: len(texts[i]))
+    out = np.zeros((len(texts), width), dtype=np.float32)
+    for start in range(0, len(order), batch_size):
+        idx = order[start : start + batch_size]
+        out[idx] = encode([texts[i] for i in idx])
+    return out
 
 
 def attention_bias(mask: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
