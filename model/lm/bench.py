@@ -248,6 +248,9 @@ def bench_llamacpp(opts: BenchOptions, bar: tqdm) -> dict[str, Any] | None:
     llm: Any = Llama(model_path=str(path), n_ctx=2048, n_threads=threads, verbose=False)
     runs = []
     for i in range(1 if opts.quick else 3):
+        # Forget the previous prompt: llama-cpp-python reuses a cached common prefix, which
+        # would make the later runs' TTFT a measure of the cache, not of prefill.
+        llm.reset()
         t0, first, count = time.perf_counter(), 0.0, 0
         for chunk in llm.create_chat_completion(support_prompt(i), max_tokens=opts.max_tokens,
                                                 temperature=0.0, stream=True):
