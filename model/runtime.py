@@ -286,7 +286,12 @@ def _export_in_child(intent: TaskModel | None, sentiment: TaskModel | None, path
     """Run :func:`main` in a fresh interpreter to write ``path`` atomically."""
     from safetensors.torch import save_file
 
-    path.parent.mkdir(parents=True, exist_ok=True)
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise DeskmateError(f"cannot write the classifier's serving graph to {path.parent} ({exc}); "
+                            "set DESKMATE_NLU_CACHE to a writable folder, or "
+                            "DESKMATE_NLU_RUNTIME=torch to serve with torch") from None
     with tempfile.TemporaryDirectory(prefix="deskmate-graph-") as tmp:
         args = [sys.executable, "-m", "model.runtime", "--out", str(path)]
         for name, task in (("intent", intent), ("sentiment", sentiment)):
@@ -303,8 +308,8 @@ def _export_in_child(intent: TaskModel | None, sentiment: TaskModel | None, path
         done = subprocess.run(args, env=env, capture_output=True, text=True)
     if done.returncode != 0 or not path.is_file():
         tail = (done.stderr or done.stdout).strip().splitlines()[-5:]
-        raise DeskmateError(f"could not build the ONNX serving graph ({path}): " + " | ".join(tail)
-                            + "; set DESKMATE_NLU_RUNTIME=torch to serve with torch")
+        raise DeskmateError(f"could not build the classifier's serving graph ({path}): "
+                            + " | ".join(tail) + "; set DESKMATE_NLU_RUNTIME=torch to serve with torch")
     _prune(path.parent, keep=path)
 
 

@@ -79,3 +79,14 @@ def test_served_encoder_refuses_torch_work() -> None:
 
     with pytest.raises(DeskmateError, match="no torch layers"):
         ServedEncoder().embed(["hello"])
+
+
+def test_unwritable_cache_is_a_clear_error(encoder: SharedEncoder, tmp_path) -> None:  # type: ignore[no-untyped-def]
+    import pytest
+
+    from bot.errors import DeskmateError
+
+    blocker = tmp_path / "not-a-folder"
+    blocker.write_text("")
+    with pytest.raises(DeskmateError, match="DESKMATE_NLU_CACHE"):
+        compile_graph(encoder, None, _task(encoder, 2, 3, seed=5), cache=blocker / "graphs")
