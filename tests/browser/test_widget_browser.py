@@ -266,6 +266,8 @@ def test_mobile_layout_fills_the_screen(server: DeskmateServer,
     widget.launcher.tap()
     widget.send("hello")
     widget.wait_bot_replies(1)
+    # The panel slides in (a 0.18 s transition); a fast reply can come before it ends.
+    widget.panel.evaluate("el => Promise.all(el.getAnimations().map(a => a.finished))")
     box = widget.panel.bounding_box()
     assert box is not None
     # Full screen, to within a device pixel (sub-pixel layout rounding differs between runs).
