@@ -77,6 +77,16 @@ async def answered(agent: Console, sid: str, text: str) -> None:
     assert ack["type"] == "ack", ack
 
 
+async def question_answered(server: Running) -> str:
+    """A customer asks QUESTION and Anna answers it with ANSWER; the proposal's id."""
+    anna = await signed_in(server, "anna")
+    shopper = await customer(server, None)
+    await shopper.say(QUESTION)
+    assert shopper.session_id
+    await answered(anna, shopper.session_id, ANSWER)
+    return proposal_id(shopper.session_id, QUESTION)
+
+
 async def proposal_frame(agent: Console, kind: str = "proposal") -> Frame:
     return (await agent.until(lambda f: f["type"] == kind))[-1]["proposal"]
 
@@ -236,12 +246,7 @@ async def test_one_proposal_per_question_and_rejecting_removes_it(
 
 async def test_reviews_need_a_live_login(servers: Servers, shop_brain: Callable[[], Brain]) -> None:
     server = await servers.start(brain=shop_brain())
-    anna = await signed_in(server, "anna")
-    shopper = await customer(server, None)
-    await shopper.say(QUESTION)
-    assert shopper.session_id
-    await answered(anna, shopper.session_id, ANSWER)
-    pid = proposal_id(shopper.session_id, QUESTION)
+    pid = await question_answered(server)
 
     # Not signed in: the first frame must sign in.
     stranger = await console(server)
@@ -271,12 +276,7 @@ async def test_a_project_without_knowledge_gets_an_index(
     brain = shop_brain()
     brain.pipeline.knowledge = None  # as a project without knowledge/ builds it
     server = await servers.start(brain=brain)
-    anna = await signed_in(server, "anna")
-    shopper = await customer(server, None)
-    await shopper.say(QUESTION)
-    assert shopper.session_id
-    await answered(anna, shopper.session_id, ANSWER)
-    pid = proposal_id(shopper.session_id, QUESTION)
+    pid = await question_answered(server)
     reviewer, pending = await reviewing(server, "rita")
     assert [p["id"] for p in pending] == [pid]
     ok = await reviewer.act({"type": "approve", "proposal_id": pid, "question": QUESTION, "answer": ANSWER})
