@@ -95,15 +95,20 @@ class Hub:
         if kind != "message" or channel not in self._listeners:
             return
         try:
-            frame = json.loads(message["data"])
+            decoded = json.loads(message["data"])
         except (TypeError, ValueError):
             log.warning("dropping undecodable frame on %s", channel)
             return
-        for listener in list(self._listeners.get(channel, ())):
-            try:
-                listener(frame)
-            except Exception:  # a broken listener must not stop the fan-out
-                log.exception("listener failed on %s", channel)
+        # A list is several frames published together (Store.publish_many), kept in order.
+        for frame in decoded if isinstance(decoded, list) else (decoded,):
+            if not isinstance(frame, dict):
+                log.warning("dropping a frame that is not an object on %s", channel)
+                continue
+            for listener in list(self._listeners.get(channel, ())):
+                try:
+                    listener(frame)
+                except Exception:  # a broken listener must not stop the fan-out
+                    log.exception("listener failed on %s", channel)
 
     async def _read(self) -> None:
         backoff = 0.1

@@ -10,7 +10,8 @@ from __future__ import annotations
 
 # KEYS: session, events, client_ids, live
 # ARGV: sid, now, ttl, channel, updates_channel, client_id, cursor, fields_json,
-#       guard_json, n, then n pairs (kind, data_json)
+#       guard_json, n, then n pairs (kind, data_json), then optionally a frame to publish
+#       on `channel` once everything is written (the end of the bot's typing indicator)
 # guard_json: {"allow": {status: agent name or "*"}, "reopen": bool,
 #              "turn": {"message": event id, "owner": lock owner}}, all optional.
 #   turn: write only if the session's turn marker (BEGIN_TURN) still names this message
@@ -114,6 +115,8 @@ for _, k in ipairs({'status', 'created_at', 'updated_at', 'last_message', 'last_
   if v then summary[k] = v end
 end
 redis.call('PUBLISH', ARGV[5], cjson.encode({type = 'session_update', session = summary}))
+local after = ARGV[11 + 2 * n]
+if after ~= nil and after ~= '' then redis.call('PUBLISH', ARGV[4], after) end
 return out
 """
 
@@ -144,7 +147,7 @@ end
 return 0
 """
 
-# KEYS: session, lock; ARGV: owner token, message event id, now.
+# KEYS: session, lock; ARGV: owner token, message event id, now, channel, frame.
 # Marks the turn for a customer message as started, before the pipeline runs (and so
 # before any custom action can have an effect). Only the lock holder may: error
 # "lock_lost" otherwise, and error "no_session" if the session expired; nothing is
@@ -152,6 +155,8 @@ return 0
 # the append that stores the turn's result. Returns {0} for a fresh start, or
 # {1, owner, started_at} when an earlier attempt started this same message and never
 # stored a result: that attempt died mid-turn, and the caller must not run it again.
+# On a fresh start, `frame` (the bot's typing indicator; '' for none) is published on
+# `channel`.
 BEGIN_TURN = r"""
 if redis.call('GET', KEYS[2]) ~= ARGV[1] then
   return redis.error_reply('lock_lost')
@@ -165,36 +170,111 @@ redis.call('HSET', KEYS[1], 'turn_message', ARGV[2], 'turn_owner', ARGV[1],
 if mark[1] == ARGV[2] then
   return {1, mark[2] or '', mark[3] or ''}
 end
+if ARGV[5] ~= '' then redis.call('PUBLISH', ARGV[4], ARGV[5]) end
 return {0}
 """
 
-# The session record and the customer's messages after its turn cursor, read in one
-# round trip: what the turn runner checks before and after taking the turn lock.
-# KEYS: session hash, events stream. Returns {record (flat HGETALL), rows}, where rows
-# are XRANGE entries of kind "message" after the cursor ({} when the session is gone).
-PENDING = r"""
+# Claims a conversation's pending turns, or lets go of it when none are left, in one
+# round trip: the session record, the customer messages after its turn cursor and the
+# turn lock are read (and the lock changed) together, so no message can slip between
+# "nothing pending" and "lock released".
+# KEYS: session hash, events stream, lock.
+# ARGV: owner token ('' for a new one), ttl_ms, mode:
+#   'peek'  read only;
+#   'take'  when a customer message is pending, take the lock (free, or already held by
+#           this owner: a release that failed during a Redis outage must not block the
+#           turn); when none is, release this owner's lock if it holds one;
+#   'next'  the holder after a turn: keep the lock (as it is) when a message is pending,
+#           release it when none is.
+# Returns {record (flat HGETALL), rows, held (1|0), lock_ttl_ms}: rows are the XRANGE
+# entries of customer (role "user") messages after the cursor; held says whether the
+# caller holds the lock after the call; lock_ttl_ms is what is left of another holder's
+# lock (0 when free or ours). {} for rows and 0 for held when the session is gone.
+CLAIM = r"""
 local record = redis.call('HGETALL', KEYS[1])
-if #record == 0 then
-  return {record, {}}
-end
-local start = '-'
-for i = 1, #record, 2 do
-  if record[i] == 'cursor' and record[i + 1] ~= '' then
-    start = '(' .. record[i + 1]
+local owner, mode = ARGV[1], ARGV[3]
+local messages = {}
+if #record > 0 then
+  local start = '-'
+  for i = 1, #record, 2 do
+    if record[i] == 'cursor' and record[i + 1] ~= '' then
+      start = '(' .. record[i + 1]
+    end
+  end
+  for _, row in ipairs(redis.call('XRANGE', KEYS[2], start, '+')) do
+    local fields = row[2]
+    local kind, data = nil, nil
+    for i = 1, #fields, 2 do
+      if fields[i] == 'kind' then
+        kind = fields[i + 1]
+      elseif fields[i] == 'data' then
+        data = fields[i + 1]
+      end
+    end
+    if kind == 'message' and data and cjson.decode(data).role == 'user' then
+      messages[#messages + 1] = row
+    end
   end
 end
-local rows = redis.call('XRANGE', KEYS[2], start, '+')
-local messages = {}
-for _, row in ipairs(rows) do
+if mode == 'peek' then
+  return {record, messages, 0, 0}
+end
+local held = redis.call('GET', KEYS[3])
+if #messages == 0 then
+  if owner ~= '' and held == owner then redis.call('DEL', KEYS[3]) end
+  return {record, messages, 0, 0}
+end
+if mode == 'take' and (held == false or held == owner) then
+  redis.call('SET', KEYS[3], owner, 'PX', ARGV[2])
+  return {record, messages, 1, 0}
+end
+if mode == 'next' and held == owner then
+  return {record, messages, 1, 0}
+end
+return {record, messages, 0, math.max(redis.call('PTTL', KEYS[3]), 0)}
+"""
+
+# What a turn needs to know of the conversation, in one round trip.
+# KEYS: events stream. ARGV: message id (the turn's customer message), history limit,
+# profile cursor ('' for the start of the stream).
+# Returns {history, signals, last_id}: history is up to `limit` message entries stored
+# before the turn's message, newest first (the stream is read backwards in pages, so a
+# long conversation costs the same as a short one); signals are the `track` entries after
+# the profile cursor, oldest first; last_id is the id of the last entry after the profile
+# cursor, of any kind ('' when there is none), where the cursor moves to.
+CONTEXT = r"""
+local limit = tonumber(ARGV[2])
+local page = math.max(limit * 4, 64)
+local history = {}
+local stop = '(' .. ARGV[1]
+while #history < limit do
+  local rows = redis.call('XREVRANGE', KEYS[1], stop, '-', 'COUNT', page)
+  for _, row in ipairs(rows) do
+    local fields = row[2]
+    for i = 1, #fields, 2 do
+      if fields[i] == 'kind' then
+        if fields[i + 1] == 'message' then history[#history + 1] = row end
+        break
+      end
+    end
+    if #history == limit then break end
+  end
+  if #rows < page then break end
+  stop = '(' .. rows[#rows][1]
+end
+local start = '-'
+if ARGV[3] ~= '' then start = '(' .. ARGV[3] end
+local signals = {}
+local last = ''
+for _, row in ipairs(redis.call('XRANGE', KEYS[1], start, '+')) do
+  last = row[1]
   local fields = row[2]
   for i = 1, #fields, 2 do
     if fields[i] == 'kind' then
-      if fields[i + 1] == 'message' then
-        messages[#messages + 1] = row
-      end
+      if fields[i + 1] == 'track' then signals[#signals + 1] = row end
       break
     end
   end
 end
-return {record, messages}
+return {history, signals, last}
 """

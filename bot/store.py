@@ -94,6 +94,32 @@ class StartedTurn:
     started_at: float | None  # when it started (epoch seconds)
 
 
+@dataclass(frozen=True)
+class Claim:
+    """A conversation's state as the turn runner finds it (see Store.claim_turns)."""
+
+    record: dict[str, str] | None  # the session record; None when the session is gone
+    pending: list[Event]  # customer messages after the turn cursor, oldest first
+    owner: str | None  # the lock owner token while the caller holds the turn lock
+    wait: float  # seconds left on another holder's lock (0 when free or ours)
+
+
+@dataclass(frozen=True)
+class TurnContext:
+    """The conversation around a turn (see Store.turn_context)."""
+
+    history: list[Event]  # messages before the turn's message, oldest first
+    signals: list[Event]  # `track` events after the profile cursor, oldest first
+    last_id: str | None  # the last event after the profile cursor, of any kind
+
+
+def _row_event(row: Sequence[Any]) -> Event:
+    """An Event from an XRANGE entry returned by a script: [id, [field, value, ...]]."""
+    event_id, flat = row
+    values = dict(zip(flat[::2], flat[1::2], strict=True))
+    return Event(str(event_id), values["kind"], float(values["ts"]), json.loads(values["data"]))
+
+
 def parse_event_id(value: str) -> tuple[int, int]:
     ms, seq = value.split("-")
     return int(ms), int(seq)
@@ -117,7 +143,8 @@ class Store:
         self._acquire = client.register_script(lua.ACQUIRE)
         self._extend = client.register_script(lua.EXTEND)
         self._begin_turn = client.register_script(lua.BEGIN_TURN)
-        self._pending = client.register_script(lua.PENDING)
+        self._claim = client.register_script(lua.CLAIM)
+        self._context = client.register_script(lua.CONTEXT)
 
     @classmethod
     def from_url(cls, url: str, *, pool_size: int = 200, pool_timeout: float = 5.0, **kwargs: Any) -> Store:
@@ -195,7 +222,7 @@ class Store:
         self, sid: str, events: Sequence[NewEvent], *, client_id: str | None = None,
         fields: Mapping[str, str | None] | None = None, cursor: str | None = None,
         allow: Mapping[str, str] | None = None, reopen: bool = False,
-        turn: tuple[str, str] | None = None,
+        turn: tuple[str, str] | None = None, then_publish: Mapping[str, Any] | None = None,
     ) -> Appended:
         """Append ``events`` atomically, update session ``fields`` and the turn ``cursor``.
 
@@ -206,7 +233,8 @@ class Store:
         :class:`Conflict`. ``reopen`` turns a closed conversation back to ``bot``.
         With ``turn`` (message event id, lock owner), nothing is written unless the
         session's turn marker still names that message and owner (see
-        :meth:`begin_turn`): raises :class:`StaleTurn`.
+        :meth:`begin_turn`): raises :class:`StaleTurn`. ``then_publish`` is an ephemeral
+        frame published after the events, by the same write (never when it is refused).
         """
         guard: dict[str, Any] = {"reopen": reopen}
         if allow is not None:
@@ -222,6 +250,7 @@ class Store:
             if not ev.kind.isidentifier():
                 raise ValueError(f"bad event kind {ev.kind!r}")
             args += [ev.kind, json.dumps(dict(ev.data), separators=(",", ":"), ensure_ascii=False)]
+        args.append(self._frame(sid, then_publish))
         keys = [self.keys.session(sid), self.keys.events(sid), self.keys.client_ids(sid),
                 self.keys.live()]
         try:
@@ -256,54 +285,69 @@ class Store:
                 out.append(Event(event_id, values["kind"], float(values["ts"]), json.loads(values["data"])))
         return out
 
-    async def messages_before(self, sid: str, before: str, limit: int) -> list[Event]:
-        """The last ``limit`` message events stored before ``before``, oldest first.
+    async def turn_context(self, sid: str, before: str, limit: int,
+                           profile_cursor: str | None) -> TurnContext:
+        """The last ``limit`` messages stored before ``before`` and the `track` events after
+        ``profile_cursor`` (the whole stream when None); one round trip.
 
-        Reads the stream backwards in pages, so a turn costs the same on a long
+        The messages are read backwards in pages, so a turn costs the same on a long
         conversation as on a short one."""
-        out: list[Event] = []
-        end = f"({before}"
-        page = max(limit * 4, 64)  # turn and slot events sit between the messages
         try:
-            while len(out) < limit:
-                rows = await self.redis.xrevrange(self.keys.events(sid), max=end, min="-", count=page)
-                for event_id, values in rows:
-                    if values["kind"] == "message":
-                        out.append(Event(event_id, values["kind"], float(values["ts"]),
-                                         json.loads(values["data"])))
-                        if len(out) == limit:
-                            break
-                if len(rows) < page:
-                    break
-                end = f"({rows[-1][0]}"
+            history, signals, last_id = await self._context(
+                keys=[self.keys.events(sid)], args=[before, limit, profile_cursor or ""])
         except (RedisError, OSError) as exc:
             raise StoreError(f"could not read events: {exc}") from exc
-        out.reverse()
-        return out
+        return TurnContext([_row_event(row) for row in reversed(history)],
+                           [_row_event(row) for row in signals], str(last_id) or None)
+
+    async def claim_turns(self, sid: str, ttl: float, owner: str | None = None, *,
+                          mode: str = "take") -> Claim:
+        """The session record and the customer messages after its turn cursor, with the
+        turn lock changed in the same round trip (``bot.lua.CLAIM``).
+
+        ``take``: when a message is pending, take the lock (``owner`` re-takes one it still
+        holds); when none is, let go of ``owner``'s lock. ``next``: the holder ``owner``
+        after a turn keeps the lock while messages are pending and releases it otherwise,
+        atomically with seeing nothing pending. ``peek``: read only."""
+        if mode not in ("take", "next", "peek"):
+            raise ValueError(f"bad claim mode {mode!r}")
+        token = owner or (secrets.token_hex(8) if mode == "take" else "")
+        try:
+            flat, rows, held, wait_ms = await self._claim(
+                keys=[self.keys.session(sid), self.keys.events(sid), self.keys.lock(sid)],
+                args=[token, int(ttl * 1000), mode])
+        except (RedisError, OSError) as exc:
+            raise StoreError(f"could not read pending turns: {exc}") from exc
+        record = dict(zip(flat[::2], flat[1::2], strict=True)) if flat else None
+        return Claim(record, [_row_event(row) for row in rows], token if int(held) else None,
+                     int(wait_ms) / 1000)
+
+    async def next_turns(self, sid: str, owner: str) -> Claim:
+        """After a turn: what is pending now; the lock is released when nothing is."""
+        return await self.claim_turns(sid, 0, owner, mode="next")
 
     async def pending_turns(self, sid: str) -> tuple[dict[str, str] | None, list[Event]]:
         """The session record (None when gone) and the customer messages stored after its
-        turn cursor, oldest first; one round trip."""
+        turn cursor, oldest first; one round trip, nothing changed."""
+        claim = await self.claim_turns(sid, 0, mode="peek")
+        return claim.record, claim.pending
+
+    async def publish_many(self, sid: str, frames: Sequence[Mapping[str, Any]]) -> None:
+        """Fan out several ephemeral frames, in order, in one message (one round trip)."""
+        payload = [{"session_id": sid, **frame} for frame in frames]
         try:
-            flat, rows = await self._pending(keys=[self.keys.session(sid), self.keys.events(sid)])
+            await self.redis.publish(self.keys.channel(sid), json.dumps(payload, ensure_ascii=False))
         except (RedisError, OSError) as exc:
-            raise StoreError(f"could not read pending turns: {exc}") from exc
-        if not flat:
-            return None, []
-        record = dict(zip(flat[::2], flat[1::2], strict=True))
-        pending = []
-        for event_id, fields in rows:
-            values = dict(zip(fields[::2], fields[1::2], strict=True))
-            data = json.loads(values["data"])
-            if data.get("role") == "user":
-                pending.append(Event(event_id, values["kind"], float(values["ts"]), data))
-        return record, pending
+            raise StoreError(f"publish failed: {exc}") from exc
+
+    @staticmethod
+    def _frame(sid: str, frame: Mapping[str, Any] | None) -> str:
+        return json.dumps({"session_id": sid, **frame}, ensure_ascii=False) if frame else ""
 
     async def publish(self, sid: str, frame: Mapping[str, Any]) -> None:
         """Fan out an ephemeral frame (typing, stream deltas) to every instance."""
-        payload = {"session_id": sid, **frame}
         try:
-            await self.redis.publish(self.keys.channel(sid), json.dumps(payload, ensure_ascii=False))
+            await self.redis.publish(self.keys.channel(sid), self._frame(sid, frame))
         except (RedisError, OSError) as exc:
             raise StoreError(f"publish failed: {exc}") from exc
 
@@ -329,16 +373,19 @@ class Store:
         except (RedisError, OSError) as exc:
             raise StoreError(f"could not release lock: {exc}") from exc
 
-    async def begin_turn(self, sid: str, owner: str, message_id: str) -> StartedTurn | None:
+    async def begin_turn(self, sid: str, owner: str, message_id: str,
+                         frame: Mapping[str, Any] | None = None) -> StartedTurn | None:
         """Record that the lock holder ``owner`` starts the turn for ``message_id``.
 
         Called before the pipeline runs, so a turn whose holder dies mid-way is known
         to have started: returns what the earlier attempt left (then the turn must not
         run again; the customer is told instead), or None for a fresh start. Raises
-        :class:`LockLost` when ``owner`` does not hold the lock (nothing is written)."""
+        :class:`LockLost` when ``owner`` does not hold the lock (nothing is written).
+        On a fresh start, ``frame`` (the typing indicator) is published in the same call."""
         try:
             out = await self._begin_turn(keys=[self.keys.session(sid), self.keys.lock(sid)],
-                                         args=[owner, message_id, repr(time.time())])
+                                         args=[owner, message_id, repr(time.time()),
+                                               self.keys.channel(sid), self._frame(sid, frame)])
         except ResponseError as exc:
             if "lock_lost" in str(exc):
                 raise LockLost(f"session {sid}: turn lock lost") from None

@@ -42,7 +42,7 @@ from bot.store import (
     Store,
 )
 from dialogue.recommend import TRACK_KINDS
-from dialogue.simple import stream_sentences
+from dialogue.simple import sentences
 from dialogue.types import (
     Conversation,
     Handoff,
@@ -66,6 +66,8 @@ ERROR_TEXT = "Sorry, something went wrong on my side. Please try again in a mome
 INTERRUPTED_TEXT = ("Sorry, I was interrupted while answering your last message and could not "
                     "finish. Please send it again.")
 RETRY_FIRST, RETRY_MAX = 0.2, 5.0  # seconds between tries while Redis fails, doubling
+TYPING_ON = {"type": "typing", "role": "bot", "on": True}
+TYPING_OFF = {"type": "typing", "role": "bot", "on": False}
 RESULT_RETRY = 15.0  # seconds a finished turn keeps trying to store its result (Redis restart)
 
 
@@ -80,7 +82,6 @@ class TurnRunner:
         self._tasks: dict[str, asyncio.Task[None]] = {}
         self._again: set[str] = set()
         self._unreleased: dict[str, str] = {}  # sid -> owner of a lock we failed to release
-        self._profile_fields: dict[str, dict[str, str]] = {}  # sid -> profile to store with the turn
         self.accepting = True
 
     def kick(self, sid: str) -> None:
@@ -135,40 +136,49 @@ class TurnRunner:
             log.exception("session %s: turn processing crashed", sid)
 
     async def _take_turns(self, sid: str) -> bool:
-        """Answer pending turns while holding the lock; False when nothing is pending."""
-        record, pending = await self.store.pending_turns(sid)
-        if record is None or not pending:
-            return False
+        """Answer pending turns while holding the lock; False when nothing is pending
+        (and the lock, if this runner held it, is released)."""
         previous = self._unreleased.pop(sid, None)
         try:
-            owner = await self.store.acquire_lock(sid, self.lock_ttl, previous)
+            # One round trip: what is pending, and the lock when something is.
+            claim = await self.store.claim_turns(sid, self.lock_ttl, previous)
         except StoreError:
             if previous is not None:
                 self._unreleased[sid] = previous
             raise
+        if claim.record is None or not claim.pending:
+            return False
+        owner = claim.owner
         if owner is None:
             # Another instance is answering (and looks again after releasing), or one
             # died holding the lock: look again shortly; once nothing is pending we
             # stop, and a dead holder's lock expires after lock_ttl.
-            await asyncio.sleep(min(await self.store.lock_ttl_left(sid), 1.0) + 0.05)
+            await asyncio.sleep(min(claim.wait, 1.0) + 0.05)
             return True
         keeper = asyncio.create_task(self._keep_lock(sid, owner))
+        released = False
         try:
-            while self.accepting and await self._process_next(sid, owner):
-                pass
+            while self.accepting and claim.record is not None and claim.pending:
+                await self._process(sid, owner, claim.record, claim.pending[0])
+                # Reads what is pending now and, when nothing is, releases the lock in the
+                # same step: a message stored later is kicked and finds the lock free.
+                claim = await self.store.next_turns(sid, owner)
+                if claim.owner is None:  # released, or lost to another holder
+                    released = not claim.pending
+                    break
         except LockLost:
             log.warning("session %s: the turn lock went to another holder; it carries on", sid)
         finally:
             keeper.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await keeper
-            try:
-                await self.store.release_lock(sid, owner)
-            except StoreError:
-                self._unreleased[sid] = owner
-        # The caller loops: a message stored while we held the lock may have been kicked
-        # in vain elsewhere; the check at the top picks it up.
-        return True
+            if not released:
+                try:
+                    await self.store.release_lock(sid, owner)
+                except StoreError:
+                    self._unreleased[sid] = owner
+        # Released with nothing pending: done. Otherwise the caller loops and looks again.
+        return not released
 
     async def _keep_lock(self, sid: str, owner: str) -> None:
         while True:
@@ -186,59 +196,52 @@ class TurnRunner:
                 log.error("session %s: lost the turn lock", sid)
                 return
 
-    async def _process_next(self, sid: str, owner: str) -> bool:
-        record, pending = await self.store.pending_turns(sid)
-        if record is None or not pending:
-            return False
-        message = pending[0]
+    async def _process(self, sid: str, owner: str, record: dict[str, str], message: Event) -> None:
         started = time.perf_counter()
         if record.get("status", "bot") != "bot":
             # An agent has the conversation (or it is closed): the bot stays quiet.
             await self.store.append(sid, [], cursor=message.event_id, fields=TURN_MARK_CLEARED)
-            return True
+            return
         await self._answer(sid, record, message, owner)
         self.metrics.turn_seconds.observe(time.perf_counter() - started)
         self.metrics.turns.inc()
-        return True
 
-    async def _conversation(self, sid: str, record: dict[str, str], upto: str) -> Conversation:
-        history = [HistoryItem(str(ev.data.get("role", "")), str(ev.data.get("text", "")))
-                   for ev in await self.store.messages_before(sid, upto, HISTORY_EVENTS)]
+    async def _conversation(self, sid: str, record: dict[str, str], upto: str,
+                            ) -> tuple[Conversation, dict[str, str | None]]:
+        """The conversation as the pipeline sees it, and the session fields to store with
+        the turn's result (the profile's new cursor and values)."""
+        own: dict[str, list[str]] = json.loads(record.get("profile") or "{}")
+        # One round trip: the recent messages, and every event since the profile cursor
+        # (the cursor moves past all of them, so a conversation without `track` events
+        # does not re-read its whole stream each turn).
+        context = await self.store.turn_context(sid, upto, HISTORY_EVENTS,
+                                                record.get("profile_cursor") or None)
         customer = json.loads(record.get("customer") or "{}")
-        return Conversation(
+        fields: dict[str, str | None] = {}
+        if context.last_id:
+            fields["profile_cursor"] = context.last_id
+        if context.signals:
+            fields["profile"] = json.dumps(_profile_from(own, context.signals))
+        conversation = Conversation(
             session_id=sid, status=record.get("status", "bot"),
             slots=json.loads(record.get("slots") or "{}"),
             customer=customer,
-            history=history,
+            history=[HistoryItem(str(ev.data.get("role", "")), str(ev.data.get("text", "")))
+                     for ev in context.history],
             state=json.loads(record.get("state") or "{}"),
-            profile=await self._profile(sid, record, customer),
+            profile=await self._profile(own, customer, bool(context.signals)),
         )
+        return conversation, fields
 
-    async def _profile(self, sid: str, record: dict[str, str], customer: dict[str, Any],
+    async def _profile(self, own: dict[str, list[str]], customer: dict[str, Any], changed: bool,
                        ) -> dict[str, list[str]]:
         """Product ids the customer viewed, put in the cart or bought: from this conversation's
-        `track` events, after those of earlier conversations when the host page names the
-        customer (``customer.id`` in the start frame).
+        `track` events (``own``, already updated), after those of earlier conversations when
+        the host page names the customer (``customer.id`` in the start frame).
 
         The conversation's own profile is kept in its session record with the id of the last
-        event read (of any kind), so a turn reads only the events since the previous turn; the new values
-        are stored with the turn's replies (see ``_answer``)."""
-        own: dict[str, list[str]] = json.loads(record.get("profile") or "{}")
-        cursor = record.get("profile_cursor") or None
-        # Everything since the cursor is read and the cursor moves past all of it, so a
-        # conversation without `track` events does not re-read its whole stream each turn.
-        read = await self.store.events(sid, cursor)
-        signals = [ev for ev in read if ev.kind == "track"]
-        for ev in signals:
-            kind = TRACK_KINDS.get(str(ev.data.get("name", "")))
-            data = ev.data.get("data") or {}
-            pid = data.get("product_id") or data.get("id") if isinstance(data, dict) else None
-            if kind and isinstance(pid, str):
-                _remember(own.setdefault(kind, []), pid)
-        if read:
-            self._profile_fields[sid] = {"profile_cursor": read[-1].event_id}
-        if signals:
-            self._profile_fields[sid]["profile"] = json.dumps(own)
+        event read (of any kind), so a turn reads only the events since the previous turn; the
+        new values are stored with the turn's replies (see ``_answer``)."""
         customer_id = customer.get("id") if isinstance(customer, dict) else None
         if not (isinstance(customer_id, str | int) and str(customer_id).strip()):
             return own
@@ -246,12 +249,12 @@ class TurnRunner:
         for kind, ids in own.items():
             for pid in ids:
                 _remember(merged.setdefault(kind, []), pid)
-        if signals:
+        if changed:
             await self.store.save_customer_profile(str(customer_id), merged)
         return merged
 
     async def _answer(self, sid: str, record: dict[str, str], message: Event, owner: str) -> None:
-        conversation = await self._conversation(sid, record, message.event_id)
+        conversation, fields = await self._conversation(sid, record, message.event_id)
         text = str(message.data.get("text", ""))
         nlu = vector = None
         if self.understand is not None:
@@ -262,14 +265,14 @@ class TurnRunner:
         user = UserMessage(message.event_id, text, message.data.get("payload"), nlu, vector)
         # Everything above only reads. From here on the pipeline may act (custom actions):
         # mark the turn started first, so that it is never run a second time.
-        earlier = await self.store.begin_turn(sid, owner, message.event_id)
+        # The typing indicator goes out with the marker, in the same round trip.
+        earlier = await self.store.begin_turn(sid, owner, message.event_id, TYPING_ON)
         if earlier is not None:
             await self._interrupted(sid, message, owner, earlier)
             return
         events: list[NewEvent] = []
-        fields: dict[str, str | None] = dict(self._profile_fields.pop(sid, {}))
         slots = dict(conversation.slots)
-        await self._publish(sid, {"type": "typing", "role": "bot", "on": True})
+        typing_ended = False
         try:
             async for out in self.pipeline.respond(conversation, user):
                 if isinstance(out, TurnAnalysis):
@@ -281,10 +284,7 @@ class TurnRunner:
                     slots[out.name] = out.value
                     events.append(NewEvent("slot", {"name": out.name, "value": out.value}))
                 elif isinstance(out, Reply):
-                    # Streamed like generated text (a sentence a time): one way for clients to show replies.
-                    streamed = StreamedReply(stream_sentences(out.text), out.buttons, out.cards, out.name,
-                                             out.sources)
-                    events.append(await self._stream(sid, streamed, message.event_id))
+                    events.append(await self._stream_written(sid, out, message.event_id))
                 elif isinstance(out, StreamedReply):
                     events.append(await self._stream(sid, out, message.event_id))
                 elif isinstance(out, StateUpdate):
@@ -303,20 +303,26 @@ class TurnRunner:
                 fields["last_role"] = "bot"
             # One atomic write: the replies and the cursor move together, and only while the
             # bot still has the conversation (an agent may have taken over mid-turn).
+            # The write also ends the typing indicator.
             try:
-                await self._finish(sid, message.event_id, owner, events, fields, allow={"bot": "*"})
+                await self._finish(sid, message.event_id, owner, events, fields, allow={"bot": "*"},
+                                   then_publish=TYPING_OFF)
             except Conflict as exc:
                 log.info("session %s: %s during the turn; the bot's reply is dropped", sid, exc)
-                await self._finish(sid, message.event_id, owner, [], {})
+                await self._finish(sid, message.event_id, owner, [], {}, then_publish=TYPING_OFF)
+            typing_ended = True
         except (asyncio.CancelledError, StoreError):
             raise
         except Exception:
             log.exception("session %s: pipeline failed on %s", sid, message.event_id)
             self.metrics.errors.labels("pipeline").inc()
             await self._finish(sid, message.event_id, owner,
-                               [_bot_message(ERROR_TEXT, [], [], message.event_id)], {})
+                               [_bot_message(ERROR_TEXT, [], [], message.event_id)], {},
+                               then_publish=TYPING_OFF)
+            typing_ended = True
         finally:
-            await self._publish(sid, {"type": "typing", "role": "bot", "on": False})
+            if not typing_ended:  # the result was not stored by us (refused, or Redis away)
+                await self._publish(sid, TYPING_OFF)
 
     async def _interrupted(self, sid: str, message: Event, owner: str, earlier: StartedTurn) -> None:
         """Tell the customer that the turn for ``message`` was cut off, instead of running it
@@ -337,7 +343,8 @@ class TurnRunner:
                            {"last_message": INTERRUPTED_TEXT[:200], "last_role": "system"})
 
     async def _finish(self, sid: str, message_id: str, owner: str, events: list[NewEvent],
-                      fields: dict[str, str | None], *, allow: dict[str, str] | None = None) -> None:
+                      fields: dict[str, str | None], *, allow: dict[str, str] | None = None,
+                      then_publish: dict[str, Any] | None = None) -> None:
         """Store a turn's result, move the cursor past ``message_id`` and clear the turn marker,
         in one write that only the turn's own holder can make.
 
@@ -349,7 +356,8 @@ class TurnRunner:
         while True:
             try:
                 await self.store.append(sid, events, fields={**fields, **TURN_MARK_CLEARED},
-                                        cursor=message_id, allow=allow, turn=(message_id, owner))
+                                        cursor=message_id, allow=allow, turn=(message_id, owner),
+                                        then_publish=then_publish)
                 return
             except StaleTurn as exc:
                 log.warning("session %s: the result of the turn for %s is dropped: %s",
@@ -371,6 +379,19 @@ class TurnRunner:
             return False
         return True
 
+    async def _stream_written(self, sid: str, reply: Reply, reply_to: str) -> NewEvent:
+        """A reply whose whole text is known, streamed like generated text (a sentence a
+        time, so clients show every reply one way), with its frames in one publish."""
+        stream_id = uuid.uuid4().hex
+        parts = sentences(reply.text)
+        frames = [{"type": "stream_start", "stream_id": stream_id, "role": "bot"},
+                  *({"type": "stream_delta", "stream_id": stream_id, "text": chunk} for chunk in parts)]
+        with contextlib.suppress(StoreError):  # best effort, as for _publish
+            await self.store.publish_many(sid, frames)
+        event = _bot_message("".join(parts).strip(), reply.buttons, reply.cards, reply_to, reply.name,
+                             reply.sources)
+        return NewEvent("message", {**event.data, "stream_id": stream_id})
+
     async def _stream(self, sid: str, reply: StreamedReply, reply_to: str) -> NewEvent:
         stream_id = uuid.uuid4().hex
         # Once a publish fails (Redis away) the rest of this reply's deltas are not tried:
@@ -387,6 +408,17 @@ class TurnRunner:
         event = _bot_message("".join(parts).strip(), reply.buttons, reply.cards, reply_to, reply.name,
                              reply.sources)
         return NewEvent("message", {**event.data, "stream_id": stream_id})
+
+
+def _profile_from(own: dict[str, list[str]], signals: list[Event]) -> dict[str, list[str]]:
+    """Add the product ids of `track` events to ``own`` (in place) and return it."""
+    for ev in signals:
+        kind = TRACK_KINDS.get(str(ev.data.get("name", "")))
+        data = ev.data.get("data") or {}
+        pid = data.get("product_id") or data.get("id") if isinstance(data, dict) else None
+        if kind and isinstance(pid, str):
+            _remember(own.setdefault(kind, []), pid)
+    return own
 
 
 def _remember(items: list[str], pid: str) -> None:

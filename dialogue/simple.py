@@ -3,18 +3,16 @@
 :class:`ExampleMatcher` reads an intent from word overlap with the project's NLU
 examples (TF-IDF-weighted cosine similarity) when no trained classifier is
 given; :func:`parse_payload` reads Rasa's button payloads (``/intent`` or
-``/intent{"slot": "value"}``); :func:`stream_sentences` says a written text a sentence
-at a time.
+``/intent{"slot": "value"}``); :func:`sentences` cuts a written text into the sentences
+it is streamed in.
 """
 
 from __future__ import annotations
 
-import asyncio
 import json
 import math
 import re
 from collections import Counter
-from collections.abc import AsyncIterator
 from typing import Any
 
 _WORD = re.compile(r"\w+", re.UNICODE)
@@ -73,11 +71,8 @@ def parse_payload(payload: str) -> tuple[str, dict[str, Any]] | None:
 _SENTENCE = re.compile(r".+?(?:[.!?…:](?=\s)\s*|\n+|$)", re.DOTALL)
 
 
-async def stream_sentences(text: str) -> AsyncIterator[str]:
-    """Yield ``text`` a sentence (or line) at a time, letting other turns run. A written
-    response is ready at once: word-sized pieces would cost a Redis publish and a websocket
-    frame per word for nothing (generated text streams as the model writes it)."""
-    for piece in _SENTENCE.findall(text):
-        if piece:
-            yield piece
-            await asyncio.sleep(0)
+def sentences(text: str) -> list[str]:
+    """``text`` cut into sentences (or lines), the pieces a written response is streamed in.
+    A written response is ready at once: word-sized pieces would cost a websocket frame per
+    word for nothing (generated text streams as the model writes it)."""
+    return [piece for piece in _SENTENCE.findall(text) if piece]

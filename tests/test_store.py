@@ -2,13 +2,14 @@
 
 from __future__ import annotations
 
+import json
 from collections.abc import AsyncIterator
 
 import pytest
 import redis
 
 from bot.errors import StoreError
-from bot.store import NewEvent, Store
+from bot.store import TURN_MARK_CLEARED, NewEvent, StaleTurn, Store
 
 
 @pytest.fixture
@@ -78,14 +79,89 @@ async def test_every_key_carries_the_prefix(store: Store, sync_redis: redis.Redi
     assert sync_redis.zscore(store.keys.live(), sid) is not None
 
 
-async def test_messages_before_pages_backwards(store: Store) -> None:
+async def test_turn_context_pages_backwards_and_reads_signals_since_the_cursor(store: Store) -> None:
     sid, _ = await store.create_session()
     ids = []
     for i in range(150):
         out = await store.append(sid, [NewEvent("message", {"role": "user", "text": f"m{i}"}),
                                        NewEvent("turn", {"intent": "x"})])
         ids.append(out.event_ids[0])
-    recent = await store.messages_before(sid, ids[120], 50)
-    assert [e.data["text"] for e in recent] == [f"m{i}" for i in range(70, 120)]
-    assert [e.data["text"] for e in await store.messages_before(sid, ids[3], 50)] == ["m0", "m1", "m2"]
-    assert await store.messages_before(sid, ids[0], 50) == []
+    tracked = await store.append(sid, [NewEvent("track", {"name": "product_viewed",
+                                                          "data": {"product_id": "p1"}}),
+                                       NewEvent("turn", {"intent": "y"})])
+    context = await store.turn_context(sid, ids[120], 50, None)
+    assert [e.data["text"] for e in context.history] == [f"m{i}" for i in range(70, 120)]
+    assert [e.event_id for e in context.signals] == tracked.event_ids[:1]
+    assert context.last_id == tracked.event_ids[1]  # the cursor moves past every kind
+    assert [e.data["text"] for e in (await store.turn_context(sid, ids[3], 50, None)).history] == [
+        "m0", "m1", "m2"]
+    later = await store.turn_context(sid, ids[0], 50, tracked.event_ids[0])
+    assert later.history == [] and later.signals == [] and later.last_id == tracked.event_ids[1]
+    done = await store.turn_context(sid, ids[0], 50, tracked.event_ids[1])
+    assert done.signals == [] and done.last_id is None
+
+
+async def test_claim_takes_the_lock_only_when_a_message_is_pending(store: Store) -> None:
+    sid, _ = await store.create_session()
+    idle = await store.claim_turns(sid, 5)
+    assert idle.record is not None and idle.pending == [] and idle.owner is None
+    assert await store.lock_ttl_left(sid) == 0
+    stored = await store.append(sid, [NewEvent("message", {"role": "user", "text": "hi"}),
+                                      NewEvent("message", {"role": "bot", "text": "not a turn"})])
+    claim = await store.claim_turns(sid, 5)
+    assert claim.owner and [e.event_id for e in claim.pending] == stored.event_ids[:1]
+    other = await store.claim_turns(sid, 5)  # another instance: told how long to wait
+    assert other.owner is None and 0 < other.wait <= 5 and len(other.pending) == 1
+    assert (await store.claim_turns(sid, 5, mode="peek")).owner is None
+    # The holder keeps the lock while a message is pending ...
+    kept = await store.next_turns(sid, claim.owner)
+    assert kept.owner == claim.owner and await store.lock_ttl_left(sid) > 0
+    # ... and lets go of it in the same step as seeing that nothing is.
+    await store.append(sid, [], cursor=stored.event_ids[0])
+    assert not await store.next_turns(sid, "someone-else") == kept  # not the holder: no change
+    assert await store.lock_ttl_left(sid) > 0
+    done = await store.next_turns(sid, claim.owner)
+    assert done.owner is None and done.pending == [] and await store.lock_ttl_left(sid) == 0
+    # A lock whose release failed is let go of by its owner's next look at an idle session.
+    again = await store.acquire_lock(sid, 5)
+    assert again and (await store.claim_turns(sid, 5, again)).owner is None
+    assert await store.lock_ttl_left(sid) == 0
+    gone = await store.claim_turns("no-such-session", 5)
+    assert gone.record is None and gone.pending == [] and gone.owner is None
+    with pytest.raises(ValueError, match="bad claim mode"):
+        await store.claim_turns(sid, 5, mode="grab")
+
+
+async def test_turn_frames_ride_on_the_writes(store: Store) -> None:
+    """The typing indicator goes out with the turn marker and ends with the result's write;
+    several frames published together arrive as one message, in order."""
+    sid, _ = await store.create_session()
+    stored = await store.append(sid, [NewEvent("message", {"role": "user", "text": "hi"})])
+    owner = await store.acquire_lock(sid, 5) or ""
+    pubsub = store.redis.pubsub()
+    await pubsub.subscribe(store.keys.channel(sid))
+    try:
+        assert await store.begin_turn(sid, owner, stored.event_ids[0], {"type": "typing", "on": True}) is None
+        await store.publish_many(sid, [{"type": "stream_start", "stream_id": "s"},
+                                       {"type": "stream_delta", "stream_id": "s", "text": "Hello."}])
+        await store.append(sid, [NewEvent("message", {"role": "bot", "text": "Hello."})],
+                           cursor=stored.event_ids[0], turn=(stored.event_ids[0], owner),
+                           fields=TURN_MARK_CLEARED, then_publish={"type": "typing", "on": False})
+        # A refused write publishes nothing.
+        with pytest.raises(StaleTurn):
+            await store.append(sid, [], turn=(stored.event_ids[0], owner),
+                               then_publish={"type": "typing", "on": False})
+        seen = []
+        for _ in range(50):  # a call that reads the subscribe confirmation returns None
+            message = await pubsub.get_message(ignore_subscribe_messages=True, timeout=0.2)
+            if message is not None:
+                seen.append(json.loads(message["data"]))
+            elif len(seen) >= 4:
+                break
+    finally:
+        await pubsub.aclose()
+    assert len(seen) == 4, seen
+    assert seen[0] == {"session_id": sid, "type": "typing", "on": True}
+    assert [f["type"] for f in seen[1]] == ["stream_start", "stream_delta"]
+    assert seen[2]["type"] == "message" and seen[2]["text"] == "Hello."
+    assert seen[3] == {"session_id": sid, "type": "typing", "on": False}
