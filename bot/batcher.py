@@ -1,8 +1,11 @@
 """Micro-batching of classifier calls across conversations.
 
-Turns arriving together are read in one ``parse_batch`` call on one worker
-thread: one batched forward pass costs far less than many single ones, and
-torch never runs in several threads at once fighting over the same cores.
+Turns arriving together are read in one ``parse_batch`` call on a worker
+thread: one batched forward pass costs far less than many single ones. Up to
+``workers`` batches run at once (two by default): while one runs, the next
+collects what arrives and starts as soon as it is ready, so under load both
+cores serve the model instead of the second waiting for the first batch's
+slowest, most parallel-unfriendly steps (docs/benchmarks.md, "Load").
 """
 
 from __future__ import annotations
@@ -21,20 +24,24 @@ BatchFn = Callable[[list[str]], list[dict[str, Any]]]
 class MicroBatcher:
     """``await batcher(text)`` -> ``fn([text, ...])[i]``, batching concurrent callers.
 
-    A batch is sent as soon as the worker is free: whatever queued while the previous
-    batch ran goes together (up to ``max_batch``), so a lone caller waits for no timer.
+    A batch is sent as soon as a worker is free: whatever queued while the others
+    ran goes together (up to ``max_batch``), so a lone caller waits for no timer.
     """
 
-    def __init__(self, fn: BatchFn, *, max_batch: int = 32) -> None:
+    def __init__(self, fn: BatchFn, *, max_batch: int = 32, workers: int = 1) -> None:
         self.fn = fn
         self.max_batch = max_batch
+        self.workers = workers
         self.batches = 0  # batches run so far (for metrics and tests)
         self._queue: asyncio.Queue[tuple[str, asyncio.Future[dict[str, Any]]]] = asyncio.Queue()
-        self._task: asyncio.Task[None] | None = None
+        self._tasks: list[asyncio.Task[None]] = []
 
     async def __call__(self, text: str) -> dict[str, Any]:
-        if self._task is None or self._task.done():
-            self._task = asyncio.create_task(self._run(), name="nlu-batcher")
+        if not self._tasks or any(t.done() for t in self._tasks):
+            for t in self._tasks:
+                t.cancel()
+            self._tasks = [asyncio.create_task(self._run(), name=f"nlu-batcher-{i}")
+                           for i in range(self.workers)]
         future: asyncio.Future[dict[str, Any]] = asyncio.get_running_loop().create_future()
         await self._queue.put((text, future))
         return await future
@@ -61,7 +68,7 @@ class MicroBatcher:
                     future.set_result(result)
 
     async def close(self) -> None:
-        if self._task is not None:
-            self._task.cancel()
+        for task in self._tasks:
+            task.cancel()
             with contextlib.suppress(asyncio.CancelledError):
-                await self._task
+                await task

@@ -48,6 +48,7 @@ class Settings:
     redact_pii: bool = True  # mask e-mails, phones, card numbers in logs and remote-LM prompts
     session_ttl: int = 7 * 24 * 3600  # seconds of inactivity before a session expires
     turn_lock_ttl: float = 30.0  # seconds a turn lock lives without renewal
+    nlu_batches: int = 2  # classifier batches run at once (each on its own worker thread)
     shutdown_grace: float = 10.0  # seconds running turns get to finish on SIGTERM
     agent_token_ttl: int = 12 * 3600  # seconds an agent console login stays valid
     action_endpoint: str | None = None  # rasa-sdk action server webhook URL; None: the project's actions/
@@ -70,6 +71,7 @@ class Settings:
         _check(self.log_format in LOG_FORMATS, "log_format", f"must be one of {', '.join(LOG_FORMATS)}")
         _check(self.session_ttl >= 1, "session_ttl", "must be at least 1 second")
         _check(self.turn_lock_ttl >= 1, "turn_lock_ttl", "must be at least 1 second")
+        _check(1 <= self.nlu_batches <= 16, "nlu_batches", "must be 1..16")
         _check(self.shutdown_grace >= 0, "shutdown_grace", "must not be negative")
         _check(self.agent_token_ttl >= 1, "agent_token_ttl", "must be at least 1 second")
         _check(bool(self.key_prefix), "key_prefix", "must not be empty")

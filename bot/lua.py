@@ -8,12 +8,202 @@ subscribers see frames in exactly the order of the stream.
 
 from __future__ import annotations
 
-# KEYS: session, events, client_ids, live
+# KEYS: lock; ARGV: owner token. Deletes the lock only if we still own it.
+RELEASE = r"""
+if redis.call('GET', KEYS[1]) == ARGV[1] then
+  return redis.call('DEL', KEYS[1])
+end
+return 0
+"""
+
+# KEYS: lock; ARGV: owner token, ttl_ms. Extends the lock only if we still own it.
+EXTEND = r"""
+if redis.call('GET', KEYS[1]) == ARGV[1] then
+  return redis.call('PEXPIRE', KEYS[1], ARGV[2])
+end
+return 0
+"""
+
+# KEYS: lock; ARGV: owner token, ttl_ms. Takes a free lock, or re-takes one this owner
+# still holds (a release that failed during a Redis outage must not block the turn).
+ACQUIRE = r"""
+local held = redis.call('GET', KEYS[1])
+if held == false or held == ARGV[1] then
+  redis.call('SET', KEYS[1], ARGV[1], 'PX', ARGV[2])
+  return 1
+end
+return 0
+"""
+
+# -- the turn runner's scripts, built from shared Lua functions -----------------------
+
+# begin(session, lock, owner, message id, now, channel, frame)
+# Marks the turn for a customer message as started, before the pipeline runs (and so
+# before any custom action can have an effect). Only the lock holder may: error
+# "lock_lost" otherwise, and error "no_session" if the session expired; nothing is
+# written then. The marker (turn_message, turn_owner, turn_started_at) is removed by
+# the append that stores the turn's result. Returns {0} for a fresh start, or
+# {1, owner, started_at} when an earlier attempt started this same message and never
+# stored a result: that attempt died mid-turn, and the caller must not run it again.
+# On a fresh start, `frame` (the bot's typing indicator; '' for none) is published on
+# `channel`.
+_BEGIN_FN = r"""
+local function begin(session, lock, owner, message, now, channel, frame)
+  if redis.call('GET', lock) ~= owner then
+    return redis.error_reply('lock_lost')
+  end
+  if redis.call('EXISTS', session) == 0 then
+    return redis.error_reply('no_session')
+  end
+  local mark = redis.call('HMGET', session, 'turn_message', 'turn_owner', 'turn_started_at')
+  redis.call('HSET', session, 'turn_message', message, 'turn_owner', owner,
+             'turn_started_at', now)
+  if mark[1] == message then
+    return {1, mark[2] or '', mark[3] or ''}
+  end
+  if frame ~= '' then redis.call('PUBLISH', channel, frame) end
+  return {0}
+end
+"""
+
+# claim(session, events, lock, owner, ttl_ms, mode)
+# A conversation's pending turns, with its turn lock changed in the same step, so no
+# message can slip between "nothing pending" and "lock released". `owner` is '' for none.
+# mode:
+#   'peek'  read only;
+#   'take'  when a customer message is pending, take the lock (free, or already held by
+#           this owner: a release that failed during a Redis outage must not block the
+#           turn); when none is, release this owner's lock if it holds one;
+#   'next'  the holder after a turn: keep the lock (as it is) when a message is pending,
+#           release it when none is.
+# Returns {record (flat HGETALL), rows, held (1|0), lock_ttl_ms}: rows are the XRANGE
+# entries of customer (role "user") messages after the session's turn cursor; held says
+# whether the caller holds the lock after the call; lock_ttl_ms is what is left of
+# another holder's lock (0 when free or ours). {} for rows and 0 for held when the
+# session is gone.
+_CLAIM_FN = r"""
+local function claim(session, events, lock, owner, ttl_ms, mode)
+  local record = redis.call('HGETALL', session)
+  local messages = {}
+  if #record > 0 then
+    local start = '-'
+    for i = 1, #record, 2 do
+      if record[i] == 'cursor' and record[i + 1] ~= '' then
+        start = '(' .. record[i + 1]
+      end
+    end
+    for _, row in ipairs(redis.call('XRANGE', events, start, '+')) do
+      local fields = row[2]
+      local kind, data = nil, nil
+      for i = 1, #fields, 2 do
+        if fields[i] == 'kind' then
+          kind = fields[i + 1]
+        elseif fields[i] == 'data' then
+          data = fields[i + 1]
+        end
+      end
+      if kind == 'message' and data and cjson.decode(data).role == 'user' then
+        messages[#messages + 1] = row
+      end
+    end
+  end
+  if mode == 'peek' then
+    return {record, messages, 0, 0}
+  end
+  local held = redis.call('GET', lock)
+  if #messages == 0 then
+    if owner ~= '' and held == owner then redis.call('DEL', lock) end
+    return {record, messages, 0, 0}
+  end
+  if mode == 'take' and (held == false or held == owner) then
+    redis.call('SET', lock, owner, 'PX', ttl_ms)
+    return {record, messages, 1, 0}
+  end
+  if mode == 'next' and held == owner then
+    return {record, messages, 1, 0}
+  end
+  return {record, messages, 0, math.max(redis.call('PTTL', lock), 0)}
+end
+"""
+
+# context(events, message id, limit, profile cursor)
+# What a turn needs to know of the conversation. Returns {history, signals, last_id}:
+# history is up to `limit` message entries stored before the turn's message, newest
+# first (the stream is read backwards in pages, so a long conversation costs the same as
+# a short one); signals are the `track` entries after the profile cursor ('' for the
+# start of the stream), oldest first; last_id is the id of the last entry after the
+# profile cursor, of any kind ('' when there is none), where the cursor moves to.
+_CONTEXT_FN = r"""
+local function context(events, message, limit, cursor)
+  local page = math.max(limit * 4, 64)
+  local history = {}
+  local stop = '(' .. message
+  while #history < limit do
+    local rows = redis.call('XREVRANGE', events, stop, '-', 'COUNT', page)
+    for _, row in ipairs(rows) do
+      local fields = row[2]
+      for i = 1, #fields, 2 do
+        if fields[i] == 'kind' then
+          if fields[i + 1] == 'message' then history[#history + 1] = row end
+          break
+        end
+      end
+      if #history == limit then break end
+    end
+    if #rows < page then break end
+    stop = '(' .. rows[#rows][1]
+  end
+  local start = '-'
+  if cursor ~= '' then start = '(' .. cursor end
+  local signals = {}
+  local last = ''
+  for _, row in ipairs(redis.call('XRANGE', events, start, '+')) do
+    last = row[1]
+    local fields = row[2]
+    for i = 1, #fields, 2 do
+      if fields[i] == 'kind' then
+        if fields[i + 1] == 'track' then signals[#signals + 1] = row end
+        break
+      end
+    end
+  end
+  return {history, signals, last}
+end
+"""
+
+# KEYS: session, lock; ARGV: owner token, message event id, now, channel, frame.
+# See begin().
+BEGIN_TURN = _BEGIN_FN + r"""
+return begin(KEYS[1], KEYS[2], ARGV[1], ARGV[2], ARGV[3], ARGV[4], ARGV[5])
+"""
+
+# KEYS: session, events, lock; ARGV: owner token ('' for a new one), ttl_ms, mode.
+# See claim().
+CLAIM = _CLAIM_FN + r"""
+return claim(KEYS[1], KEYS[2], KEYS[3], ARGV[1], ARGV[2], ARGV[3])
+"""
+
+# KEYS: events; ARGV: message id, history limit, profile cursor. See context().
+CONTEXT = _CONTEXT_FN + r"""
+return context(KEYS[1], ARGV[1], tonumber(ARGV[2]), ARGV[3])
+"""
+
+# The start of a turn in one round trip: begin() and then, on a fresh start, context().
+# KEYS: session, lock, events; ARGV: owner token, message event id, now, channel, frame,
+# history limit, profile cursor. Returns {begin's reply, context's reply or {}}.
+START_TURN = _BEGIN_FN + _CONTEXT_FN + r"""
+local started = begin(KEYS[1], KEYS[2], ARGV[1], ARGV[2], ARGV[3], ARGV[4], ARGV[5])
+if started.err then return started end
+if started[1] ~= 0 then return {started, {}} end
+return {started, context(KEYS[3], ARGV[2], tonumber(ARGV[6]), ARGV[7])}
+"""
+
+# KEYS: session, events, client_ids, live, and the lock when guard_json has `next`
 # ARGV: sid, now, ttl, channel, updates_channel, client_id, cursor, fields_json,
 #       guard_json, n, then n pairs (kind, data_json), then optionally a frame to publish
 #       on `channel` once everything is written (the end of the bot's typing indicator)
 # guard_json: {"allow": {status: agent name or "*"}, "reopen": bool,
-#              "turn": {"message": event id, "owner": lock owner}}, all optional.
+#              "turn": {"message": event id, "owner": lock owner}, "next": owner}, all optional.
 #   turn: write only if the session's turn marker (BEGIN_TURN) still names this message
 #   and owner; else error "stale_turn <owner>". Checked before `allow`: a turn result
 #   from a holder that lost the turn is refused whatever the conversation's status.
@@ -22,8 +212,13 @@ from __future__ import annotations
 #   the client_id dedupe, so a resend of a stored message is acked even if the
 #   conversation changed hands since. reopen: a closed conversation becomes `bot`
 #   again (a customer writing); decided here so a close on another instance counts.
-# Returns {duplicate(0|1), event_id...}; error "no_session" if the session expired.
-APPEND = r"""
+#   next: the lock owner token of a turn's holder: once the write is done, claim() in
+#   'next' mode (what is pending now; the lock is released when nothing is).
+# The events and the trailing frame are published as one message: the frame itself when
+# there is one, else a JSON array of them in order.
+# Returns {duplicate(0|1), event_id...}, or {that, claim()'s reply} with `next`; error
+# "no_session" if the session expired.
+APPEND = _CLAIM_FN + r"""
 if redis.call('EXISTS', KEYS[1]) == 0 then
   return redis.error_reply('no_session')
 end
@@ -57,6 +252,7 @@ local n = tonumber(ARGV[10])
 local out = {0}
 local last = nil
 local trend = nil
+local frames = {}
 for i = 0, n - 1 do
   local kind, data = ARGV[11 + 2 * i], ARGV[12 + 2 * i]
   local id = redis.call('XADD', KEYS[2], '*', 'kind', kind, 'ts', now, 'data', data)
@@ -77,8 +273,15 @@ for i = 0, n - 1 do
   end
   local rest = ''
   if data ~= '{}' then rest = ',' .. string.sub(data, 2, -2) end
-  redis.call('PUBLISH', ARGV[4], '{"type":"' .. kind .. '","session_id":"' .. sid ..
-    '","event_id":"' .. id .. '","ts":' .. now .. rest .. '}')
+  frames[#frames + 1] = '{"type":"' .. kind .. '","session_id":"' .. sid ..
+    '","event_id":"' .. id .. '","ts":' .. now .. rest .. '}'
+end
+local after = ARGV[11 + 2 * n]
+if after ~= nil and after ~= '' then frames[#frames + 1] = after end
+if #frames == 1 then
+  redis.call('PUBLISH', ARGV[4], frames[1])
+elseif #frames > 1 then
+  redis.call('PUBLISH', ARGV[4], '[' .. table.concat(frames, ',') .. ']')
 end
 if client_id ~= '' and last then
   redis.call('HSET', KEYS[3], client_id, out[2])
@@ -115,166 +318,8 @@ for _, k in ipairs({'status', 'created_at', 'updated_at', 'last_message', 'last_
   if v then summary[k] = v end
 end
 redis.call('PUBLISH', ARGV[5], cjson.encode({type = 'session_update', session = summary}))
-local after = ARGV[11 + 2 * n]
-if after ~= nil and after ~= '' then redis.call('PUBLISH', ARGV[4], after) end
+if type(guard.next) == 'string' then
+  return {out, claim(KEYS[1], KEYS[2], KEYS[5], guard.next, 0, 'next')}
+end
 return out
-"""
-
-# KEYS: lock; ARGV: owner token. Deletes the lock only if we still own it.
-RELEASE = r"""
-if redis.call('GET', KEYS[1]) == ARGV[1] then
-  return redis.call('DEL', KEYS[1])
-end
-return 0
-"""
-
-# KEYS: lock; ARGV: owner token, ttl_ms. Extends the lock only if we still own it.
-EXTEND = r"""
-if redis.call('GET', KEYS[1]) == ARGV[1] then
-  return redis.call('PEXPIRE', KEYS[1], ARGV[2])
-end
-return 0
-"""
-
-# KEYS: lock; ARGV: owner token, ttl_ms. Takes a free lock, or re-takes one this owner
-# still holds (a release that failed during a Redis outage must not block the turn).
-ACQUIRE = r"""
-local held = redis.call('GET', KEYS[1])
-if held == false or held == ARGV[1] then
-  redis.call('SET', KEYS[1], ARGV[1], 'PX', ARGV[2])
-  return 1
-end
-return 0
-"""
-
-# KEYS: session, lock; ARGV: owner token, message event id, now, channel, frame.
-# Marks the turn for a customer message as started, before the pipeline runs (and so
-# before any custom action can have an effect). Only the lock holder may: error
-# "lock_lost" otherwise, and error "no_session" if the session expired; nothing is
-# written then. The marker (turn_message, turn_owner, turn_started_at) is removed by
-# the append that stores the turn's result. Returns {0} for a fresh start, or
-# {1, owner, started_at} when an earlier attempt started this same message and never
-# stored a result: that attempt died mid-turn, and the caller must not run it again.
-# On a fresh start, `frame` (the bot's typing indicator; '' for none) is published on
-# `channel`.
-BEGIN_TURN = r"""
-if redis.call('GET', KEYS[2]) ~= ARGV[1] then
-  return redis.error_reply('lock_lost')
-end
-if redis.call('EXISTS', KEYS[1]) == 0 then
-  return redis.error_reply('no_session')
-end
-local mark = redis.call('HMGET', KEYS[1], 'turn_message', 'turn_owner', 'turn_started_at')
-redis.call('HSET', KEYS[1], 'turn_message', ARGV[2], 'turn_owner', ARGV[1],
-           'turn_started_at', ARGV[3])
-if mark[1] == ARGV[2] then
-  return {1, mark[2] or '', mark[3] or ''}
-end
-if ARGV[5] ~= '' then redis.call('PUBLISH', ARGV[4], ARGV[5]) end
-return {0}
-"""
-
-# Claims a conversation's pending turns, or lets go of it when none are left, in one
-# round trip: the session record, the customer messages after its turn cursor and the
-# turn lock are read (and the lock changed) together, so no message can slip between
-# "nothing pending" and "lock released".
-# KEYS: session hash, events stream, lock.
-# ARGV: owner token ('' for a new one), ttl_ms, mode:
-#   'peek'  read only;
-#   'take'  when a customer message is pending, take the lock (free, or already held by
-#           this owner: a release that failed during a Redis outage must not block the
-#           turn); when none is, release this owner's lock if it holds one;
-#   'next'  the holder after a turn: keep the lock (as it is) when a message is pending,
-#           release it when none is.
-# Returns {record (flat HGETALL), rows, held (1|0), lock_ttl_ms}: rows are the XRANGE
-# entries of customer (role "user") messages after the cursor; held says whether the
-# caller holds the lock after the call; lock_ttl_ms is what is left of another holder's
-# lock (0 when free or ours). {} for rows and 0 for held when the session is gone.
-CLAIM = r"""
-local record = redis.call('HGETALL', KEYS[1])
-local owner, mode = ARGV[1], ARGV[3]
-local messages = {}
-if #record > 0 then
-  local start = '-'
-  for i = 1, #record, 2 do
-    if record[i] == 'cursor' and record[i + 1] ~= '' then
-      start = '(' .. record[i + 1]
-    end
-  end
-  for _, row in ipairs(redis.call('XRANGE', KEYS[2], start, '+')) do
-    local fields = row[2]
-    local kind, data = nil, nil
-    for i = 1, #fields, 2 do
-      if fields[i] == 'kind' then
-        kind = fields[i + 1]
-      elseif fields[i] == 'data' then
-        data = fields[i + 1]
-      end
-    end
-    if kind == 'message' and data and cjson.decode(data).role == 'user' then
-      messages[#messages + 1] = row
-    end
-  end
-end
-if mode == 'peek' then
-  return {record, messages, 0, 0}
-end
-local held = redis.call('GET', KEYS[3])
-if #messages == 0 then
-  if owner ~= '' and held == owner then redis.call('DEL', KEYS[3]) end
-  return {record, messages, 0, 0}
-end
-if mode == 'take' and (held == false or held == owner) then
-  redis.call('SET', KEYS[3], owner, 'PX', ARGV[2])
-  return {record, messages, 1, 0}
-end
-if mode == 'next' and held == owner then
-  return {record, messages, 1, 0}
-end
-return {record, messages, 0, math.max(redis.call('PTTL', KEYS[3]), 0)}
-"""
-
-# What a turn needs to know of the conversation, in one round trip.
-# KEYS: events stream. ARGV: message id (the turn's customer message), history limit,
-# profile cursor ('' for the start of the stream).
-# Returns {history, signals, last_id}: history is up to `limit` message entries stored
-# before the turn's message, newest first (the stream is read backwards in pages, so a
-# long conversation costs the same as a short one); signals are the `track` entries after
-# the profile cursor, oldest first; last_id is the id of the last entry after the profile
-# cursor, of any kind ('' when there is none), where the cursor moves to.
-CONTEXT = r"""
-local limit = tonumber(ARGV[2])
-local page = math.max(limit * 4, 64)
-local history = {}
-local stop = '(' .. ARGV[1]
-while #history < limit do
-  local rows = redis.call('XREVRANGE', KEYS[1], stop, '-', 'COUNT', page)
-  for _, row in ipairs(rows) do
-    local fields = row[2]
-    for i = 1, #fields, 2 do
-      if fields[i] == 'kind' then
-        if fields[i + 1] == 'message' then history[#history + 1] = row end
-        break
-      end
-    end
-    if #history == limit then break end
-  end
-  if #rows < page then break end
-  stop = '(' .. rows[#rows][1]
-end
-local start = '-'
-if ARGV[3] ~= '' then start = '(' .. ARGV[3] end
-local signals = {}
-local last = ''
-for _, row in ipairs(redis.call('XRANGE', KEYS[1], start, '+')) do
-  last = row[1]
-  local fields = row[2]
-  for i = 1, #fields, 2 do
-    if fields[i] == 'kind' then
-      if fields[i + 1] == 'track' then signals[#signals + 1] = row end
-      break
-    end
-  end
-end
-return {history, signals, last}
 """

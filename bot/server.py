@@ -68,7 +68,8 @@ class App:
         self.metrics.watch_model(self.model)
         self.hub = Hub(store.redis)
         self.runner = TurnRunner(store, MeteredPipeline(brain.pipeline, self.metrics), self.metrics,
-                                 understand=brain.understand, lock_ttl=settings.turn_lock_ttl)
+                                 understand=brain.understand, lock_ttl=settings.turn_lock_ttl,
+                                 nlu_batches=settings.nlu_batches)
         self.assets: dict[str, bytes] = {}
         self.origins = OriginPolicy(settings.allowed_origins)
         self.limits = AddressLimits(rate=settings.rate_ip_messages, window=settings.rate_ip_window,

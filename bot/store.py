@@ -57,6 +57,7 @@ class Event:
 class Appended:
     event_ids: list[str]
     duplicate: bool  # the client_id was seen before; event_ids holds the original id
+    next: Claim | None = None  # with ``next_owner``: what is pending after the write
 
 
 class Conflict(DeskmateError):
@@ -120,6 +121,40 @@ def _row_event(row: Sequence[Any]) -> Event:
     return Event(str(event_id), values["kind"], float(values["ts"]), json.loads(values["data"]))
 
 
+def _started(reply: Sequence[Any]) -> StartedTurn | None:
+    """None for a fresh start, else what the earlier attempt left (the Lua begin())."""
+    if not int(reply[0]):
+        return None
+    try:
+        started_at: float | None = float(reply[2])
+    except (TypeError, ValueError):
+        started_at = None
+    return StartedTurn(str(reply[1]), started_at)
+
+
+def _begin_error(sid: str, exc: ResponseError) -> DeskmateError:
+    if "lock_lost" in str(exc):
+        return LockLost(f"session {sid}: turn lock lost")
+    if "no_session" in str(exc):
+        return StoreError("session expired or unknown")
+    return StoreError(f"could not start the turn: {exc}")
+
+
+def _claim(reply: Sequence[Any], token: str) -> Claim:
+    """A Claim from the reply of the Lua claim() function (bot.lua)."""
+    flat, rows, held, wait_ms = reply
+    record = dict(zip(flat[::2], flat[1::2], strict=True)) if flat else None
+    return Claim(record, [_row_event(row) for row in rows], token if int(held) else None,
+                 int(wait_ms) / 1000)
+
+
+def _context(reply: Sequence[Any]) -> TurnContext:
+    """A TurnContext from the reply of the Lua context() function (bot.lua)."""
+    history, signals, last_id = reply
+    return TurnContext([_row_event(row) for row in reversed(history)],
+                       [_row_event(row) for row in signals], str(last_id) or None)
+
+
 def parse_event_id(value: str) -> tuple[int, int]:
     ms, seq = value.split("-")
     return int(ms), int(seq)
@@ -145,6 +180,7 @@ class Store:
         self._begin_turn = client.register_script(lua.BEGIN_TURN)
         self._claim = client.register_script(lua.CLAIM)
         self._context = client.register_script(lua.CONTEXT)
+        self._start_turn = client.register_script(lua.START_TURN)
 
     @classmethod
     def from_url(cls, url: str, *, pool_size: int = 200, pool_timeout: float = 5.0, **kwargs: Any) -> Store:
@@ -223,6 +259,7 @@ class Store:
         fields: Mapping[str, str | None] | None = None, cursor: str | None = None,
         allow: Mapping[str, str] | None = None, reopen: bool = False,
         turn: tuple[str, str] | None = None, then_publish: Mapping[str, Any] | None = None,
+        next_owner: str | None = None,
     ) -> Appended:
         """Append ``events`` atomically, update session ``fields`` and the turn ``cursor``.
 
@@ -235,12 +272,16 @@ class Store:
         session's turn marker still names that message and owner (see
         :meth:`begin_turn`): raises :class:`StaleTurn`. ``then_publish`` is an ephemeral
         frame published after the events, by the same write (never when it is refused).
+        With ``next_owner`` (a turn's lock holder), the same call then does what
+        :meth:`next_turns` does, and ``Appended.next`` holds its answer.
         """
         guard: dict[str, Any] = {"reopen": reopen}
         if allow is not None:
             guard["allow"] = dict(allow)
         if turn is not None:
             guard["turn"] = {"message": turn[0], "owner": turn[1]}
+        if next_owner is not None:
+            guard["next"] = next_owner
         args: list[Any] = [
             sid, repr(time.time()), self.ttl, self.keys.channel(sid), self.keys.updates_channel(),
             client_id or "", cursor or "", json.dumps(dict(fields or {})), json.dumps(guard),
@@ -253,6 +294,8 @@ class Store:
         args.append(self._frame(sid, then_publish))
         keys = [self.keys.session(sid), self.keys.events(sid), self.keys.client_ids(sid),
                 self.keys.live()]
+        if next_owner is not None:
+            keys.append(self.keys.lock(sid))
         try:
             out = await self._append(keys=keys, args=args)
         except ResponseError as exc:
@@ -267,7 +310,10 @@ class Store:
             raise StoreError(f"append failed: {exc}") from exc
         except (RedisError, OSError) as exc:
             raise StoreError(f"append failed: {exc}") from exc
-        return Appended(event_ids=[str(x) for x in out[1:]], duplicate=bool(int(out[0])))
+        claim = None
+        if next_owner is not None:
+            out, claim = out[0], _claim(out[1], next_owner)
+        return Appended(event_ids=[str(x) for x in out[1:]], duplicate=bool(int(out[0])), next=claim)
 
     async def events(
         self, sid: str, after: str | None = None, *, kinds: frozenset[str] | None = None,
@@ -293,12 +339,11 @@ class Store:
         The messages are read backwards in pages, so a turn costs the same on a long
         conversation as on a short one."""
         try:
-            history, signals, last_id = await self._context(
-                keys=[self.keys.events(sid)], args=[before, limit, profile_cursor or ""])
+            reply = await self._context(keys=[self.keys.events(sid)],
+                                        args=[before, limit, profile_cursor or ""])
         except (RedisError, OSError) as exc:
             raise StoreError(f"could not read events: {exc}") from exc
-        return TurnContext([_row_event(row) for row in reversed(history)],
-                           [_row_event(row) for row in signals], str(last_id) or None)
+        return _context(reply)
 
     async def claim_turns(self, sid: str, ttl: float, owner: str | None = None, *,
                           mode: str = "take") -> Claim:
@@ -313,14 +358,12 @@ class Store:
             raise ValueError(f"bad claim mode {mode!r}")
         token = owner or (secrets.token_hex(8) if mode == "take" else "")
         try:
-            flat, rows, held, wait_ms = await self._claim(
+            reply = await self._claim(
                 keys=[self.keys.session(sid), self.keys.events(sid), self.keys.lock(sid)],
                 args=[token, int(ttl * 1000), mode])
         except (RedisError, OSError) as exc:
             raise StoreError(f"could not read pending turns: {exc}") from exc
-        record = dict(zip(flat[::2], flat[1::2], strict=True)) if flat else None
-        return Claim(record, [_row_event(row) for row in rows], token if int(held) else None,
-                     int(wait_ms) / 1000)
+        return _claim(reply, token)
 
     async def next_turns(self, sid: str, owner: str) -> Claim:
         """After a turn: what is pending now; the lock is released when nothing is."""
@@ -387,20 +430,27 @@ class Store:
                                          args=[owner, message_id, repr(time.time()),
                                                self.keys.channel(sid), self._frame(sid, frame)])
         except ResponseError as exc:
-            if "lock_lost" in str(exc):
-                raise LockLost(f"session {sid}: turn lock lost") from None
-            if "no_session" in str(exc):
-                raise StoreError("session expired or unknown") from exc
-            raise StoreError(f"could not start the turn: {exc}") from exc
+            raise _begin_error(sid, exc) from None
         except (RedisError, OSError) as exc:
             raise StoreError(f"could not start the turn: {exc}") from exc
-        if not int(out[0]):
-            return None
+        return _started(out)
+
+    async def start_turn(self, sid: str, owner: str, message_id: str, history_limit: int,
+                         profile_cursor: str | None, frame: Mapping[str, Any] | None = None,
+                         ) -> StartedTurn | TurnContext:
+        """:meth:`begin_turn` and, on a fresh start, :meth:`turn_context`, in one round trip:
+        the context for a fresh start, else what the earlier attempt left."""
         try:
-            started_at: float | None = float(out[2])
-        except (TypeError, ValueError):
-            started_at = None
-        return StartedTurn(str(out[1]), started_at)
+            started, context = await self._start_turn(
+                keys=[self.keys.session(sid), self.keys.lock(sid), self.keys.events(sid)],
+                args=[owner, message_id, repr(time.time()), self.keys.channel(sid),
+                      self._frame(sid, frame), history_limit, profile_cursor or ""])
+        except ResponseError as exc:
+            raise _begin_error(sid, exc) from None
+        except (RedisError, OSError) as exc:
+            raise StoreError(f"could not start the turn: {exc}") from exc
+        earlier = _started(started)
+        return _context(context) if earlier is None else earlier
 
     async def lock_ttl_left(self, sid: str) -> float:
         """Seconds until the turn lock expires (0 when it is free)."""

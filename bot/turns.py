@@ -33,6 +33,7 @@ from bot.errors import StoreError
 from bot.metrics import Metrics
 from bot.store import (
     TURN_MARK_CLEARED,
+    Claim,
     Conflict,
     Event,
     LockLost,
@@ -40,6 +41,7 @@ from bot.store import (
     StaleTurn,
     StartedTurn,
     Store,
+    TurnContext,
 )
 from dialogue.recommend import TRACK_KINDS
 from dialogue.simple import sentences
@@ -73,10 +75,12 @@ RESULT_RETRY = 15.0  # seconds a finished turn keeps trying to store its result 
 
 class TurnRunner:
     def __init__(self, store: Store, pipeline: Pipeline, metrics: Metrics, *,
-                 understand: Understand | None = None, lock_ttl: float = 30.0) -> None:
+                 understand: Understand | None = None, lock_ttl: float = 30.0,
+                 nlu_batches: int = 2) -> None:
         self.store = store
         self.pipeline = pipeline
-        self.understand = MicroBatcher(understand) if understand is not None else None
+        self.understand = (MicroBatcher(understand, workers=nlu_batches)
+                           if understand is not None else None)
         self.metrics = metrics
         self.lock_ttl = lock_ttl
         self._tasks: dict[str, asyncio.Task[None]] = {}
@@ -159,10 +163,11 @@ class TurnRunner:
         released = False
         try:
             while self.accepting and claim.record is not None and claim.pending:
-                await self._process(sid, owner, claim.record, claim.pending[0])
-                # Reads what is pending now and, when nothing is, releases the lock in the
-                # same step: a message stored later is kicked and finds the lock free.
-                claim = await self.store.next_turns(sid, owner)
+                # What is pending now, read by the turn's own write when it could (else here);
+                # when nothing is, the lock is released in the same step, so a message
+                # stored later is kicked and finds the lock free.
+                after = await self._process(sid, owner, claim.record, claim.pending[0])
+                claim = after if after is not None else await self.store.next_turns(sid, owner)
                 if claim.owner is None:  # released, or lost to another holder
                     released = not claim.pending
                     break
@@ -196,26 +201,26 @@ class TurnRunner:
                 log.error("session %s: lost the turn lock", sid)
                 return
 
-    async def _process(self, sid: str, owner: str, record: dict[str, str], message: Event) -> None:
+    async def _process(self, sid: str, owner: str, record: dict[str, str], message: Event,
+                       ) -> Claim | None:
+        """Answer ``message``; returns what is pending after it when the write said so."""
         started = time.perf_counter()
         if record.get("status", "bot") != "bot":
             # An agent has the conversation (or it is closed): the bot stays quiet.
-            await self.store.append(sid, [], cursor=message.event_id, fields=TURN_MARK_CLEARED)
-            return
-        await self._answer(sid, record, message, owner)
+            return (await self.store.append(sid, [], cursor=message.event_id, fields=TURN_MARK_CLEARED,
+                                            next_owner=owner)).next
+        after = await self._answer(sid, record, message, owner)
         self.metrics.turn_seconds.observe(time.perf_counter() - started)
         self.metrics.turns.inc()
+        return after
 
-    async def _conversation(self, sid: str, record: dict[str, str], upto: str,
+    async def _conversation(self, sid: str, record: dict[str, str], context: TurnContext,
                             ) -> tuple[Conversation, dict[str, str | None]]:
         """The conversation as the pipeline sees it, and the session fields to store with
-        the turn's result (the profile's new cursor and values)."""
+        the turn's result (the profile's new cursor and values: every event since the
+        profile cursor was read, and the cursor moves past all of them, so a conversation
+        without `track` events does not re-read its whole stream each turn)."""
         own: dict[str, list[str]] = json.loads(record.get("profile") or "{}")
-        # One round trip: the recent messages, and every event since the profile cursor
-        # (the cursor moves past all of them, so a conversation without `track` events
-        # does not re-read its whole stream each turn).
-        context = await self.store.turn_context(sid, upto, HISTORY_EVENTS,
-                                                record.get("profile_cursor") or None)
         customer = json.loads(record.get("customer") or "{}")
         fields: dict[str, str | None] = {}
         if context.last_id:
@@ -253,27 +258,29 @@ class TurnRunner:
             await self.store.save_customer_profile(str(customer_id), merged)
         return merged
 
-    async def _answer(self, sid: str, record: dict[str, str], message: Event, owner: str) -> None:
-        conversation, fields = await self._conversation(sid, record, message.event_id)
+    async def _answer(self, sid: str, record: dict[str, str], message: Event, owner: str,
+                      ) -> Claim | None:
+        # Before anything else (and so before a custom action can act), mark the turn
+        # started, so that it is never run a second time. The same round trip sends the
+        # typing indicator and reads the conversation's recent messages and signals.
+        start = await self.store.start_turn(sid, owner, message.event_id, HISTORY_EVENTS,
+                                            record.get("profile_cursor") or None, TYPING_ON)
+        if isinstance(start, StartedTurn):
+            return await self._interrupted(sid, message, owner, start)
         text = str(message.data.get("text", ""))
-        nlu = vector = None
-        if self.understand is not None:
-            # Batched with other conversations' turns, on a worker thread: the event
-            # loop keeps serving sockets while torch runs.
-            nlu = dict(await self.understand(text))
-            vector = nlu.pop("vector", None)
-        user = UserMessage(message.event_id, text, message.data.get("payload"), nlu, vector)
-        # Everything above only reads. From here on the pipeline may act (custom actions):
-        # mark the turn started first, so that it is never run a second time.
-        # The typing indicator goes out with the marker, in the same round trip.
-        earlier = await self.store.begin_turn(sid, owner, message.event_id, TYPING_ON)
-        if earlier is not None:
-            await self._interrupted(sid, message, owner, earlier)
-            return
         events: list[NewEvent] = []
-        slots = dict(conversation.slots)
         typing_ended = False
+        after: Claim | None = None
         try:
+            conversation, fields = await self._conversation(sid, record, start)
+            slots = dict(conversation.slots)
+            nlu = vector = None
+            if self.understand is not None:
+                # Batched with other conversations' turns, on a worker thread: the event
+                # loop keeps serving sockets while the model runs.
+                nlu = dict(await self.understand(text))
+                vector = nlu.pop("vector", None)
+            user = UserMessage(message.event_id, text, message.data.get("payload"), nlu, vector)
             async for out in self.pipeline.respond(conversation, user):
                 if isinstance(out, TurnAnalysis):
                     events.append(NewEvent("turn", _analysis(out, message.event_id)))
@@ -305,26 +312,28 @@ class TurnRunner:
             # bot still has the conversation (an agent may have taken over mid-turn).
             # The write also ends the typing indicator.
             try:
-                await self._finish(sid, message.event_id, owner, events, fields, allow={"bot": "*"},
-                                   then_publish=TYPING_OFF)
+                after = await self._finish(sid, message.event_id, owner, events, fields,
+                                           allow={"bot": "*"}, then_publish=TYPING_OFF)
             except Conflict as exc:
                 log.info("session %s: %s during the turn; the bot's reply is dropped", sid, exc)
-                await self._finish(sid, message.event_id, owner, [], {}, then_publish=TYPING_OFF)
+                after = await self._finish(sid, message.event_id, owner, [], {}, then_publish=TYPING_OFF)
             typing_ended = True
         except (asyncio.CancelledError, StoreError):
             raise
         except Exception:
             log.exception("session %s: pipeline failed on %s", sid, message.event_id)
             self.metrics.errors.labels("pipeline").inc()
-            await self._finish(sid, message.event_id, owner,
-                               [_bot_message(ERROR_TEXT, [], [], message.event_id)], {},
-                               then_publish=TYPING_OFF)
+            after = await self._finish(sid, message.event_id, owner,
+                                       [_bot_message(ERROR_TEXT, [], [], message.event_id)], {},
+                                       then_publish=TYPING_OFF)
             typing_ended = True
         finally:
             if not typing_ended:  # the result was not stored by us (refused, or Redis away)
                 await self._publish(sid, TYPING_OFF)
+        return after
 
-    async def _interrupted(self, sid: str, message: Event, owner: str, earlier: StartedTurn) -> None:
+    async def _interrupted(self, sid: str, message: Event, owner: str, earlier: StartedTurn,
+                           ) -> Claim | None:
         """Tell the customer that the turn for ``message`` was cut off, instead of running it
         again (it may have run a custom action already), and move on."""
         ago = f", {time.time() - earlier.started_at:.1f}s ago" if earlier.started_at else ""
@@ -339,30 +348,34 @@ class TurnRunner:
                                      "sentiment_score": None, "policy": "interrupted",
                                      "reason": reason, "sources": [], "actions": [], "entities": [],
                                      "reply_to": message.event_id})
-        await self._finish(sid, message.event_id, owner, [notice, analysis],
+        return await self._finish(sid, message.event_id, owner, [notice, analysis],
                            {"last_message": INTERRUPTED_TEXT[:200], "last_role": "system"})
 
     async def _finish(self, sid: str, message_id: str, owner: str, events: list[NewEvent],
                       fields: dict[str, str | None], *, allow: dict[str, str] | None = None,
-                      then_publish: dict[str, Any] | None = None) -> None:
+                      then_publish: dict[str, Any] | None = None) -> Claim | None:
         """Store a turn's result, move the cursor past ``message_id`` and clear the turn marker,
         in one write that only the turn's own holder can make.
 
         A Redis restart should not cost a finished answer: the write is retried for up to
         ``RESULT_RETRY`` seconds. A retry after a write that did land is refused (the
-        marker is gone), so the result is never stored twice."""
+        marker is gone), so the result is never stored twice.
+
+        Returns what is pending after the write (read by the write itself), or None when
+        the result was refused."""
         delay = RETRY_FIRST
         deadline = time.monotonic() + RESULT_RETRY
         while True:
             try:
-                await self.store.append(sid, events, fields={**fields, **TURN_MARK_CLEARED},
-                                        cursor=message_id, allow=allow, turn=(message_id, owner),
-                                        then_publish=then_publish)
-                return
+                appended = await self.store.append(
+                    sid, events, fields={**fields, **TURN_MARK_CLEARED}, cursor=message_id,
+                    allow=allow, turn=(message_id, owner), then_publish=then_publish,
+                    next_owner=owner)
+                return appended.next
             except StaleTurn as exc:
                 log.warning("session %s: the result of the turn for %s is dropped: %s",
                             sid, message_id, exc)
-                return
+                return None
             except StoreError as exc:
                 if "expired" in str(exc) or time.monotonic() + delay > deadline:
                     raise

@@ -65,3 +65,33 @@ async def test_a_cancelled_caller_is_skipped() -> None:
     await batcher("after")
     assert seen == ["first", "after"]
     await batcher.close()
+
+
+async def test_two_workers_run_two_batches_at_once() -> None:
+    running = 0
+    most = 0
+    sizes: list[int] = []
+    lock = threading.Lock()
+    both = threading.Barrier(2, timeout=5)
+
+    def fn(texts: list[str]) -> list[dict[str, object]]:
+        nonlocal running, most
+        with lock:
+            running += 1
+            most = max(most, running)
+            sizes.append(len(texts))
+            first_two = len(sizes) <= 2
+        if first_two:
+            both.wait()  # only returns once the other worker runs a batch too
+        with lock:
+            running -= 1
+        return [{"text": t} for t in texts]
+
+    batcher = MicroBatcher(fn, workers=2)
+    first = [asyncio.create_task(batcher(f"a{i}")) for i in range(2)]
+    await asyncio.sleep(0.1)  # one worker runs both (queued together) and waits for the other
+    rest = [asyncio.create_task(batcher(f"b{i}")) for i in range(6)]
+    results = await asyncio.gather(*first, *rest)
+    assert [r["text"] for r in results] == ["a0", "a1"] + [f"b{i}" for i in range(6)]
+    assert most == 2 and sizes == [2, 6]
+    await batcher.close()

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import json
 from collections.abc import AsyncIterator
 
@@ -9,7 +10,7 @@ import pytest
 import redis
 
 from bot.errors import StoreError
-from bot.store import TURN_MARK_CLEARED, NewEvent, StaleTurn, Store
+from bot.store import TURN_MARK_CLEARED, LockLost, NewEvent, StaleTurn, StartedTurn, Store, TurnContext
 
 
 @pytest.fixture
@@ -134,19 +135,28 @@ async def test_claim_takes_the_lock_only_when_a_message_is_pending(store: Store)
 
 async def test_turn_frames_ride_on_the_writes(store: Store) -> None:
     """The typing indicator goes out with the turn marker and ends with the result's write;
-    several frames published together arrive as one message, in order."""
+    frames published together (a turn's stored events and the typing end, or a written
+    reply's stream frames) arrive as one message, in order."""
     sid, _ = await store.create_session()
     stored = await store.append(sid, [NewEvent("message", {"role": "user", "text": "hi"})])
     owner = await store.acquire_lock(sid, 5) or ""
     pubsub = store.redis.pubsub()
     await pubsub.subscribe(store.keys.channel(sid))
     try:
-        assert await store.begin_turn(sid, owner, stored.event_ids[0], {"type": "typing", "on": True}) is None
+        context = await store.start_turn(sid, owner, stored.event_ids[0], 10, None,
+                                         {"type": "typing", "on": True})
+        assert isinstance(context, TurnContext) and context.history == []
+        assert context.last_id == stored.event_ids[0]
         await store.publish_many(sid, [{"type": "stream_start", "stream_id": "s"},
                                        {"type": "stream_delta", "stream_id": "s", "text": "Hello."}])
-        await store.append(sid, [NewEvent("message", {"role": "bot", "text": "Hello."})],
-                           cursor=stored.event_ids[0], turn=(stored.event_ids[0], owner),
-                           fields=TURN_MARK_CLEARED, then_publish={"type": "typing", "on": False})
+        done = await store.append(sid, [NewEvent("message", {"role": "bot", "text": "Hello."}),
+                                        NewEvent("turn", {"intent": "greet"})],
+                                  cursor=stored.event_ids[0], turn=(stored.event_ids[0], owner),
+                                  fields=TURN_MARK_CLEARED, then_publish={"type": "typing", "on": False},
+                                  next_owner=owner)
+        # The write also said what is pending now (nothing), and let go of the lock.
+        assert done.next is not None and done.next.pending == [] and done.next.owner is None
+        assert await store.lock_ttl_left(sid) == 0
         # A refused write publishes nothing.
         with pytest.raises(StaleTurn):
             await store.append(sid, [], turn=(stored.event_ids[0], owner),
@@ -156,12 +166,32 @@ async def test_turn_frames_ride_on_the_writes(store: Store) -> None:
             message = await pubsub.get_message(ignore_subscribe_messages=True, timeout=0.2)
             if message is not None:
                 seen.append(json.loads(message["data"]))
-            elif len(seen) >= 4:
+            elif len(seen) >= 3:
                 break
     finally:
         await pubsub.aclose()
-    assert len(seen) == 4, seen
+    assert len(seen) == 3, seen
     assert seen[0] == {"session_id": sid, "type": "typing", "on": True}
     assert [f["type"] for f in seen[1]] == ["stream_start", "stream_delta"]
-    assert seen[2]["type"] == "message" and seen[2]["text"] == "Hello."
-    assert seen[3] == {"session_id": sid, "type": "typing", "on": False}
+    assert [f["type"] for f in seen[2]] == ["message", "turn", "typing"]
+    assert seen[2][0]["text"] == "Hello." and seen[2][0]["event_id"] == done.event_ids[0]
+    assert seen[2][2] == {"session_id": sid, "type": "typing", "on": False}
+
+
+async def test_a_turn_started_twice_is_reported_not_restarted(store: Store) -> None:
+    sid, _ = await store.create_session()
+    stored = await store.append(sid, [NewEvent("message", {"role": "user", "text": "hi"})])
+    first = await store.acquire_lock(sid, 0.1) or ""
+    assert isinstance(await store.start_turn(sid, first, stored.event_ids[0], 10, None), TurnContext)
+    with pytest.raises(LockLost):
+        await store.start_turn(sid, "not-the-holder", stored.event_ids[0], 10, None)
+    await asyncio.sleep(0.15)  # the first holder's lock expires mid-turn
+    second = await store.acquire_lock(sid, 5) or ""
+    earlier = await store.start_turn(sid, second, stored.event_ids[0], 10, None)
+    assert isinstance(earlier, StartedTurn) and earlier.owner == first and earlier.started_at
+    # The holder that finds the message pending again after its turn keeps the lock.
+    again = await store.append(sid, [NewEvent("message", {"role": "user", "text": "more"})])
+    kept = await store.append(sid, [], cursor=stored.event_ids[0], fields=TURN_MARK_CLEARED,
+                              turn=(stored.event_ids[0], second), next_owner=second)
+    assert kept.next is not None and kept.next.owner == second
+    assert [e.event_id for e in kept.next.pending] == again.event_ids
