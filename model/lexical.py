@@ -26,10 +26,14 @@ def _grams(text: str) -> list[str]:
     out = [f"w:{w}" for w in words]
     out += [f"w:{a} {b}" for a, b in zip(words, words[1:], strict=False)]
     for w in words:
-        padded = f" {w} "
-        for n in (2, 3, 4):
-            out += [f"c:{padded[i : i + n]}" for i in range(len(padded) - n + 1)]
+        out += _char_grams(w)
     return out
+
+
+def _char_grams(word: str) -> list[str]:
+    """A word's char 2-4-grams."""
+    padded = f" {word} "
+    return [f"c:{padded[i : i + n]}" for n in (2, 3, 4) for i in range(len(padded) - n + 1)]
 
 
 class Vocab:
@@ -50,30 +54,62 @@ class Vocab:
         idf = torch.tensor([math.log((1 + n) / (1 + df[g])) + 1 for g in kept], dtype=torch.float32)
         return cls(index, idf)
 
-    def features(self, text: str) -> tuple[torch.Tensor, torch.Tensor]:
+    def features(self, text: str) -> tuple[list[int], list[float]]:
         """Column ids and sublinear TF-IDF weights of one text; the word and the char
-        blocks are L2-normalized separately (as a union of two vectorizers)."""
-        counts = Counter(g for g in _grams(text) if g in self.index)
-        if not counts:
-            return torch.zeros(0, dtype=torch.long), torch.zeros(0)
-        grams = list(counts)
-        ids = torch.tensor([self.index[g] for g in grams], dtype=torch.long)
-        tf = torch.tensor([1.0 + math.log(c) for c in counts.values()])
-        w = tf * self.idf[ids]
-        is_word = torch.tensor([g.startswith("w:") for g in grams])
-        for block in (is_word, ~is_word):
-            norm = w[block].norm()
-            if norm > 0:
-                w[block] = w[block] / norm
-        return ids, w
+        blocks are L2-normalized separately (as a union of two vectorizers).
+
+        Plain Python on purpose, with each word's char n-gram columns cached: a text has
+        a few dozen n-grams, and a torch op per step cost more than the arithmetic (this
+        runs for every customer turn)."""
+        words = _WORD.findall(text.lower())
+        index = self.index
+        word_counts: Counter[int] = Counter()
+        bigrams = [f"w:{a} {b}" for a, b in zip(words, words[1:], strict=False)]
+        for gram in [f"w:{w}" for w in words] + bigrams:
+            column = index.get(gram)
+            if column is not None:
+                word_counts[column] += 1
+        char_counts: Counter[int] = Counter()
+        for w in words:
+            char_counts.update(self._char_columns(w))
+        idf = self._idf
+        ids: list[int] = []
+        weights: list[float] = []
+        for counts in (word_counts, char_counts):
+            block = [(1.0 + math.log(n)) * idf[column] for column, n in counts.items()]
+            norm = math.sqrt(sum(w * w for w in block)) or 1.0
+            ids += counts
+            weights += [w / norm for w in block]
+        return ids, weights
+
+    def _char_columns(self, word: str) -> list[int]:
+        cache = self.__dict__.setdefault("_char_cache", {})
+        columns: list[int] | None = cache.get(word)
+        if columns is None:
+            if len(cache) >= 65536:
+                cache.clear()
+            index = self.index
+            columns = cache[word] = [index[g] for g in _char_grams(word) if g in index]
+        return columns
+
+    @property
+    def _idf(self) -> list[float]:
+        if getattr(self, "_idf_list", None) is None or len(self._idf_list) != len(self.idf):
+            self._idf_list: list[float] = self.idf.tolist()
+        return self._idf_list
 
     def batch(self, texts: list[str]) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """(ids, offsets, weights) for ``nn.EmbeddingBag``."""
-        feats = [self.features(t) for t in texts]
-        offsets = torch.tensor([0] + [len(i) for i, _ in feats[:-1]]).cumsum(0)
-        ids = torch.cat([i for i, _ in feats])
-        weights = torch.cat([w for _, w in feats])
-        return ids, offsets, weights
+        ids: list[int] = []
+        weights: list[float] = []
+        offsets: list[int] = []
+        for text in texts:
+            offsets.append(len(ids))
+            i, w = self.features(text)
+            ids += i
+            weights += w
+        return (torch.tensor(ids, dtype=torch.long), torch.tensor(offsets, dtype=torch.long),
+                torch.tensor(weights, dtype=torch.float32))
 
 
 class LexicalHead(nn.Module):

@@ -58,6 +58,17 @@ def cache_dir() -> Path:
     return Path(os.environ.get("DESKMATE_NLU_CACHE") or DEFAULT_CACHE)
 
 
+PRECISIONS = ("int8", "fp32")
+
+
+def precision_name() -> str:
+    """``DESKMATE_NLU_PRECISION``: ``fp32`` (default) or ``int8`` weights in the serving graph."""
+    name = os.environ.get("DESKMATE_NLU_PRECISION", "fp32").strip().lower() or "fp32"
+    if name not in PRECISIONS:
+        raise DeskmateError(f"DESKMATE_NLU_PRECISION: {name!r} is not one of {', '.join(PRECISIONS)}")
+    return name
+
+
 def runtime_name() -> str:
     """``DESKMATE_NLU_RUNTIME`` (``onnx`` by default, or ``torch``)."""
     name = os.environ.get("DESKMATE_NLU_RUNTIME", "onnx").strip().lower() or "onnx"
@@ -276,17 +287,27 @@ def _output_names(intent: TaskModel | None, sentiment: TaskModel | None) -> list
 
 def compile_graph(
     encoder: SharedEncoder, intent: TaskModel | None, sentiment: TaskModel | None,
-    *, cache: Path | None = None,
+    *, cache: Path | None = None, precision: str | None = None,
 ) -> OnnxGraph:
-    """The serving graph of these models, exported once into the cache and loaded."""
+    """The serving graph of these models, exported once into the cache and loaded.
+
+    ``precision`` (default :func:`precision_name`): ``fp32`` keeps the weights as trained;
+    ``int8`` stores the weights of every matrix product as 8-bit integers with one scale
+    per output channel (ONNX Runtime's dynamic quantization). int8 halves the model's CPU
+    time at the same accuracy (docs/nlu.md), but activations are quantized with one scale
+    per batch, so a text's confidences move by about 0.01 with what it is batched with:
+    fp32 stays the default, int8 is the operator's choice for throughput."""
     folder = cache or cache_dir()
-    path = folder / f"classifier-{graph_key(encoder, intent, sentiment)}.onnx"
+    precision = precision or precision_name()
+    suffix = "-int8" if precision == "int8" else ""
+    path = folder / f"classifier-{graph_key(encoder, intent, sentiment)}{suffix}.onnx"
     if not path.is_file():
-        _export_in_child(intent, sentiment, path)
+        _export_in_child(intent, sentiment, path, precision)
     return OnnxGraph(path, _output_names(intent, sentiment))
 
 
-def _export_in_child(intent: TaskModel | None, sentiment: TaskModel | None, path: Path) -> None:
+def _export_in_child(intent: TaskModel | None, sentiment: TaskModel | None, path: Path,
+                     precision: str) -> None:
     """Run :func:`main` in a fresh interpreter to write ``path`` atomically."""
     from safetensors.torch import save_file
 
@@ -297,7 +318,7 @@ def _export_in_child(intent: TaskModel | None, sentiment: TaskModel | None, path
                             "set DESKMATE_NLU_CACHE to a writable folder, or "
                             "DESKMATE_NLU_RUNTIME=torch to serve with torch") from None
     with tempfile.TemporaryDirectory(prefix="deskmate-graph-") as tmp:
-        args = [sys.executable, "-m", "model.runtime", "--out", str(path)]
+        args = [sys.executable, "-m", "model.runtime", "--out", str(path), "--precision", precision]
         for name, task in (("intent", intent), ("sentiment", sentiment)):
             if task is None:
                 continue
@@ -336,12 +357,31 @@ def _load_task(encoder: SharedEncoder, stem: str) -> TaskModel:
     return task.eval()
 
 
+def _quantize(path: Path) -> None:
+    """Rewrite the graph at ``path`` with int8 weights for every MatMul, one scale per
+    output channel. Per-channel matters: one scale per matrix cost 2.3 points of SST-2
+    (85.0 -> 82.7 %), per channel none (docs/nlu.md)."""
+    import logging
+
+    from onnxruntime.quantization import QuantType, quantize_dynamic
+
+    logging.getLogger().setLevel(logging.ERROR)  # its advice to pre-process is for CNNs
+    fp32 = path.with_name(path.name + ".fp32")
+    os.replace(path, fp32)
+    try:
+        quantize_dynamic(fp32, path, weight_type=QuantType.QInt8, per_channel=True,
+                         op_types_to_quantize=["MatMul"])
+    finally:
+        fp32.unlink(missing_ok=True)
+
+
 def main(argv: list[str] | None = None) -> int:
     """Child-process entry: build the graph from saved task weights and write it."""
     parser = argparse.ArgumentParser(description="export deskmate's classifier serving graph")
     parser.add_argument("--out", type=Path, required=True)
     parser.add_argument("--intent", help="saved intent task (path without suffix)")
     parser.add_argument("--sentiment", help="saved sentiment task (path without suffix)")
+    parser.add_argument("--precision", choices=PRECISIONS, default="fp32")
     args = parser.parse_args(argv)
     from model.encoder import load_encoder
 
@@ -352,6 +392,8 @@ def main(argv: list[str] | None = None) -> int:
     os.close(fd)
     try:
         export(InferenceGraph(encoder, intent, sentiment), tmp)
+        if args.precision == "int8":
+            _quantize(Path(tmp))
     except BaseException:
         os.unlink(tmp)
         raise
