@@ -65,6 +65,11 @@ def bench_intents(
     ours = classification_report(gold, predict_intents(classifier, texts))
     closed = Classifier(encoder, intent, None, out_of_scope=False)
     ours_closed = classification_report(gold, predict_intents(closed, texts))
+    int8 = Classifier(encoder, intent, None, precision="int8")
+    int8_closed = Classifier(encoder, intent, None, out_of_scope=False, precision="int8")
+    ours_int8 = {"accuracy": classification_report(gold, predict_intents(int8, texts))["accuracy"],
+                 "closed_set_accuracy": classification_report(
+                     gold, predict_intents(int8_closed, texts))["accuracy"]}
     baseline = TfidfBaseline().fit(train)
     base = classification_report(gold, baseline.predict(texts))
     base_closed = classification_report(gold, baseline.predict(texts, out_of_scope=False))
@@ -74,6 +79,7 @@ def bench_intents(
         "ours": {**_scores(ours), "train_s": round(ours_train, 1),
                  "oos_threshold": meta.oos_threshold,
                  "closed_set_accuracy": ours_closed["accuracy"]},
+        "ours_int8": ours_int8,
         "tfidf_lr": {**_scores(base), "train_s": round(baseline.train_seconds, 1),
                      "closed_set_accuracy": base_closed["accuracy"]},
     }
@@ -109,8 +115,11 @@ def bench_sentiment(data: Path, name: str, results: dict[str, Any]) -> None:
     binary = {e.label for e in tests} <= {"negative", "positive"}
     gold, texts = [e.label for e in tests], [e.text for e in tests]
     ours = classification_report(gold, predict_sentiment(classifier, texts, binary))
+    int8 = Classifier(encoder, None, load_sentiment(None, encoder=encoder), precision="int8")
+    ours_int8 = classification_report(gold, predict_sentiment(int8, texts, binary))
     vader = classification_report(gold, vader_predict(texts, binary))
-    results[name] = {"set": note, "ours": _scores(ours), "vader": _scores(vader)}
+    results[name] = {"set": note, "ours": _scores(ours), "ours_int8": _scores(ours_int8),
+                     "vader": _scores(vader)}
 
 
 def _percentiles(fn: Callable[[str], object], texts: list[str], warmup: int = 20) -> dict[str, float]:
@@ -135,12 +144,16 @@ def _speed(classifier: Classifier, texts: list[str], sample: list[str]) -> dict[
 
 
 def bench_latency(classifier: Classifier, texts: list[str], results: dict[str, Any],
-                  baseline: TfidfBaseline | None, torch_path: Classifier | None = None) -> None:
+                  baseline: TfidfBaseline | None, torch_path: Classifier | None = None,
+                  int8: Classifier | None = None) -> None:
     """Single-utterance p50/p95 (intent + sentiment) and batched throughput; the same
-    model on the torch path (``torch_path``) side by side, when given."""
+    model on the torch path (``torch_path``) and with int8 weights (``int8``) side by
+    side, when given."""
     sample = texts[:300]
     out: dict[str, Any] = {**_speed(classifier, texts, sample), "runtime": classifier.runtime,
                            "n_single": len(sample), "n_batched": len(texts)}
+    if int8 is not None:
+        out["int8"] = _speed(int8, texts, sample)
     if torch_path is not None:
         out["torch"] = _speed(torch_path, texts, sample)
     if baseline is not None:
@@ -221,7 +234,8 @@ def run_bench(data: Path, out: Path, *, json_out: Path | None = None,
                 b77 = Classifier(encoder, train_intents(encoder, train), None), TfidfBaseline().fit(train)
             full = Classifier(encoder, b77[0].intent, sentiment)
             reference = Classifier(encoder, b77[0].intent, sentiment, runtime="torch")
-            bench_latency(full, [e.text for e in test], results, b77[1], reference)
+            int8 = Classifier(encoder, b77[0].intent, sentiment, precision="int8")
+            bench_latency(full, [e.text for e in test], results, b77[1], reference, int8)
             assert b77[0].intent is not None
             results["memory"].update(serving_memory(b77[0].intent, full.runtime))
             if full.runtime != "torch":

@@ -94,6 +94,10 @@ def render(results: dict[str, Any]) -> str:
                     f"{_pct(s.get('in_scope_accuracy'))} | {_pct(s.get('oos_recall'))} | "
                     f"{s['train_s']} s |"
                 )
+            if "ours_int8" in r:
+                q = r["ours_int8"]
+                lines.append(f"| {name} | the same model, int8 weights | {_pct(q['accuracy'])} | "
+                             f"{_pct(q['closed_set_accuracy'])} | | | | |")
         lines += [
             "",
             "*accuracy* is with the out-of-scope rule on (what the bot does: a turn below the "
@@ -117,7 +121,10 @@ def render(results: dict[str, Any]) -> str:
         ]
         for sname in sent_rows:
             r = results[sname]
-            for key, title in (("ours", "deskmate default model"), ("vader", "VADER")):
+            for key, title in (("ours", "deskmate default model"),
+                               ("ours_int8", "the same, int8 weights"), ("vader", "VADER")):
+                if key not in r:
+                    continue
                 s = r[key]
                 lines.append(f"| {r['set']} (n={s['n']}) | {title} | {_pct(s['accuracy'])} | "
                              f"{_pct(s['macro_f1'])} |")
@@ -133,6 +140,10 @@ def render(results: dict[str, Any]) -> str:
             f"{lat.get('runtime', 'torch')} runtime | "
             f"{lat['p50_ms']} ms | {lat['p95_ms']} ms | {lat['batched_per_s']} utt/s |",
         ]
+        if "int8" in lat:
+            t = lat["int8"]
+            lines.append(f"| the same model with int8 weights (`DESKMATE_NLU_PRECISION=int8`) | "
+                         f"{t['p50_ms']} ms | {t['p95_ms']} ms | {t['batched_per_s']} utt/s |")
         if "torch" in lat:
             t = lat["torch"]
             lines.append(f"| the same model on the torch path (`DESKMATE_NLU_RUNTIME=torch`) | "

@@ -55,6 +55,7 @@ class Classifier:
         *,
         out_of_scope: bool = True,
         runtime: str | None = None,
+        precision: str | None = None,
     ) -> None:
         self.encoder = encoder
         # False: closed-set answers (best real intent, no threshold), for benchmarks
@@ -78,6 +79,7 @@ class Classifier:
                 encoder,
                 self.intent.model if self.intent else None,
                 self.sentiment.model if self.sentiment else None,
+                precision=precision,
             )
 
     @property
