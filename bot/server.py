@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import gc
 import http
 import json
 import logging
@@ -27,6 +26,7 @@ from websockets.asyncio.server import Server, ServerConnection, serve
 from websockets.datastructures import Headers
 from websockets.http11 import Request, Response
 
+from bot import heap
 from bot.agent_socket import AgentConnection
 from bot.brain import Brain, actions_environment, load_brain
 from bot.chat import ChatConnection
@@ -252,14 +252,7 @@ def run(settings: Settings) -> None:
     The project and its models load first, so a project that is not ready stops the
     start before anything else is started."""
     brain = load_brain(settings)
-    # The models, the project and the imports are now loaded for good: keep the collector
-    # from walking them again. A full collection otherwise traverses all of them (221 k
-    # objects for the demo shop: a 100 ms pause for every customer waiting at that
-    # moment). Serving allocates many short-lived objects: collect the young generation
-    # every 50,000 net allocations instead of 700 (docs/benchmarks.md, "Load").
-    gc.collect()
-    gc.freeze()
-    gc.set_threshold(50_000, 20, 100)
+    heap.settle()  # the models and the project stay loaded: keep the collector off them
     if settings.redis_url:
         asyncio.run(serve_until_signalled(settings, settings.redis_url, brain))
         return

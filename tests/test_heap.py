@@ -1,0 +1,20 @@
+"""The collector settings of the long-running processes."""
+
+from __future__ import annotations
+
+import gc
+
+from bot import heap
+
+
+def test_settle_freezes_what_is_loaded_and_collects_young_objects_less_often() -> None:
+    before = gc.get_threshold()
+    try:
+        kept = [{"loaded": i} for i in range(1000)]
+        heap.settle()
+        assert gc.get_freeze_count() >= len(kept)
+        assert gc.get_threshold() == (heap.YOUNG_THRESHOLD, 20, 100)
+        assert gc.collect() < len(kept)  # the frozen objects are not walked (nor freed)
+    finally:
+        gc.unfreeze()
+        gc.set_threshold(*before)
