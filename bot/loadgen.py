@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import gc
 import importlib.metadata
 import importlib.util
 import os
@@ -26,6 +27,7 @@ import platform
 import random
 import shutil
 import tempfile
+import time
 import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import asdict, dataclass, field
@@ -170,6 +172,10 @@ class _Run:
         the Redis check, then close every customer."""
         async with target() as (urls, pids):
             customers: list[Customer] = []
+            # Start from a quiet machine: the previous scenario's servers and customers are
+            # gone, and the new servers have finished starting.
+            gc.collect()
+            await quiet_machine()
             try:
                 async with Usage(pids, self.redis if check else None) as usage:
                     result, customers = await scenario(urls)
@@ -264,6 +270,35 @@ async def run_scenarios(opts: LoadOptions, redis_url: str, folder: Path) -> dict
     finally:
         await run.cleanup()
     return results
+
+
+PROC_STAT = "/proc/stat"
+
+
+async def quiet_machine(idle: float = 0.7, longest: float = 20.0) -> float:
+    """Wait until the machine's CPUs are at least ``idle`` idle over one second (read from
+    /proc/stat), for at most ``longest`` seconds; returns the seconds waited. Elsewhere,
+    a fixed two seconds."""
+    start = time.monotonic()
+
+    def sample() -> tuple[int, int]:
+        with open(PROC_STAT) as f:
+            fields = [int(x) for x in f.readline().split()[1:]]
+        return sum(fields), fields[3] + (fields[4] if len(fields) > 4 else 0)  # total, idle+iowait
+
+    try:
+        sample()
+    except (OSError, ValueError, IndexError):
+        await asyncio.sleep(2.0)
+        return 2.0
+
+    while time.monotonic() - start < longest:
+        total0, idle0 = sample()
+        await asyncio.sleep(1.0)
+        total1, idle1 = sample()
+        if total1 > total0 and (idle1 - idle0) / (total1 - total0) >= idle:
+            break
+    return time.monotonic() - start
 
 
 def run_load(opts: LoadOptions) -> dict[str, Any]:

@@ -149,3 +149,12 @@ def test_the_command_reads_the_issue_s_flags() -> None:
     assert duration("1.5m") == 90.0 and duration("500ms") == 0.5 and duration("30") == 30.0
     with pytest.raises(Exception, match="not a duration"):
         duration("soon")
+
+
+async def test_quiet_machine_waits_for_idle_cpus_and_gives_up() -> None:
+    from bot.loadgen import quiet_machine
+
+    # Any machine is at least 0 % idle: one one-second sample is enough.
+    assert await quiet_machine(idle=0.0, longest=5) >= 0.9
+    # Never 101 % idle: it gives up after `longest` (samples are whole seconds).
+    assert await quiet_machine(idle=1.01, longest=2) >= 2
