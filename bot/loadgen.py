@@ -19,7 +19,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import gc
 import importlib.metadata
 import importlib.util
 import os
@@ -173,8 +172,9 @@ class _Run:
         async with target() as (urls, pids):
             customers: list[Customer] = []
             # Start from a quiet machine: the previous scenario's servers and customers are
-            # gone, and the new servers have finished starting.
-            gc.collect()
+            # gone, and the new servers have finished starting; what this process keeps
+            # from earlier scenarios is frozen out of its collector.
+            heap.settle()
             await quiet_machine()
             try:
                 async with Usage(pids, self.redis if check else None) as usage:
