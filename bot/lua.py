@@ -37,6 +37,17 @@ return 0
 
 # -- the turn runner's scripts, built from shared Lua functions -----------------------
 
+# field(entry, name): the value of `name` in a stream entry ({id, {field, value, ...}}).
+_FIELD_FN = r"""
+local function field(entry, name)
+  local fields = entry[2]
+  for i = 1, #fields, 2 do
+    if fields[i] == name then return fields[i + 1] end
+  end
+  return nil
+end
+"""
+
 # begin(session, lock, owner, message id, now, channel, frame)
 # Marks the turn for a customer message as started, before the pipeline runs (and so
 # before any custom action can have an effect). Only the lock holder may: error
@@ -93,16 +104,8 @@ local function claim(session, events, lock, owner, ttl_ms, mode)
       end
     end
     for _, row in ipairs(redis.call('XRANGE', events, start, '+')) do
-      local fields = row[2]
-      local kind, data = nil, nil
-      for i = 1, #fields, 2 do
-        if fields[i] == 'kind' then
-          kind = fields[i + 1]
-        elseif fields[i] == 'data' then
-          data = fields[i + 1]
-        end
-      end
-      if kind == 'message' and data and cjson.decode(data).role == 'user' then
+      local data = field(row, 'data')
+      if field(row, 'kind') == 'message' and data and cjson.decode(data).role == 'user' then
         messages[#messages + 1] = row
       end
     end
@@ -141,13 +144,7 @@ local function context(events, message, limit, cursor)
   while #history < limit do
     local rows = redis.call('XREVRANGE', events, stop, '-', 'COUNT', page)
     for _, row in ipairs(rows) do
-      local fields = row[2]
-      for i = 1, #fields, 2 do
-        if fields[i] == 'kind' then
-          if fields[i + 1] == 'message' then history[#history + 1] = row end
-          break
-        end
-      end
+      if field(row, 'kind') == 'message' then history[#history + 1] = row end
       if #history == limit then break end
     end
     if #rows < page then break end
@@ -159,39 +156,22 @@ local function context(events, message, limit, cursor)
   local last = ''
   for _, row in ipairs(redis.call('XRANGE', events, start, '+')) do
     last = row[1]
-    local fields = row[2]
-    for i = 1, #fields, 2 do
-      if fields[i] == 'kind' then
-        if fields[i + 1] == 'track' then signals[#signals + 1] = row end
-        break
-      end
-    end
+    if field(row, 'kind') == 'track' then signals[#signals + 1] = row end
   end
   return {history, signals, last}
 end
 """
 
-# KEYS: session, lock; ARGV: owner token, message event id, now, channel, frame.
-# See begin().
-BEGIN_TURN = _BEGIN_FN + r"""
-return begin(KEYS[1], KEYS[2], ARGV[1], ARGV[2], ARGV[3], ARGV[4], ARGV[5])
-"""
-
 # KEYS: session, events, lock; ARGV: owner token ('' for a new one), ttl_ms, mode.
 # See claim().
-CLAIM = _CLAIM_FN + r"""
+CLAIM = _FIELD_FN + _CLAIM_FN + r"""
 return claim(KEYS[1], KEYS[2], KEYS[3], ARGV[1], ARGV[2], ARGV[3])
-"""
-
-# KEYS: events; ARGV: message id, history limit, profile cursor. See context().
-CONTEXT = _CONTEXT_FN + r"""
-return context(KEYS[1], ARGV[1], tonumber(ARGV[2]), ARGV[3])
 """
 
 # The start of a turn in one round trip: begin() and then, on a fresh start, context().
 # KEYS: session, lock, events; ARGV: owner token, message event id, now, channel, frame,
 # history limit, profile cursor. Returns {begin's reply, context's reply or {}}.
-START_TURN = _BEGIN_FN + _CONTEXT_FN + r"""
+START_TURN = _FIELD_FN + _BEGIN_FN + _CONTEXT_FN + r"""
 local started = begin(KEYS[1], KEYS[2], ARGV[1], ARGV[2], ARGV[3], ARGV[4], ARGV[5])
 if started.err then return started end
 if started[1] ~= 0 then return {started, {}} end
@@ -204,7 +184,7 @@ return {started, context(KEYS[3], ARGV[2], tonumber(ARGV[6]), ARGV[7])}
 #       on `channel` once everything is written (the end of the bot's typing indicator)
 # guard_json: {"allow": {status: agent name or "*"}, "reopen": bool,
 #              "turn": {"message": event id, "owner": lock owner}, "next": owner}, all optional.
-#   turn: write only if the session's turn marker (BEGIN_TURN) still names this message
+#   turn: write only if the session's turn marker (START_TURN) still names this message
 #   and owner; else error "stale_turn <owner>". Checked before `allow`: a turn result
 #   from a holder that lost the turn is refused whatever the conversation's status.
 #   allow: write only if the session's status is a key and its `agent` field matches
@@ -218,7 +198,7 @@ return {started, context(KEYS[3], ARGV[2], tonumber(ARGV[6]), ARGV[7])}
 # there is one, else a JSON array of them in order.
 # Returns {duplicate(0|1), event_id...}, or {that, claim()'s reply} with `next`; error
 # "no_session" if the session expired.
-APPEND = _CLAIM_FN + r"""
+APPEND = _FIELD_FN + _CLAIM_FN + r"""
 if redis.call('EXISTS', KEYS[1]) == 0 then
   return redis.error_reply('no_session')
 end

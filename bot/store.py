@@ -70,7 +70,7 @@ class Conflict(DeskmateError):
 
 
 CONFLICT = re.compile(r"conflict (\w+) ?(\S*)")
-# Session fields of the turn marker (see Store.begin_turn); None in `fields` deletes them.
+# Session fields of the turn marker (see Store.start_turn); None in `fields` deletes them.
 TURN_MARK_CLEARED: Mapping[str, str | None] = {
     "turn_message": None, "turn_owner": None, "turn_started_at": None}
 
@@ -89,7 +89,7 @@ class StaleTurn(DeskmateError):
 
 @dataclass(frozen=True)
 class StartedTurn:
-    """What an earlier, unfinished attempt at a turn left behind (see Store.begin_turn)."""
+    """What an earlier, unfinished attempt at a turn left behind (see Store.start_turn)."""
 
     owner: str  # the lock owner token of that attempt
     started_at: float | None  # when it started (epoch seconds)
@@ -107,7 +107,7 @@ class Claim:
 
 @dataclass(frozen=True)
 class TurnContext:
-    """The conversation around a turn (see Store.turn_context)."""
+    """The conversation around a turn (see Store.start_turn)."""
 
     history: list[Event]  # messages before the turn's message, oldest first
     signals: list[Event]  # `track` events after the profile cursor, oldest first
@@ -177,9 +177,7 @@ class Store:
         self._release = client.register_script(lua.RELEASE)
         self._acquire = client.register_script(lua.ACQUIRE)
         self._extend = client.register_script(lua.EXTEND)
-        self._begin_turn = client.register_script(lua.BEGIN_TURN)
         self._claim = client.register_script(lua.CLAIM)
-        self._context = client.register_script(lua.CONTEXT)
         self._start_turn = client.register_script(lua.START_TURN)
 
     @classmethod
@@ -270,7 +268,7 @@ class Store:
         :class:`Conflict`. ``reopen`` turns a closed conversation back to ``bot``.
         With ``turn`` (message event id, lock owner), nothing is written unless the
         session's turn marker still names that message and owner (see
-        :meth:`begin_turn`): raises :class:`StaleTurn`. ``then_publish`` is an ephemeral
+        :meth:`start_turn`): raises :class:`StaleTurn`. ``then_publish`` is an ephemeral
         frame published after the events, by the same write (never when it is refused).
         With ``next_owner`` (a turn's lock holder), the same call then does what
         :meth:`next_turns` does, and ``Appended.next`` holds its answer.
@@ -331,20 +329,6 @@ class Store:
                 out.append(Event(event_id, values["kind"], float(values["ts"]), json.loads(values["data"])))
         return out
 
-    async def turn_context(self, sid: str, before: str, limit: int,
-                           profile_cursor: str | None) -> TurnContext:
-        """The last ``limit`` messages stored before ``before`` and the `track` events after
-        ``profile_cursor`` (the whole stream when None); one round trip.
-
-        The messages are read backwards in pages, so a turn costs the same on a long
-        conversation as on a short one."""
-        try:
-            reply = await self._context(keys=[self.keys.events(sid)],
-                                        args=[before, limit, profile_cursor or ""])
-        except (RedisError, OSError) as exc:
-            raise StoreError(f"could not read events: {exc}") from exc
-        return _context(reply)
-
     async def claim_turns(self, sid: str, ttl: float, owner: str | None = None, *,
                           mode: str = "take") -> Claim:
         """The session record and the customer messages after its turn cursor, with the
@@ -368,12 +352,6 @@ class Store:
     async def next_turns(self, sid: str, owner: str) -> Claim:
         """After a turn: what is pending now; the lock is released when nothing is."""
         return await self.claim_turns(sid, 0, owner, mode="next")
-
-    async def pending_turns(self, sid: str) -> tuple[dict[str, str] | None, list[Event]]:
-        """The session record (None when gone) and the customer messages stored after its
-        turn cursor, oldest first; one round trip, nothing changed."""
-        claim = await self.claim_turns(sid, 0, mode="peek")
-        return claim.record, claim.pending
 
     async def publish_many(self, sid: str, frames: Sequence[Mapping[str, Any]]) -> None:
         """Fan out several ephemeral frames, in order, in one message (one round trip)."""
@@ -416,30 +394,20 @@ class Store:
         except (RedisError, OSError) as exc:
             raise StoreError(f"could not release lock: {exc}") from exc
 
-    async def begin_turn(self, sid: str, owner: str, message_id: str,
-                         frame: Mapping[str, Any] | None = None) -> StartedTurn | None:
-        """Record that the lock holder ``owner`` starts the turn for ``message_id``.
-
-        Called before the pipeline runs, so a turn whose holder dies mid-way is known
-        to have started: returns what the earlier attempt left (then the turn must not
-        run again; the customer is told instead), or None for a fresh start. Raises
-        :class:`LockLost` when ``owner`` does not hold the lock (nothing is written).
-        On a fresh start, ``frame`` (the typing indicator) is published in the same call."""
-        try:
-            out = await self._begin_turn(keys=[self.keys.session(sid), self.keys.lock(sid)],
-                                         args=[owner, message_id, repr(time.time()),
-                                               self.keys.channel(sid), self._frame(sid, frame)])
-        except ResponseError as exc:
-            raise _begin_error(sid, exc) from None
-        except (RedisError, OSError) as exc:
-            raise StoreError(f"could not start the turn: {exc}") from exc
-        return _started(out)
-
     async def start_turn(self, sid: str, owner: str, message_id: str, history_limit: int,
                          profile_cursor: str | None, frame: Mapping[str, Any] | None = None,
                          ) -> StartedTurn | TurnContext:
-        """:meth:`begin_turn` and, on a fresh start, :meth:`turn_context`, in one round trip:
-        the context for a fresh start, else what the earlier attempt left."""
+        """Record that the lock holder ``owner`` starts the turn for ``message_id`` and, on a
+        fresh start, read what the turn needs to know; one round trip (``bot.lua.START_TURN``).
+
+        Called before the turn is classified or its pipeline runs, so a turn whose holder
+        dies mid-way is known to have started: returns what the earlier attempt left (then
+        the turn must not run again; the customer is told instead). A fresh start returns
+        the :class:`TurnContext`: the last ``history_limit`` messages before the turn's
+        message (read backwards in pages, so a long conversation costs what a short one
+        does) and the `track` events after ``profile_cursor`` (the whole stream when None),
+        and publishes ``frame`` (the typing indicator). Raises :class:`LockLost` when
+        ``owner`` does not hold the lock (nothing is written)."""
         try:
             started, context = await self._start_turn(
                 keys=[self.keys.session(sid), self.keys.lock(sid), self.keys.events(sid)],

@@ -7,7 +7,7 @@ atomic write that stores the turn's replies.
 
 At most once: before the pipeline runs (and so before a custom action can cancel
 an order), the holder marks the turn as started, atomically with checking that
-it holds the lock (:meth:`~bot.store.Store.begin_turn`). The write that stores
+it holds the lock (:meth:`~bot.store.Store.start_turn`). The write that stores
 the result removes the marker, and is refused unless the marker is still its
 own. A holder that finds a marker for the message it is about to answer knows
 an earlier holder died (or lost the lock) mid-turn: it does not run the turn

@@ -28,7 +28,7 @@ from websockets.exceptions import ConnectionClosed
 
 from bot.embedded_redis import find_redis_server
 from bot.keys import Keys
-from bot.store import TURN_MARK_CLEARED, LockLost, NewEvent, StaleTurn, Store
+from bot.store import TURN_MARK_CLEARED, LockLost, NewEvent, StaleTurn, StartedTurn, Store, TurnContext
 from bot.turns import INTERRUPTED_TEXT
 from dialogue.engine import ACTION_DOWN
 from tests.conftest import Client, Servers, delete_prefix
@@ -292,14 +292,14 @@ async def test_a_holder_that_lost_the_turn_cannot_store_its_result(redis_url: st
         message = (await store.append(sid, [NewEvent("message", {"role": "user", "text": "cancel"})])
                    ).event_ids[0]
         stalled = await store.acquire_lock(sid, 0.2) or ""
-        assert await store.begin_turn(sid, stalled, message) is None
+        assert isinstance(await store.start_turn(sid, stalled, message, 10, None), TurnContext)
         await asyncio.sleep(0.3)  # its lock expires
         taker = await store.acquire_lock(sid, 10.0) or ""
         assert taker and taker != stalled
         with pytest.raises(LockLost):
-            await store.begin_turn(sid, stalled, message)
-        earlier = await store.begin_turn(sid, taker, message)
-        assert earlier is not None and earlier.owner == stalled and earlier.started_at
+            await store.start_turn(sid, stalled, message, 10, None)
+        earlier = await store.start_turn(sid, taker, message, 10, None)
+        assert isinstance(earlier, StartedTurn) and earlier.owner == stalled and earlier.started_at
         late = NewEvent("message", {"role": "bot", "text": "Your order is cancelled.", "reply_to": message})
         with pytest.raises(StaleTurn):
             await store.append(sid, [late], cursor=message, turn=(message, stalled))

@@ -38,13 +38,15 @@ async def test_append_is_atomic_and_deduplicated(store: Store, sync_redis: redis
     events = await store.events(sid)
     assert [e.event_id for e in events] == first.event_ids + batch.event_ids
     assert sync_redis.hget(store.keys.session(sid), "cursor") == first.event_ids[0]
-    record, pending = await store.pending_turns(sid)
-    assert record is not None and record["cursor"] == first.event_ids[0] and pending == []
+    peek = await store.claim_turns(sid, 5, mode="peek")
+    assert peek.record is not None and peek.record["cursor"] == first.event_ids[0] and peek.pending == []
     later = await store.append(sid, [NewEvent("message", {"role": "user", "text": "and?"}),
                                      NewEvent("message", {"role": "agent", "text": "here"})])
-    record, pending = await store.pending_turns(sid)
-    assert [(e.event_id, e.data["text"]) for e in pending] == [(later.event_ids[0], "and?")]
-    assert await store.pending_turns("no-such-session") == (None, [])
+    peek = await store.claim_turns(sid, 5, mode="peek")
+    assert [(e.event_id, e.data["text"]) for e in peek.pending] == [(later.event_ids[0], "and?")]
+    assert peek.owner is None and await store.lock_ttl_left(sid) == 0  # a peek takes nothing
+    gone = await store.claim_turns("no-such-session", 5, mode="peek")
+    assert (gone.record, gone.pending) == (None, [])
     assert [e.kind for e in await store.events(sid, first.event_ids[0])] == [
         "turn", "message", "message", "message"]
     for key in (store.keys.session(sid), store.keys.events(sid), store.keys.client_ids(sid)):
@@ -80,7 +82,7 @@ async def test_every_key_carries_the_prefix(store: Store, sync_redis: redis.Redi
     assert sync_redis.zscore(store.keys.live(), sid) is not None
 
 
-async def test_turn_context_pages_backwards_and_reads_signals_since_the_cursor(store: Store) -> None:
+async def test_turn_start_reads_history_backwards_and_signals_since_the_cursor(store: Store) -> None:
     sid, _ = await store.create_session()
     ids = []
     for i in range(150):
@@ -90,15 +92,21 @@ async def test_turn_context_pages_backwards_and_reads_signals_since_the_cursor(s
     tracked = await store.append(sid, [NewEvent("track", {"name": "product_viewed",
                                                           "data": {"product_id": "p1"}}),
                                        NewEvent("turn", {"intent": "y"})])
-    context = await store.turn_context(sid, ids[120], 50, None)
+    owner = await store.acquire_lock(sid, 5) or ""
+
+    async def start(message: str, cursor: str | None) -> TurnContext:
+        context = await store.start_turn(sid, owner, message, 50, cursor)
+        assert isinstance(context, TurnContext)
+        return context
+
+    context = await start(ids[120], None)
     assert [e.data["text"] for e in context.history] == [f"m{i}" for i in range(70, 120)]
     assert [e.event_id for e in context.signals] == tracked.event_ids[:1]
     assert context.last_id == tracked.event_ids[1]  # the cursor moves past every kind
-    assert [e.data["text"] for e in (await store.turn_context(sid, ids[3], 50, None)).history] == [
-        "m0", "m1", "m2"]
-    later = await store.turn_context(sid, ids[0], 50, tracked.event_ids[0])
+    assert [e.data["text"] for e in (await start(ids[3], None)).history] == ["m0", "m1", "m2"]
+    later = await start(ids[0], tracked.event_ids[0])
     assert later.history == [] and later.signals == [] and later.last_id == tracked.event_ids[1]
-    done = await store.turn_context(sid, ids[0], 50, tracked.event_ids[1])
+    done = await start(ids[1], tracked.event_ids[1])
     assert done.signals == [] and done.last_id is None
 
 
