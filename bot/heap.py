@@ -10,7 +10,9 @@ with ``deskmate bench load`` (docs/benchmarks.md, "Load").
 
 from __future__ import annotations
 
+import contextlib
 import gc
+from collections.abc import Iterator
 
 YOUNG_THRESHOLD = 50_000
 
@@ -20,3 +22,16 @@ def settle() -> None:
     gc.collect()
     gc.freeze()
     gc.set_threshold(YOUNG_THRESHOLD, 20, 100)
+
+
+@contextlib.contextmanager
+def settled() -> Iterator[None]:
+    """:func:`settle` for a while (a run inside a longer-lived process): on exit the frozen
+    objects go back to the collector and its thresholds are restored."""
+    before = gc.get_threshold()
+    try:
+        settle()
+        yield
+    finally:
+        gc.unfreeze()
+        gc.set_threshold(*before)

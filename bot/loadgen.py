@@ -320,14 +320,15 @@ def run_load(opts: LoadOptions) -> dict[str, Any]:
         if importlib.util.find_spec("pyinstrument") is None:
             raise DeskmateError("bench load: --profile needs pyinstrument (pip install pyinstrument)")
         opts.profile.mkdir(parents=True, exist_ok=True)
-    heap.settle()  # the harness's own collector pauses would count against the server
     ok = False
     try:
-        if redis_url:
-            results = asyncio.run(run_scenarios(opts, redis_url, folder))
-        else:
-            with EmbeddedRedis(folder, appendfsync="everysec") as embedded:
-                results = asyncio.run(run_scenarios(opts, embedded.url, folder))
+        # The harness's own collector pauses would count against the server.
+        with heap.settled():
+            if redis_url:
+                results = asyncio.run(run_scenarios(opts, redis_url, folder))
+            else:
+                with EmbeddedRedis(folder, appendfsync="everysec") as embedded:
+                    results = asyncio.run(run_scenarios(opts, embedded.url, folder))
         results["open_files"] = limit
         ok = True
         return results

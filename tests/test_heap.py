@@ -18,3 +18,10 @@ def test_settle_freezes_what_is_loaded_and_collects_young_objects_less_often() -
     finally:
         gc.unfreeze()
         gc.set_threshold(*before)
+
+
+def test_settled_gives_everything_back_on_exit() -> None:
+    before = gc.get_threshold()
+    with heap.settled():
+        assert gc.get_threshold()[0] == heap.YOUNG_THRESHOLD and gc.get_freeze_count() > 0
+    assert gc.get_threshold() == before and gc.get_freeze_count() == 0
