@@ -121,25 +121,6 @@ def _row_event(row: Sequence[Any]) -> Event:
     return Event(str(event_id), values["kind"], float(values["ts"]), json.loads(values["data"]))
 
 
-def _started(reply: Sequence[Any]) -> StartedTurn | None:
-    """None for a fresh start, else what the earlier attempt left (the Lua begin())."""
-    if not int(reply[0]):
-        return None
-    try:
-        started_at: float | None = float(reply[2])
-    except (TypeError, ValueError):
-        started_at = None
-    return StartedTurn(str(reply[1]), started_at)
-
-
-def _begin_error(sid: str, exc: ResponseError) -> DeskmateError:
-    if "lock_lost" in str(exc):
-        return LockLost(f"session {sid}: turn lock lost")
-    if "no_session" in str(exc):
-        return StoreError("session expired or unknown")
-    return StoreError(f"could not start the turn: {exc}")
-
-
 def _claim(reply: Sequence[Any], token: str) -> Claim:
     """A Claim from the reply of the Lua claim() function (bot.lua)."""
     flat, rows, held, wait_ms = reply
@@ -414,11 +395,20 @@ class Store:
                 args=[owner, message_id, repr(time.time()), self.keys.channel(sid),
                       self._frame(sid, frame), history_limit, profile_cursor or ""])
         except ResponseError as exc:
-            raise _begin_error(sid, exc) from None
+            if "lock_lost" in str(exc):
+                raise LockLost(f"session {sid}: turn lock lost") from None
+            if "no_session" in str(exc):
+                raise StoreError("session expired or unknown") from exc
+            raise StoreError(f"could not start the turn: {exc}") from exc
         except (RedisError, OSError) as exc:
             raise StoreError(f"could not start the turn: {exc}") from exc
-        earlier = _started(started)
-        return _context(context) if earlier is None else earlier
+        if not int(started[0]):  # a fresh start
+            return _context(context)
+        try:
+            started_at: float | None = float(started[2])
+        except (TypeError, ValueError):
+            started_at = None
+        return StartedTurn(str(started[1]), started_at)
 
     async def lock_ttl_left(self, sid: str) -> float:
         """Seconds until the turn lock expires (0 when it is free)."""

@@ -401,9 +401,7 @@ class TurnRunner:
                   *({"type": "stream_delta", "stream_id": stream_id, "text": chunk} for chunk in parts)]
         with contextlib.suppress(StoreError):  # best effort, as for _publish
             await self.store.publish_many(sid, frames)
-        event = _bot_message("".join(parts).strip(), reply.buttons, reply.cards, reply_to, reply.name,
-                             reply.sources)
-        return NewEvent("message", {**event.data, "stream_id": stream_id})
+        return _streamed_message(parts, reply, reply_to, stream_id)
 
     async def _stream(self, sid: str, reply: StreamedReply, reply_to: str) -> NewEvent:
         stream_id = uuid.uuid4().hex
@@ -418,9 +416,15 @@ class TurnRunner:
             if live:
                 live = await self._publish(sid, {"type": "stream_delta", "stream_id": stream_id,
                                                  "text": chunk})
-        event = _bot_message("".join(parts).strip(), reply.buttons, reply.cards, reply_to, reply.name,
-                             reply.sources)
-        return NewEvent("message", {**event.data, "stream_id": stream_id})
+        return _streamed_message(parts, reply, reply_to, stream_id)
+
+
+def _streamed_message(parts: list[str], reply: Reply | StreamedReply, reply_to: str,
+                      stream_id: str) -> NewEvent:
+    """The stored bot message of a streamed reply: its pieces joined, tied to its stream."""
+    event = _bot_message("".join(parts).strip(), reply.buttons, reply.cards, reply_to, reply.name,
+                         reply.sources)
+    return NewEvent("message", {**event.data, "stream_id": stream_id})
 
 
 def _profile_from(own: dict[str, list[str]], signals: list[Event]) -> dict[str, list[str]]:
