@@ -275,10 +275,10 @@ async def run_scenarios(opts: LoadOptions, redis_url: str, folder: Path) -> dict
 PROC_STAT = "/proc/stat"
 
 
-async def quiet_machine(idle: float = 0.7, longest: float = 20.0) -> float:
+async def quiet_machine(idle: float = 0.7, longest: float = 20.0) -> int:
     """Wait until the machine's CPUs are at least ``idle`` idle over one second (read from
-    /proc/stat), for at most ``longest`` seconds; returns the seconds waited. Elsewhere,
-    a fixed two seconds."""
+    /proc/stat), for at most ``longest`` seconds; returns the one-second samples taken.
+    Where /proc/stat cannot be read, waits a fixed two seconds (and returns 0)."""
     start = time.monotonic()
 
     def sample() -> tuple[int, int]:
@@ -290,15 +290,16 @@ async def quiet_machine(idle: float = 0.7, longest: float = 20.0) -> float:
         sample()
     except (OSError, ValueError, IndexError):
         await asyncio.sleep(2.0)
-        return 2.0
-
+        return 0
+    samples = 0
     while time.monotonic() - start < longest:
         total0, idle0 = sample()
         await asyncio.sleep(1.0)
         total1, idle1 = sample()
+        samples += 1
         if total1 > total0 and (idle1 - idle0) / (total1 - total0) >= idle:
             break
-    return time.monotonic() - start
+    return samples
 
 
 def run_load(opts: LoadOptions) -> dict[str, Any]:
