@@ -44,8 +44,11 @@ def open_chat_model(*, backend: str | None = None, config: EngineConfig | None =
 
     embedded: ``DESKMATE_LM_MODEL`` (.gguf or model folder; default SmolLM2-135M-Instruct),
     ``DESKMATE_LM_CACHE``, ``DESKMATE_LM_DTYPE`` (float32 | int8 | bfloat16),
-    ``DESKMATE_LM_THREADS``. remote: see :meth:`model.lm.remote.RemoteConfig.from_env`.
-    Blocking (loads the model): call it at startup, or in a thread.
+    ``DESKMATE_LM_THREADS`` (default: every core). remote: see
+    :meth:`model.lm.remote.RemoteConfig.from_env`. Blocking (loads the model): call it
+    at startup, or in a thread.
+
+    embedded: the calling thread is left with one torch thread (:func:`leave_cores_to_engine`).
     """
     backend = backend or os.environ.get("DESKMATE_LM_BACKEND", "embedded")
     if backend == "remote":
@@ -54,8 +57,9 @@ def open_chat_model(*, backend: str | None = None, config: EngineConfig | None =
         return RemoteChatModel(RemoteConfig.from_env())
     if backend != "embedded":
         raise ValueError(f"DESKMATE_LM_BACKEND must be 'embedded' or 'remote', not {backend!r}")
-    from model.lm.engine import Engine
+    from model.lm.engine import Engine, leave_cores_to_engine
 
+    leave_cores_to_engine()
     threads = os.environ.get("DESKMATE_LM_THREADS")
     try:
         n_threads = int(threads) if threads else None

@@ -26,6 +26,7 @@ from tqdm import tqdm
 
 from model.lm.api import Message, Usage
 from model.lm.bench_report import SECTION
+from model.lm.loader import on_own_thread
 
 PERSONA = ("You are Mia, the support assistant of Teapot & Co, an online shop for tea and teaware. "
            "Be warm, brief and precise. If you do not know an answer, offer to connect a human agent.")
@@ -86,7 +87,7 @@ def machine_info() -> dict[str, Any]:
     with open("/proc/meminfo") as f:
         mem_kb = int(f.readline().split()[1])
     return {"nproc": os.cpu_count(), "cpu": cpu, "ram_gib": round(mem_kb / 2**20, 1),
-            "torch_threads": torch.get_num_threads(), "load_avg_1m": os.getloadavg()[0],
+            "torch_threads": len(os.sched_getaffinity(0)), "load_avg_1m": os.getloadavg()[0],
             "python": platform.python_version(), "torch": torch.__version__,
             "transformers": transformers.__version__,
             "date": datetime.now(UTC).strftime("%Y-%m-%d %H:%M UTC")}
@@ -172,9 +173,6 @@ async def bench_engine(opts: BenchOptions, dtype: str, bar: tqdm) -> dict[str, A
         bar.update(1)
         out["rss_engine_mb"] = rss_mb()[0]
         out["kv_cache_mb"] = engine.kv.nbytes() / 2**20
-        if dtype == "float32" and not opts.quick:
-            bar.set_postfix_str("KV cache comparison")
-            out["kv_compare"] = await asyncio.to_thread(compare_kv_caches, engine.model)
         async with running(engine, port=0) as port:
             remote = RemoteChatModel(RemoteConfig(base_url=f"http://127.0.0.1:{port}/v1",
                                                   model=engine.name, read_timeout=600))
@@ -190,13 +188,24 @@ async def bench_engine(opts: BenchOptions, dtype: str, bar: tqdm) -> dict[str, A
     finally:
         engine.close()
         gc.collect()
+    if dtype == "float32" and not opts.quick and engine.lean is not None:
+        # After close: the engine thread's OpenMP team is gone, so this one runs alone.
+        bar.set_postfix_str("forward comparison")
+        out["forward_compare"] = on_own_thread(engine.loaded.threads, compare_forwards, engine.loaded)
     out["peak_rss_mb"] = rss_mb()[1]
     return out
 
 
-def compare_kv_caches(model: Any, batch: int = 32, cached: int = 400, steps: int = 5) -> dict[str, float]:
-    """Decode-step time with one batch-wide ``DynamicCache`` (``torch.cat`` every step) vs
-    :class:`SlotKVCache` (slice assignment), same model, same random KV."""
+def compare_forwards(loaded: Any, cached: int = 400, steps: int = 5) -> list[dict[str, float]]:
+    """One decode step at 1 and 32 streams with ``cached`` tokens each, same model, same
+    random KV: transformers' forward with one batch-wide ``DynamicCache`` (``torch.cat``
+    every step), transformers' forward with :class:`SlotKVCache`, and the engine's lean
+    forward (:mod:`model.lm.llama`) with :class:`SlotKVCache`. float32 only (int8 keeps
+    no transformers weights)."""
+    return [_decode_step_times(loaded.model, loaded.lean, batch, cached, steps) for batch in (1, 32)]
+
+
+def _decode_step_times(model: Any, lean: Any, batch: int, cached: int, steps: int) -> dict[str, float]:
     import torch
     from transformers import DynamicCache
 
@@ -207,29 +216,62 @@ def compare_kv_caches(model: Any, batch: int = 32, cached: int = 400, steps: int
     ids = torch.randint(0, 1000, (batch, 1))
     kv = [(torch.randn(batch, heads, cached, dim), torch.randn(batch, heads, cached, dim))
           for _ in range(layers)]
-    with torch.inference_mode():
-        dynamic = DynamicCache(config=cfg)
-        for i, (k, v) in enumerate(kv):
-            dynamic.update(k.clone(), v.clone(), i)
-        mask = torch.ones(batch, cached + steps, dtype=torch.long)
-        t0 = time.perf_counter()
-        for s in range(steps):
-            model(input_ids=ids, attention_mask=mask[:, :cached + s + 1], cache=dynamic, use_cache=True,
-                  position_ids=torch.full((batch, 1), cached + s))
-        dyn = (time.perf_counter() - t0) / steps
-        slot = SlotKVCache(layers, heads, dim, torch.float32, rows=batch, columns=cached + steps + 1)
+
+    def slot_cache() -> SlotKVCache:
+        slot = SlotKVCache(layers, heads, dim, torch.float32, rows=batch, columns=cached + steps + 2)
         for i, (k, v) in enumerate(kv):
             slot.keys[i][:, :, :cached] = k
             slot.values[i][:, :, :cached] = v
         slot.n, slot.length, slot.start = batch, cached, [0] * batch
+        return slot
+
+    def timed(step: Callable[[int], Any]) -> float:
+        step(0)                                   # warm-up, not counted
         t0 = time.perf_counter()
-        for _ in range(steps):
-            mask2, positions = slot.step_inputs()
-            model(input_ids=ids, attention_mask=mask2, position_ids=positions, cache=slot.as_cache(),
-                  use_cache=True)
-            slot.advance(1)
-        slot_s = (time.perf_counter() - t0) / steps
-    return {"batch": batch, "cached": cached, "dynamic_ms": dyn * 1000, "slot_ms": slot_s * 1000}
+        for s in range(1, steps + 1):
+            step(s)
+        return (time.perf_counter() - t0) / steps * 1000
+
+    dynamic = DynamicCache(config=cfg)
+    for i, (k, v) in enumerate(kv):
+        dynamic.update(k.clone(), v.clone(), i)
+    mask = torch.ones(batch, cached + steps + 1, dtype=torch.long)
+    slot, own = slot_cache(), slot_cache()
+
+    def hf_dynamic(s: int) -> None:
+        model(input_ids=ids, attention_mask=mask[:, :cached + s + 1], cache=dynamic, use_cache=True,
+              position_ids=torch.full((batch, 1), cached + s))
+
+    def hf_slot(_: int) -> None:
+        step_mask, positions = slot.step_inputs()
+        model(input_ids=ids, attention_mask=step_mask, position_ids=positions, cache=slot.as_cache(),
+              use_cache=True)
+        slot.advance(1)
+
+    def lean_slot(_: int) -> None:
+        positions = own.step_inputs()[1]
+        lean.decode(ids, positions, own, None)
+        own.advance(1)
+
+    with torch.inference_mode():
+        times = {name: timed(step) for name, step in
+                 (("dynamic_ms", hf_dynamic), ("slot_ms", hf_slot), ("lean_ms", lean_slot))}
+    return {"batch": batch, "cached": cached, **times}
+
+
+def int8_agreement(opts: BenchOptions) -> list[float]:
+    """Greedy next-token agreement of int8 with float32 on three support prompts."""
+    from model.lm.llama import greedy_agreement
+    from model.lm.loader import load_model
+
+    f32 = load_model(opts.model, cache=opts.cache, dtype="float32", threads=opts.threads)
+    int8 = load_model(opts.model, cache=opts.cache, dtype="int8", threads=opts.threads)
+    if f32.lean is None or int8.lean is None:
+        return []
+    tok = f32.tokenizer
+    prompts = [tok(tok.apply_chat_template(support_prompt(i), tokenize=False), add_special_tokens=False)
+               ["input_ids"] for i in range(3)]
+    return on_own_thread(f32.threads, lambda: [greedy_agreement(f32.lean, int8.lean, p) for p in prompts])
 
 
 def bench_llamacpp(opts: BenchOptions, bar: tqdm) -> dict[str, Any] | None:
@@ -266,14 +308,14 @@ def bench_llamacpp(opts: BenchOptions, bar: tqdm) -> dict[str, Any] | None:
 
 def run_bench(opts: BenchOptions, *, out: Path | None, json_out: Path | None = None) -> dict[str, Any]:
     """Run everything; write the markdown section to ``out`` (and raw figures to ``json_out``)."""
-    import torch
+    from model.lm.engine import leave_cores_to_engine
 
-    if opts.threads:
-        torch.set_num_threads(opts.threads)
+    leave_cores_to_engine()   # the engines' threads are the ones that run torch in parallel
     if opts.quick:
         opts = BenchOptions(**{**opts.__dict__, "concurrency": opts.concurrency[:2],
                                "max_tokens": min(opts.max_tokens, 16), "dtype": opts.dtype or "float32"})
     machine = machine_info()
+    machine["torch_threads"] = opts.threads or machine["torch_threads"]
     # int8 first: the process is fresh then, so its RSS is the engine's own.
     dtypes = [opts.dtype] if opts.dtype else ["int8", "float32"]
     steps = len(dtypes) * (2 + 2 * len(opts.concurrency)) + 1
@@ -281,6 +323,9 @@ def run_bench(opts: BenchOptions, *, out: Path | None, json_out: Path | None = N
     with tqdm(total=steps, desc="bench lm", unit="run") as bar:
         for dtype in dtypes:
             results["runs"].append(asyncio.run(bench_engine(opts, dtype, bar)))
+        if not opts.dtype and not opts.quick:
+            bar.set_postfix_str("int8 agreement")
+            results["int8_agreement"] = int8_agreement(opts)
         bar.set_postfix_str("llama.cpp")
         results["llamacpp"] = bench_llamacpp(opts, bar)
         if results["llamacpp"] is None:

@@ -66,11 +66,12 @@ def cmd_serve(args: argparse.Namespace) -> int:
     """``deskmate model serve``: load the engine and serve until Ctrl-C."""
     import asyncio
 
-    from model.lm.engine import Engine, EngineConfig
+    from model.lm.engine import Engine, EngineConfig, leave_cores_to_engine
     from model.lm.loader import ModelNotFoundError
     from model.lm.serve import serve_forever
 
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
+    leave_cores_to_engine()   # the engine's thread runs the model; this one serves HTTP
     try:
         engine = Engine.load(args.model, cache=args.cache, dtype=args.dtype, threads=args.threads,
                              config=EngineConfig(max_batch=args.max_batch))

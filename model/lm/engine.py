@@ -40,7 +40,7 @@ from model.lm.api import (
     make_queue,
 )
 from model.lm.kvcache import SlotKVCache
-from model.lm.loader import LoadedModel, load_model
+from model.lm.loader import LoadedModel, load_model, pin_torch_threads
 from model.lm.text import IncrementalDecoder, StopMatcher
 
 log = logging.getLogger(__name__)
@@ -86,6 +86,16 @@ def _release_freed_memory() -> None:
 _LIBC: Any = None
 
 
+def leave_cores_to_engine() -> None:
+    """Keep the calling thread's torch work on one thread, so the engine's is the only
+    OpenMP team of workers in the process (see :func:`model.lm.loader.on_own_thread`).
+
+    For processes whose other threads run no large torch work: the server's event loop,
+    ``deskmate model serve``, the benchmark. Call it before the thread's first parallel op.
+    """
+    pin_torch_threads(1)
+
+
 class _Request:
     """Engine-side state of one generation (touched by the engine thread after submit)."""
 
@@ -124,6 +134,7 @@ class Engine:
         self.name = loaded.name
         self.config = config or EngineConfig()
         self.model = loaded.model
+        self.lean = loaded.lean                  # LeanLlama, or None: transformers' forward
         self.tokenizer = loaded.tokenizer
         mc = self.model.config
         self.context = min(self.config.context or mc.max_position_embeddings, 8192)
@@ -218,6 +229,8 @@ class Engine:
     # ---- engine thread ------------------------------------------------------------------
 
     def _run(self) -> None:
+        # This thread's own OpenMP team runs the model (see loader.on_own_thread).
+        pin_torch_threads(self.loaded.threads)
         try:
             with torch.inference_mode():
                 while self._iterate():
@@ -296,12 +309,19 @@ class Engine:
                 req.generator = torch.Generator().manual_seed(
                     req.params.seed if req.params.seed is not None else random.getrandbits(63))
         positions = (mask.cumsum(-1) - 1).clamp(min=0)
-        cache = DynamicCache(config=self.model.config)
-        out = self.model(input_ids=ids, attention_mask=mask if len(reqs) > 1 else None,
-                         position_ids=positions, cache=cache, use_cache=True, logits_to_keep=1)
+        padded = len(set(lengths)) > 1
+        if self.lean is not None:
+            logits, layers = self.lean.prefill(ids, positions, mask if padded else None)
+        else:
+            cache = DynamicCache(config=self.model.config)
+            out = self.model(input_ids=ids, attention_mask=mask if padded else None,
+                             position_ids=positions, cache=cache, use_cache=True, logits_to_keep=1)
+            logits = out.logits[:, -1]
+            layers = [(layer.keys, layer.values) for layer in cache.layers]  # type: ignore[union-attr]
+            del out, cache
         self.stats.prefills += 1
-        tokens = self._sample(out.logits[:, -1], reqs)                                # (B, V) -> B
-        del out
+        tokens = self._sample(logits, reqs)                                          # (B, V) -> B
+        del logits
         self.kv.ensure_rows(len(self._active) + len(reqs))
         if ids.numel() >= 512:
             _release_freed_memory()
@@ -309,9 +329,8 @@ class Engine:
             if self._emit(req, token):
                 continue
             cut = width - lengths[b]
-            layers: list[Any] = list(cache.layers)
-            req.row = self.kv.add([(layer.keys[b:b + 1, :, cut:], layer.values[b:b + 1, :, cut:])
-                                   for layer in layers])
+            req.row = self.kv.add([(keys[b:b + 1, :, cut:], values[b:b + 1, :, cut:])
+                                   for keys, values in layers])
             self._active.append(req)
 
     def _decode_step(self) -> None:
@@ -319,10 +338,14 @@ class Engine:
         self.kv.reserve(1)
         mask, positions = self.kv.step_inputs()
         ids = torch.tensor([[r.last_token] for r in active])                    # (n, 1)
-        out = self.model(input_ids=ids, attention_mask=mask, position_ids=positions,
-                         cache=self.kv.as_cache(), use_cache=True)
+        if self.lean is not None:
+            padded = any(self.kv.start)
+            logits = self.lean.decode(ids, positions, self.kv, mask.bool() if padded else None)
+        else:
+            logits = self.model(input_ids=ids, attention_mask=mask, position_ids=positions,
+                                cache=self.kv.as_cache(), use_cache=True).logits[:, -1]
         self.kv.advance(1)
-        tokens = self._sample(out.logits[:, -1], active)                          # (n, V) -> n
+        tokens = self._sample(logits, active)                                     # (n, V) -> n
         self.stats.steps += 1
         finished = []
         for req, token in zip(active, tokens, strict=True):
@@ -397,4 +420,4 @@ class Engine:
 
     def describe(self) -> dict[str, Any]:
         return {"model": self.name, "context": self.context, "dtype": self.loaded.dtype,
-                "kv_cache_mb": self.kv.nbytes() / 2**20, "threads": torch.get_num_threads()}
+                "kv_cache_mb": self.kv.nbytes() / 2**20, "threads": self.loaded.threads}

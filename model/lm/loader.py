@@ -14,10 +14,14 @@ import hashlib
 import importlib.util
 import logging
 import os
+import threading
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
+
+T = TypeVar("T")
 
 log = logging.getLogger(__name__)
 
@@ -50,6 +54,8 @@ class LoadedModel:
     path: Path            # the folder actually loaded (the converted cache for a GGUF)
     dtype: str            # "float32", "int8" or "bfloat16"
     load_seconds: float
+    lean: Any = None      # model.lm.llama.LeanLlama for Llama models (the engine's forward), else None
+    threads: int = 1      # torch intra-op threads the engine's thread runs with
 
 
 def default_gguf() -> Path:
@@ -128,40 +134,122 @@ def load_model(
     cache: str | os.PathLike[str] | None = None,
     dtype: str = "float32",
     threads: int | None = None,
+    forward: str = "lean",
 ) -> LoadedModel:
     """Load the configured model for inference.
 
     ``dtype`` is ``float32`` (default: exact, and on AVX2-only CPUs far faster than
     ``bfloat16``, which has no native matmul there), ``int8`` (dynamic int8 linear layers:
     ~2x faster batched decoding, slightly different text) or ``bfloat16``. ``threads``
-    sets torch's intra-op threads when given.
+    is the engine's torch intra-op threads (default: the cores this process may use). ``forward``
+    is ``lean`` (the engine's own forward pass for Llama models, :mod:`model.lm.llama`;
+    others fall back) or ``transformers`` (the model's own forward, for comparison).
+
+    The work runs on a short-lived thread of its own (see :func:`on_own_thread`).
     """
+    if dtype not in _DTYPES:
+        raise ValueError(f"dtype must be one of {sorted(_DTYPES)}, not {dtype!r}")
+    if forward not in ("lean", "transformers"):
+        raise ValueError(f"forward must be 'lean' or 'transformers', not {forward!r}")
+    threads = threads or len(os.sched_getaffinity(0))
+    return on_own_thread(threads, _load, source, cache, dtype, threads, forward)
+
+
+def on_own_thread(threads: int, fn: Callable[..., T], *args: Any) -> T:
+    """Run ``fn(*args)`` on a new thread with ``threads`` torch threads; return its result.
+
+    torch's CPU parallelism is OpenMP, and each thread that runs parallel work keeps its
+    own team of worker threads for as long as it lives. When the process holds more of
+    them than there are cores, libgomp cuts its workers' spin-wait short and every one of
+    the hundreds of small parallel regions in a decode step pays a sleep and a wake-up:
+    one stream decoded 1.6-1.9x slower on 2 cores. The engine's thread is where the
+    model runs, so the loading work (dequantising, int8 packing) happens on a thread
+    whose team goes away with it rather than on the caller's, which may live for ever.
+    """
+    result: list[T] = []
+    failure: list[BaseException] = []
+
+    def target() -> None:
+        pin_torch_threads(threads)
+        try:
+            result.append(fn(*args))
+        except BaseException as exc:  # noqa: BLE001 - re-raised on the caller's thread
+            failure.append(exc)
+
+    worker = threading.Thread(target=target, name="deskmate-lm-load")
+    worker.start()
+    worker.join()
+    if failure:
+        raise failure[0]
+    return result[0]
+
+
+def pin_torch_threads(threads: int) -> None:
+    """Set the calling thread's torch intra-op threads, for this thread only from now on.
+
+    torch keeps one process-wide default that each thread adopts at its first parallel
+    op; reading the count right away makes this thread adopt ``threads`` before another
+    thread changes the default."""
+    import torch
+
+    torch.set_num_threads(threads)
+    torch.get_num_threads()
+
+
+def _load(source: str | os.PathLike[str] | None, cache: str | os.PathLike[str] | None,
+          dtype: str, threads: int, forward: str) -> LoadedModel:
     import torch
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    if dtype not in _DTYPES:
-        raise ValueError(f"dtype must be one of {sorted(_DTYPES)}, not {dtype!r}")
-    if threads is not None:
-        torch.set_num_threads(threads)
     t0 = time.perf_counter()
     path = resolve_source(source)
     folder = convert_gguf(path, cache_dir(cache)) if path.is_file() else path
     tokenizer = AutoTokenizer.from_pretrained(str(folder))
     model = AutoModelForCausalLM.from_pretrained(str(folder), dtype=getattr(torch, _DTYPES[dtype]))
     model.eval()  # type: ignore[no-untyped-call]
-    if dtype == "int8":
+    lean = _lean_forward(model, tokenizer, int8=dtype == "int8") if forward == "lean" else None
+    if dtype == "int8" and lean is None:
         model = _quantize_int8(model)
     if tokenizer.chat_template is None:
         raise ModelNotFoundError(str(path), "tokenizer has no chat template")
     name = path.stem.split(".")[0] if path.is_file() else path.name
     return LoadedModel(model=model, tokenizer=tokenizer, name=name, path=folder,
                        dtype="int8" if dtype == "int8" else _DTYPES[dtype],
-                       load_seconds=time.perf_counter() - t0)
+                       load_seconds=time.perf_counter() - t0, lean=lean, threads=threads)
+
+
+def _lean_forward(model: Any, tokenizer: Any, *, int8: bool) -> Any:
+    """The engine's own forward for Llama models (None: keep transformers' forward).
+
+    int8: the lean forward holds int8 copies of the matrices and float32 copies of the
+    rest, so the transformers model's float32 weights are released (its config stays)."""
+    from model.lm.llama import CALIBRATION, LeanLlama, supports
+
+    if not supports(model):
+        return None
+    calibration = None
+    if int8:
+        text = tokenizer.apply_chat_template(CALIBRATION, tokenize=False)
+        calibration = list(tokenizer(text, add_special_tokens=False)["input_ids"])
+    lean = LeanLlama(model, int8=int8, calibration=calibration)
+    if int8:
+        LeanLlama.release_model_weights(model)
+        _trim_heap()
+    return lean
+
+
+def _trim_heap() -> None:
+    """Give freed float32 temporaries in glibc's arenas back to the OS."""
+    import ctypes
+
+    try:
+        ctypes.CDLL("libc.so.6").malloc_trim(0)
+    except OSError:  # not glibc
+        pass
 
 
 def _quantize_int8(model: Any) -> Any:
     """Dynamic int8 quantisation of the linear layers (torch's eager API; still shipped in 2.x)."""
-    import ctypes
     import gc
     import warnings
 
@@ -178,8 +266,5 @@ def _quantize_int8(model: Any) -> Any:
             model, {torch.nn.Linear}, dtype=torch.qint8)
     gc.collect()
     # Quantising leaves ~400 MB of freed float32 temporaries in glibc's arenas: give them back.
-    try:
-        ctypes.CDLL("libc.so.6").malloc_trim(0)
-    except OSError:  # not glibc
-        pass
+    _trim_heap()
     return quantized

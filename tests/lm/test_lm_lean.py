@@ -1,0 +1,124 @@
+"""The engine's own Llama forward (model/lm/llama.py) against transformers' forward."""
+
+from __future__ import annotations
+
+import threading
+from typing import Any
+
+import pytest
+import torch
+from transformers import DynamicCache
+
+from model.lm.kvcache import SlotKVCache
+from model.lm.llama import LeanLlama, _pack_int8, greedy_agreement, supports
+from model.lm.loader import load_model, on_own_thread, pin_torch_threads
+
+
+def _prompts(loaded: Any) -> list[list[int]]:
+    tok = loaded.tokenizer
+    texts = ["Where is my parcel? It was due on Monday.", "hi",
+             "Do you sell wool socks in size 44, and how much is delivery to Spain?"]
+    return [tok(t, add_special_tokens=False)["input_ids"] for t in texts]
+
+
+def _left_padded(prompts: list[list[int]]) -> tuple[torch.Tensor, torch.Tensor]:
+    width = max(map(len, prompts))
+    ids = torch.zeros((len(prompts), width), dtype=torch.long)
+    mask = torch.zeros((len(prompts), width), dtype=torch.long)
+    for b, p in enumerate(prompts):
+        ids[b, width - len(p):] = torch.tensor(p)
+        mask[b, width - len(p):] = 1
+    return ids, mask
+
+
+def test_default_model_gets_the_lean_forward(loaded: Any) -> None:
+    assert supports(loaded.model)
+    assert isinstance(loaded.lean, LeanLlama)
+
+
+@torch.inference_mode()
+def test_prefill_and_decode_match_transformers(loaded: Any) -> None:
+    """Left-padded prefill of three prompts, then three decode steps through the slot
+    cache: every row's logits equal transformers' for that prompt alone (float32)."""
+    model, lean = loaded.model, loaded.lean
+    prompts = _prompts(loaded)
+    ids, mask = _left_padded(prompts)
+    positions = (mask.cumsum(-1) - 1).clamp(min=0)
+    logits, layers = lean.prefill(ids, positions, mask)
+    assert all(torch.isfinite(k).all() and torch.isfinite(v).all() for k, v in layers)
+    cfg = model.config
+    kv = SlotKVCache(cfg.num_hidden_layers, cfg.num_key_value_heads, cfg.head_dim, torch.float32)
+    width = ids.shape[1]
+    for b, p in enumerate(prompts):
+        cut = width - len(p)
+        kv.add([(k[b:b + 1, :, cut:], v[b:b + 1, :, cut:]) for k, v in layers])
+    next_ids = logits.argmax(-1)
+    caches = []
+    for b, p in enumerate(prompts):                     # the reference, one prompt at a time
+        cache = DynamicCache(config=cfg)
+        ref = model(input_ids=torch.tensor([p]), cache=cache, use_cache=True).logits[0, -1]
+        torch.testing.assert_close(logits[b], ref, atol=2e-4, rtol=1e-4)
+        caches.append(cache)
+    for _ in range(3):
+        kv.reserve(1)
+        step_mask, step_positions = kv.step_inputs()
+        out = lean.decode(next_ids[:, None], step_positions, kv, step_mask.bool())
+        kv.advance(1)
+        for b in range(len(prompts)):
+            ref = model(input_ids=next_ids[b].view(1, 1), cache=caches[b], use_cache=True).logits[0, -1]
+            torch.testing.assert_close(out[b], ref, atol=2e-4, rtol=1e-4)
+        next_ids = out.argmax(-1)
+
+
+def test_int8_is_smoothed_and_releases_the_float_weights(loaded: Any) -> None:
+    """int8 agrees with float32 on the next token at most positions of a support
+    conversation, far more often than plain per-call int8 without smoothing."""
+    from model.lm.bench import support_prompt
+
+    int8 = load_model(dtype="int8", cache=loaded.path.parent)
+    assert isinstance(int8.lean, LeanLlama) and int8.lean.int8
+    # The transformers model's own tensors are gone (its config stays for the engine).
+    assert all(p.device.type == "meta" for p in int8.model.parameters())
+    tok = loaded.tokenizer
+    text = tok.apply_chat_template(support_prompt(3), tokenize=False)
+    ids = tok(text, add_special_tokens=False)["input_ids"]
+    smoothed = greedy_agreement(loaded.lean, int8.lean, ids)
+    plain = LeanLlama.__new__(LeanLlama)
+    plain.__dict__.update(loaded.lean.__dict__)
+    plain.layers = [(n1, n2, *map(_pack_int8, mats)) for n1, n2, *mats in loaded.lean.layers]
+    plain.head, plain.int8 = _pack_int8(loaded.lean.head), True
+    unsmoothed = greedy_agreement(loaded.lean, plain, ids)
+    assert smoothed > 0.6 and smoothed > unsmoothed + 0.1, (smoothed, unsmoothed)
+
+
+def test_loading_work_runs_on_its_own_thread_and_errors_come_back() -> None:
+    seen: list[str] = []
+    assert on_own_thread(1, lambda: seen.append(threading.current_thread().name) or 7) == 7
+    assert seen and seen[0] != threading.current_thread().name
+
+    def broken() -> None:
+        raise LookupError("no such weights")
+
+    with pytest.raises(LookupError, match="no such weights"):
+        on_own_thread(1, broken)
+
+
+def test_pinned_threads_survive_another_thread_changing_the_default() -> None:
+    counts: list[int] = []
+
+    def worker() -> None:
+        pin_torch_threads(1)
+        barrier.wait()        # the main thread now changes torch's default
+        barrier.wait()
+        counts.append(torch.get_num_threads())
+
+    barrier = threading.Barrier(2)
+    before = torch.get_num_threads()
+    thread = threading.Thread(target=worker)
+    thread.start()
+    barrier.wait()
+    torch.set_num_threads(2)
+    barrier.wait()
+    thread.join()
+    torch.set_num_threads(before)
+    assert counts == [1]
