@@ -85,6 +85,7 @@ class Usage:
     """Token counts and timings of one finished request."""
 
     prompt_tokens: int = 0
+    cached_tokens: int = 0         # prompt tokens whose KV came from the engine's prefix cache
     completion_tokens: int = 0
     finish_reason: FinishReason | None = None
     ttft_s: float | None = None    # submit -> first text delta

@@ -26,7 +26,7 @@ from tqdm import tqdm
 
 from model.lm.api import Message, Usage
 from model.lm.bench_report import SECTION
-from model.lm.loader import on_own_thread
+from model.lm.loader import load_model, on_own_thread
 
 PERSONA = ("You are Mia, the support assistant of Teapot & Co, an online shop for tea and teaware. "
            "Be warm, brief and precise. If you do not know an answer, offer to connect a human agent.")
@@ -188,21 +188,24 @@ async def bench_engine(opts: BenchOptions, dtype: str, bar: tqdm) -> dict[str, A
     finally:
         engine.close()
         gc.collect()
-    if dtype == "float32" and not opts.quick and engine.lean is not None:
-        # After close: the engine thread's OpenMP team is gone, so this one runs alone.
-        bar.set_postfix_str("forward comparison")
-        out["forward_compare"] = on_own_thread(engine.loaded.threads, compare_forwards, engine.loaded)
     out["peak_rss_mb"] = rss_mb()[1]
+    if not opts.quick and engine.lean is not None:
+        # After close: the engine thread's OpenMP team is gone, so this one runs alone.
+        bar.set_postfix_str(f"{dtype} forward comparison")
+        model = engine.model
+        if dtype == "int8":   # the engine's int8 keeps no transformers weights: load them quantised
+            model = load_model(opts.model, cache=opts.cache, dtype=dtype, threads=opts.threads,
+                               forward="transformers").model
+        out["forward_compare"] = on_own_thread(engine.loaded.threads, compare_forwards, model, engine.lean)
     return out
 
 
-def compare_forwards(loaded: Any, cached: int = 400, steps: int = 5) -> list[dict[str, float]]:
-    """One decode step at 1 and 32 streams with ``cached`` tokens each, same model, same
-    random KV: transformers' forward with one batch-wide ``DynamicCache`` (``torch.cat``
-    every step), transformers' forward with :class:`SlotKVCache`, and the engine's lean
-    forward (:mod:`model.lm.llama`) with :class:`SlotKVCache`. float32 only (int8 keeps
-    no transformers weights)."""
-    return [_decode_step_times(loaded.model, loaded.lean, batch, cached, steps) for batch in (1, 32)]
+def compare_forwards(model: Any, lean: Any, cached: int = 400, steps: int = 5) -> list[dict[str, float]]:
+    """One decode step at 1 and 32 streams with ``cached`` tokens each, same weights, same
+    random KV: transformers' forward of ``model`` with one batch-wide ``DynamicCache``
+    (``torch.cat`` every step), the same with :class:`SlotKVCache`, and the engine's lean
+    forward ``lean`` (:mod:`model.lm.llama`) with :class:`SlotKVCache`."""
+    return [_decode_step_times(model, lean, batch, cached, steps) for batch in (1, 32)]
 
 
 def _decode_step_times(model: Any, lean: Any, batch: int, cached: int, steps: int) -> dict[str, float]:
@@ -262,7 +265,6 @@ def _decode_step_times(model: Any, lean: Any, batch: int, cached: int, steps: in
 def int8_agreement(opts: BenchOptions) -> list[float]:
     """Greedy next-token agreement of int8 with float32 on three support prompts."""
     from model.lm.llama import greedy_agreement
-    from model.lm.loader import load_model
 
     f32 = load_model(opts.model, cache=opts.cache, dtype="float32", threads=opts.threads)
     int8 = load_model(opts.model, cache=opts.cache, dtype="int8", threads=opts.threads)

@@ -27,7 +27,8 @@ def _model_options(p: argparse.ArgumentParser, *, dtype_default: str | None = "f
     p.add_argument("--dtype", default=os.environ.get("DESKMATE_LM_DTYPE", dtype_default),
                    choices=["float32", "int8", "bfloat16"],
                    help=f"weights (default {dtype_default or 'float32 and int8, one after the other'})")
-    p.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's)")
+    p.add_argument("--threads", type=int, default=None,
+                   help="the engine's torch threads (default: every core)")
 
 
 def add_model_commands(subparsers: SubParsers) -> None:

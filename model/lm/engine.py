@@ -41,6 +41,7 @@ from model.lm.api import (
 )
 from model.lm.kvcache import SlotKVCache
 from model.lm.loader import LoadedModel, load_model, pin_torch_threads
+from model.lm.prefix import KV, PrefixCache
 from model.lm.text import IncrementalDecoder, StopMatcher
 
 log = logging.getLogger(__name__)
@@ -55,6 +56,7 @@ class EngineConfig:
     kv_rows: int = 4               # initial KV-cache rows (grows by doubling)
     kv_columns: int = 256          # initial KV-cache columns (grows by doubling)
     prefill_tokens: int = 2048     # padded prompt tokens per prefill pass; more wait a step
+    prefix_cache_mb: int = 64      # KV of recent prompt prefixes kept for reuse; 0 = off
 
 
 @dataclass
@@ -146,6 +148,9 @@ class Engine:
         self.kv = SlotKVCache(mc.num_hidden_layers, mc.num_key_value_heads, head_dim, self.model.dtype,
                               rows=self.config.kv_rows, columns=self.config.kv_columns)
         self.stats = EngineStats()
+        # Reusing prefixes needs a forward that can continue from cached KV (the lean one).
+        self.prefixes = (PrefixCache(self.config.prefix_cache_mb * 2**20)
+                         if self.lean is not None and self.config.prefix_cache_mb > 0 else None)
         self._pending: deque[_Request] = deque()
         self._active: list[_Request] = []        # index == KV row
         self._cv = threading.Condition()
@@ -292,22 +297,59 @@ class Engine:
         return admitted, []
 
     def _prefill(self, reqs: list[_Request]) -> None:
-        """One padded forward pass over the newcomers' prompts; their KV joins the batch."""
-        lengths = [len(r.prompt_ids or ()) for r in reqs]
-        width = max(lengths)
-        ids = torch.full((len(reqs), width), min(self.eos_ids), dtype=torch.long)   # (B, T)
-        mask = torch.zeros((len(reqs), width), dtype=torch.long)
-        for b, req in enumerate(reqs):
+        """Prefill the newcomers and sample their first tokens; their KV joins the batch.
+
+        A prompt that starts with a cached prefix (:mod:`model.lm.prefix`) prefills only
+        the rest, on its own; the others share one left-padded forward pass."""
+        for req in reqs:
             assert req.prompt_ids is not None
-            ids[b, width - lengths[b]:] = torch.tensor(req.prompt_ids)     # left padding
-            mask[b, width - lengths[b]:] = 1
-            req.usage.prompt_tokens = lengths[b]
-            req.max_new = min(req.params.max_tokens, self.context - lengths[b])
+            req.usage.prompt_tokens = len(req.prompt_ids)
+            req.max_new = min(req.params.max_tokens, self.context - len(req.prompt_ids))
             req.decoder = IncrementalDecoder(
                 lambda t: self.tokenizer.decode(t, skip_special_tokens=True))
             if req.params.temperature > 0:
                 req.generator = torch.Generator().manual_seed(
                     req.params.seed if req.params.seed is not None else random.getrandbits(63))
+        done: list[tuple[_Request, torch.Tensor, list[KV]]] = []    # (request, logits (V,), its KV)
+        cold = []
+        for req in reqs:
+            hit = self.prefixes.lookup(req.prompt_ids or []) if self.prefixes is not None else None
+            if hit is None:
+                cold.append(req)
+            else:
+                done.append(self._prefill_after(req, *hit))
+        if cold:
+            done += self._prefill_together(cold)
+        self.stats.prefills += 1
+        tokens = self._sample(torch.stack([logits for _, logits, _ in done]), [r for r, _, _ in done])
+        self.kv.ensure_rows(len(self._active) + len(done))
+        for (req, _, layers), token in zip(done, tokens, strict=True):
+            if self.prefixes is not None:
+                self.prefixes.store(req.prompt_ids or [], layers)
+            if self._emit(req, token):
+                continue
+            req.row = self.kv.add(layers)
+            self._active.append(req)
+
+    def _prefill_after(self, req: _Request, cached: int, past: list[KV]
+                       ) -> tuple[_Request, torch.Tensor, list[KV]]:
+        """Prefill what follows a cached prefix of ``cached`` tokens."""
+        assert req.prompt_ids is not None and self.lean is not None
+        ids = torch.tensor([req.prompt_ids[cached:]])
+        positions = torch.arange(cached, len(req.prompt_ids))[None]
+        logits, layers = self.lean.prefill(ids, positions, None, past=past)
+        req.usage.cached_tokens = cached
+        return req, logits[0], layers
+
+    def _prefill_together(self, reqs: list[_Request]) -> list[tuple[_Request, torch.Tensor, list[KV]]]:
+        """One left-padded forward pass over several prompts."""
+        lengths = [len(r.prompt_ids or ()) for r in reqs]
+        width = max(lengths)
+        ids = torch.full((len(reqs), width), min(self.eos_ids), dtype=torch.long)   # (B, T)
+        mask = torch.zeros((len(reqs), width), dtype=torch.long)
+        for b, req in enumerate(reqs):
+            ids[b, width - lengths[b]:] = torch.tensor(req.prompt_ids or [])   # left padding
+            mask[b, width - lengths[b]:] = 1
         positions = (mask.cumsum(-1) - 1).clamp(min=0)
         padded = len(set(lengths)) > 1
         if self.lean is not None:
@@ -319,19 +361,11 @@ class Engine:
             logits = out.logits[:, -1]
             layers = [(layer.keys, layer.values) for layer in cache.layers]  # type: ignore[union-attr]
             del out, cache
-        self.stats.prefills += 1
-        tokens = self._sample(logits, reqs)                                          # (B, V) -> B
-        del logits
-        self.kv.ensure_rows(len(self._active) + len(reqs))
         if ids.numel() >= 512:
             _release_freed_memory()
-        for b, (req, token) in enumerate(zip(reqs, tokens, strict=True)):
-            if self._emit(req, token):
-                continue
-            cut = width - lengths[b]
-            req.row = self.kv.add([(keys[b:b + 1, :, cut:], values[b:b + 1, :, cut:])
-                                   for keys, values in layers])
-            self._active.append(req)
+        return [(req, logits[b], [(k[b:b + 1, :, width - lengths[b]:], v[b:b + 1, :, width - lengths[b]:])
+                                  for k, v in layers])
+                for b, req in enumerate(reqs)]
 
     def _decode_step(self) -> None:
         active = self._active
@@ -420,4 +454,5 @@ class Engine:
 
     def describe(self) -> dict[str, Any]:
         return {"model": self.name, "context": self.context, "dtype": self.loaded.dtype,
-                "kv_cache_mb": self.kv.nbytes() / 2**20, "threads": self.loaded.threads}
+                "kv_cache_mb": self.kv.nbytes() / 2**20, "threads": self.loaded.threads,
+                "prefix_cache_mb": (self.prefixes.nbytes / 2**20) if self.prefixes is not None else None}

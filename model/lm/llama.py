@@ -29,9 +29,9 @@ import torch
 import torch.nn.functional as F
 
 from model.lm.kvcache import SlotKVCache
+from model.lm.prefix import KV
 
 Weight = Any   # a float tensor, or fbgemm's packed int8 parameters
-KV = tuple[torch.Tensor, torch.Tensor]   # one layer's keys and values
 
 # What int8 calibrates its smoothing on: a support conversation like the ones it will see.
 CALIBRATION = [
@@ -201,14 +201,22 @@ class LeanLlama:
         return self._linear(F.rms_norm(x, (self.hidden,), self.norm, self.eps), self.head)
 
     def prefill(self, ids: torch.Tensor, positions: torch.Tensor, mask: torch.Tensor | None, *,
-                every_position: bool = False) -> tuple[torch.Tensor, list[KV]]:
+                past: list[KV] | None = None, every_position: bool = False) -> tuple[torch.Tensor, list[KV]]:
         """Run left-padded prompts ``ids`` (B, T); ``mask`` (B, T) marks real tokens (None:
-        no padding). Return the last position's logits (B, V) — (B, T, V) with
-        ``every_position`` — and each layer's keys and values (B, KV, T, D)."""
+        no padding). ``past``: per-layer keys and values (1, KV, P, D) of tokens before
+        ``ids`` (one prompt, no padding; ``positions`` then start at P). Return the last
+        position's logits (B, V) — (B, T, V) with ``every_position`` — and each layer's
+        keys and values (B, KV, P + T, D)."""
         b, t = ids.shape
         x = F.embedding(ids, self.embed)
         cos, sin = self._rope(x, positions)
-        if mask is None:
+        if past is not None:
+            if b != 1 or mask is not None:
+                raise ValueError("a cached prefix continues one unpadded prompt")
+            p = past[0][0].shape[-2]
+            # New token i sees the whole prefix and new tokens 0..i.
+            attn_mask, causal = torch.ones(t, p + t, dtype=torch.bool).tril(p), False
+        elif mask is None:
             attn_mask, causal = None, t > 1
         else:
             # Causal, real keys only; a padding query sees itself so no row is all -inf
@@ -217,11 +225,13 @@ class LeanLlama:
             attn_mask = (tri & mask.bool()[:, None, :]) | torch.eye(t, dtype=torch.bool)
             attn_mask, causal = attn_mask[:, None], False
         kvs: list[KV] = []
-        for layer in self.layers:
+        for i, layer in enumerate(self.layers):
             normed = F.rms_norm(x, (self.hidden,), layer[0], self.eps)
             if self._ranges is not None:
                 self._ranges.append(normed.abs().amax((0, 1)))
             q, k, v = self._attention_inputs(normed, layer[2], cos, sin)
+            if past is not None:
+                k, v = torch.cat((past[i][0], k), -2), torch.cat((past[i][1], v), -2)
             kvs.append((k.contiguous(), v.contiguous()))
             attended = F.scaled_dot_product_attention(q, k, v, attn_mask=attn_mask, is_causal=causal,
                                                       enable_gqa=True)

@@ -109,9 +109,10 @@ async def chat_completions(request: web.Request) -> web.StreamResponse:
         "usage": _usage(usage)})
 
 
-def _usage(usage: Usage) -> dict[str, int]:
+def _usage(usage: Usage) -> dict[str, Any]:
     return {"prompt_tokens": usage.prompt_tokens, "completion_tokens": usage.completion_tokens,
-            "total_tokens": usage.prompt_tokens + usage.completion_tokens}
+            "total_tokens": usage.prompt_tokens + usage.completion_tokens,
+            "prompt_tokens_details": {"cached_tokens": usage.cached_tokens}}
 
 
 async def _sse(request: web.Request, deltas: AsyncIterator[str], first: Sequence[str], usage: Usage,
