@@ -53,6 +53,18 @@ def short_prompt(variant: int = 0) -> list[Message]:
     return [{"role": "user", "content": f"Customer {variant}: hi! Tell me about your teapots."}]
 
 
+def fresh_customer_prompt(variant: int = 0) -> list[Message]:
+    """:func:`support_prompt`'s system message (persona and facts, ~170 tokens) with a
+    conversation of this customer's own: what a prefix cache can share between customers."""
+    system, *_ = support_prompt(variant)
+    order = str(58213 + variant)
+    history: list[Message] = [{"role": m["role"], "content": m["content"].replace("58213", order)}
+                              for m in HISTORY]
+    history[0] = {"role": "user", "content": f"Hi, this is customer {variant}. " + history[0]["content"][4:]}
+    question = "Can express delivery still get it to me by Saturday?"
+    return [system, *history, {"role": "user", "content": question}]
+
+
 def support_prompt(variant: int = 0) -> list[Message]:
     """A realistic ~300-token conversation (persona, knowledge, history, question)."""
     system = PERSONA + "\n\nUse these facts when they help:\n" + "\n".join(f"- {f}" for f in FACTS)
@@ -130,15 +142,18 @@ async def run_streams(stream: StreamFn, concurrency: int,
             "decode_tok_s": decode,
             "ttft_p50_s": statistics.median(ttfts),
             "ttft_p95_s": ttfts[min(len(ttfts) - 1, int(round(0.95 * (len(ttfts) - 1))))],
-            "prompt_tokens": usages[0].prompt_tokens}
+            "prompt_tokens": usages[0].prompt_tokens,
+            "cached_tokens": statistics.median(u.cached_tokens for u in usages)}
 
 
-async def single_stream(stream: StreamFn, repeats: int) -> dict[str, float]:
+async def single_stream(stream: StreamFn, repeats: int,
+                        prompt_of: Callable[[int], list[Message]] = lambda _: support_prompt(0)
+                        ) -> dict[str, float]:
     """One stream at a time: TTFT and decode tokens/s after the first token (medians)."""
     ttft, rate, prompt = [], [], 0
-    for _ in range(repeats):
+    for i in range(repeats):
         usage, t0, first = Usage(), time.perf_counter(), 0.0
-        async for _ in stream(support_prompt(0), usage):
+        async for _ in stream(prompt_of(i + 1), usage):
             first = first or time.perf_counter() - t0
         total = time.perf_counter() - t0
         ttft.append(first)
@@ -148,11 +163,13 @@ async def single_stream(stream: StreamFn, repeats: int) -> dict[str, float]:
 
 
 async def bench_engine(opts: BenchOptions, dtype: str, bar: tqdm) -> dict[str, Any]:
-    from model.lm.engine import Engine
+    from model.lm.engine import Engine, EngineConfig
     from model.lm.remote import RemoteChatModel, RemoteConfig
     from model.lm.serve import running
 
-    engine = Engine.load(opts.model, cache=opts.cache, dtype=dtype, threads=opts.threads)
+    # Every stream pays its whole prefill here; the prefix cache has rows of its own below.
+    engine = Engine.load(opts.model, cache=opts.cache, dtype=dtype, threads=opts.threads,
+                         config=EngineConfig(prefix_cache_mb=0))
     out: dict[str, Any] = {"dtype": dtype, "rss_after_load_mb": rss_mb()[0]}
     n = opts.max_tokens
 
@@ -188,6 +205,9 @@ async def bench_engine(opts: BenchOptions, dtype: str, bar: tqdm) -> dict[str, A
     finally:
         engine.close()
         gc.collect()
+    if engine.lean is not None:
+        bar.set_postfix_str(f"{dtype} prefix cache")
+        out["prefix"] = await bench_prefix_cache(engine.loaded, n, max(opts.concurrency), opts.quick)
     out["peak_rss_mb"] = rss_mb()[1]
     if not opts.quick and engine.lean is not None:
         # After close: the engine thread's OpenMP team is gone, so this one runs alone.
@@ -198,6 +218,30 @@ async def bench_engine(opts: BenchOptions, dtype: str, bar: tqdm) -> dict[str, A
                                forward="transformers").model
         out["forward_compare"] = on_own_thread(engine.loaded.threads, compare_forwards, model, engine.lean)
     return out
+
+
+async def bench_prefix_cache(loaded: Any, n: int, concurrency: int, quick: bool) -> dict[str, Any]:
+    """New customers whose prompts share the system message, with the prefix cache on
+    (primed by one earlier customer): one at a time, then ``concurrency`` at once."""
+    from model.lm.engine import Engine
+
+    engine = Engine(loaded)
+
+    def local(messages: list[Message], usage: Usage) -> AsyncIterator[str]:
+        return engine.stream(messages, max_tokens=n, usage=usage, ignore_eos=True)
+
+    try:
+        async for _ in local(fresh_customer_prompt(0), Usage()):         # primes the cache
+            pass
+        single = await single_stream(local, 2 if quick else 3, fresh_customer_prompt)
+        usage = Usage()
+        async for _ in local(fresh_customer_prompt(99), usage):
+            pass
+        single["cached_tokens"] = usage.cached_tokens
+        many = await run_streams(local, concurrency, lambda i: fresh_customer_prompt(100 + i))
+        return {"single": single, "streams": many}
+    finally:
+        engine.close()
 
 
 def compare_forwards(model: Any, lean: Any, cached: int = 400, steps: int = 5) -> list[dict[str, float]]:

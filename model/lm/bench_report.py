@@ -35,7 +35,11 @@ def render(results: dict[str, Any]) -> str:
         "`deskmate model serve`, read by the remote backend over HTTP/SSE in the same process. "
         "TTFT = request sent to first text delta. Aggregate tok/s = all generated tokens / wall "
         "time from the first request to the last token; decode-phase tok/s = tokens after each "
-        "stream's first / time after the last stream's first token (single stream: its decode rate).",
+        "stream's first / time after the last stream's first token (single stream: its decode rate). "
+        "Every row pays each prompt's whole prefill except the \"prefix cache on\" rows: there the "
+        "engine's prompt-prefix cache is on (as in production) and each new customer's prompt has "
+        "the same system message (persona and the 8 facts) as a customer served before, with a "
+        "conversation and question of its own.",
         "",
         "| weights | path | streams | aggregate tok/s | decode-phase tok/s | TTFT p50 | TTFT p95 |",
         "|---|---|---|---|---|---|---|",
@@ -48,10 +52,20 @@ def render(results: dict[str, Any]) -> str:
         short = run.get("engine_short")
         if short:
             rows.append((f"async API, short prompt ({short['prompt_tokens']} tokens)", short))
+        prefix = run.get("prefix")
+        if prefix:
+            p1, many = prefix["single"], prefix["streams"]
+            rows.append((f"async API, prefix cache on: {many['streams']} new customers at once, "
+                         f"{many['cached_tokens']:.0f} of {many['prompt_tokens']} prompt tokens cached",
+                         many))
         for label, r in rows:
             lines.append(f"| {run['dtype']} | {label} | {r['streams']} | {r['tok_s']:.1f} | "
                          f"{r['decode_tok_s']:.1f} | {r['ttft_p50_s'] * 1000:.0f} ms | "
                          f"{r['ttft_p95_s'] * 1000:.0f} ms |")
+        if prefix:
+            lines.append(f"| {run['dtype']} | prefix cache on: one new customer, {p1['cached_tokens']} of "
+                         f"{p1['prompt_tokens']} prompt tokens cached | 1 | – | {p1['tok_s']:.1f} | "
+                         f"{p1['ttft_s'] * 1000:.0f} ms | – |")
     llama = results.get("llamacpp")
     if llama:
         lines.append(f"| GGUF Q4_1 | llama-cpp-python, {llama['threads']} threads | 1 | "
@@ -103,6 +117,14 @@ def render(results: dict[str, Any]) -> str:
                      f"{_ok(top['tok_s'] >= TARGET_32_TOK_S)} |")
         p95 = min(x["ttft_p95_s"] for _, x in at32)
         lines.append(f"| 32 streams p95 TTFT ≤ 1 s | {p95:.1f} s | {_ok(p95 <= TARGET_32_P95_S)} |")
+    cached = [r["prefix"] for r in results["runs"] if r.get("prefix")]
+    if cached:
+        warm = min(c["single"]["ttft_s"] for c in cached)
+        warm32 = min(c["streams"]["ttft_p95_s"] for c in cached)
+        streams = cached[0]["streams"]["streams"]
+        lines.append(f"| TTFT, and {streams} streams' p95 TTFT, for new customers whose system message "
+                     f"is cached | {warm * 1000:.0f} ms; {warm32:.1f} s | "
+                     f"{_ok(warm <= TARGET_SINGLE_TTFT_S)}, {_ok(warm32 <= TARGET_32_P95_S)} |")
     rss = min(r["rss_engine_mb"] for r in results["runs"])
     lines.append(f"| engine RSS ≤ 1.5 GB | {rss:.0f} MB | {_ok(rss <= TARGET_RSS_MB)} |")
     fastest = min(results["runs"], key=lambda r: r["single"]["ttft_s"])["single"]
