@@ -38,6 +38,7 @@ from bot.metrics import MeteredPipeline, Metrics
 from bot.security import AddressLimits, OriginPolicy, client_address
 from bot.store import Store
 from bot.turns import TurnRunner
+from model.threads import on_own_thread
 
 log = logging.getLogger("deskmate.server")
 
@@ -200,7 +201,9 @@ async def running(settings: Settings, *, redis_url: str | None = None,
     if url is None:
         raise ValueError("running() needs a Redis URL; start EmbeddedRedis first")
     if brain is None:
-        brain = await asyncio.to_thread(load_brain, settings)
+        # On a short-lived thread: torch's loading work leaves no OpenMP team behind to
+        # slow the language model's (model/threads.py).
+        brain = await asyncio.to_thread(on_own_thread, load_brain, settings)
     actions_environment(url, settings.key_prefix)
     store = Store.from_url(url, prefix=settings.key_prefix, ttl=settings.session_ttl)
     app = App(settings, store, brain)
@@ -250,8 +253,9 @@ def run(settings: Settings) -> None:
     """Run the server until SIGTERM/SIGINT, with an embedded Redis when no URL is set.
 
     The project and its models load first, so a project that is not ready stops the
-    start before anything else is started."""
-    brain = load_brain(settings)
+    start before anything else is started. They load on a short-lived thread, so the
+    event loop's thread keeps no OpenMP team from torch's loading work (model/threads.py)."""
+    brain = on_own_thread(load_brain, settings)
     heap.settle()  # the models and the project stay loaded: keep the collector off them
     if settings.redis_url:
         asyncio.run(serve_until_signalled(settings, settings.redis_url, brain))

@@ -33,7 +33,8 @@ def measure(dtype: str, case: str) -> dict[str, float]:
 
     from model.lm.engine import leave_cores_to_engine
     from model.lm.kvcache import SlotKVCache
-    from model.lm.loader import load_model, pin_torch_threads
+    from model.lm.loader import load_model
+    from model.threads import pin_torch_threads
 
     threads = len(os.sched_getaffinity(0))
     if case == "alone":

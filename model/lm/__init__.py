@@ -44,7 +44,8 @@ def open_chat_model(*, backend: str | None = None, config: EngineConfig | None =
 
     embedded: ``DESKMATE_LM_MODEL`` (.gguf or model folder; default SmolLM2-135M-Instruct),
     ``DESKMATE_LM_CACHE``, ``DESKMATE_LM_DTYPE`` (float32 | int8 | bfloat16),
-    ``DESKMATE_LM_THREADS`` (default: every core). remote: see
+    ``DESKMATE_LM_THREADS`` (default: every core), ``DESKMATE_LM_PREFIX_CACHE_MB`` (default 64;
+    0 = off). remote: see
     :meth:`model.lm.remote.RemoteConfig.from_env`. Blocking (loads the model): call it
     at startup, or in a thread.
 
@@ -57,13 +58,20 @@ def open_chat_model(*, backend: str | None = None, config: EngineConfig | None =
         return RemoteChatModel(RemoteConfig.from_env())
     if backend != "embedded":
         raise ValueError(f"DESKMATE_LM_BACKEND must be 'embedded' or 'remote', not {backend!r}")
-    from model.lm.engine import Engine, leave_cores_to_engine
+    from model.lm.engine import Engine, EngineConfig, leave_cores_to_engine
 
     leave_cores_to_engine()
-    threads = os.environ.get("DESKMATE_LM_THREADS")
-    try:
-        n_threads = int(threads) if threads else None
-    except ValueError:
-        raise ValueError(f"DESKMATE_LM_THREADS must be an integer, not {threads!r}") from None
+    n_threads = _int_env("DESKMATE_LM_THREADS")
+    if config is None:
+        prefix_mb = _int_env("DESKMATE_LM_PREFIX_CACHE_MB")
+        config = EngineConfig() if prefix_mb is None else EngineConfig(prefix_cache_mb=prefix_mb)
     return Engine.load(dtype=os.environ.get("DESKMATE_LM_DTYPE", "float32"), threads=n_threads,
                        config=config)
+
+
+def _int_env(name: str) -> int | None:
+    raw = os.environ.get(name)
+    try:
+        return int(raw) if raw else None
+    except ValueError:
+        raise ValueError(f"{name} must be an integer, not {raw!r}") from None

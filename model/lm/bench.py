@@ -26,7 +26,8 @@ from tqdm import tqdm
 
 from model.lm.api import Message, Usage
 from model.lm.bench_report import SECTION
-from model.lm.loader import load_model, on_own_thread
+from model.lm.loader import load_model
+from model.threads import on_own_thread
 
 PERSONA = ("You are Mia, the support assistant of Teapot & Co, an online shop for tea and teaware. "
            "Be warm, brief and precise. If you do not know an answer, offer to connect a human agent.")
@@ -216,7 +217,8 @@ async def bench_engine(opts: BenchOptions, dtype: str, bar: tqdm) -> dict[str, A
         if dtype == "int8":   # the engine's int8 keeps no transformers weights: load them quantised
             model = load_model(opts.model, cache=opts.cache, dtype=dtype, threads=opts.threads,
                                forward="transformers").model
-        out["forward_compare"] = on_own_thread(engine.loaded.threads, compare_forwards, model, engine.lean)
+        out["forward_compare"] = on_own_thread(compare_forwards, model, engine.lean,
+                                               threads=engine.loaded.threads)
     return out
 
 
@@ -317,7 +319,8 @@ def int8_agreement(opts: BenchOptions) -> list[float]:
     tok = f32.tokenizer
     prompts = [tok(tok.apply_chat_template(support_prompt(i), tokenize=False), add_special_tokens=False)
                ["input_ids"] for i in range(3)]
-    return on_own_thread(f32.threads, lambda: [greedy_agreement(f32.lean, int8.lean, p) for p in prompts])
+    return on_own_thread(lambda: [greedy_agreement(f32.lean, int8.lean, p) for p in prompts],
+                         threads=f32.threads)
 
 
 def bench_llamacpp(opts: BenchOptions, bar: tqdm) -> dict[str, Any] | None:

@@ -40,6 +40,9 @@ def add_model_commands(subparsers: SubParsers) -> None:
     serve.add_argument("--port", type=int, default=int(os.environ.get("DESKMATE_LM_PORT", "8000")),
                        help="TCP port (0 = any free port; the bound one is printed)")
     serve.add_argument("--max-batch", type=int, default=64, help="requests decoded together")
+    serve.add_argument("--prefix-cache-mb", type=int,
+                       default=int(os.environ.get("DESKMATE_LM_PREFIX_CACHE_MB", "64")),
+                       help="KV of recent prompt prefixes kept for reuse (0: off)")
     _model_options(serve)
     serve.set_defaults(handler=cmd_serve)
 
@@ -74,8 +77,9 @@ def cmd_serve(args: argparse.Namespace) -> int:
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     leave_cores_to_engine()   # the engine's thread runs the model; this one serves HTTP
     try:
+        config = EngineConfig(max_batch=args.max_batch, prefix_cache_mb=args.prefix_cache_mb)
         engine = Engine.load(args.model, cache=args.cache, dtype=args.dtype, threads=args.threads,
-                             config=EngineConfig(max_batch=args.max_batch))
+                             config=config)
     except ModelNotFoundError as exc:
         print(f"deskmate: model: {exc}", file=sys.stderr)
         return 2

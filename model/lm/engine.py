@@ -40,9 +40,10 @@ from model.lm.api import (
     make_queue,
 )
 from model.lm.kvcache import SlotKVCache
-from model.lm.loader import LoadedModel, load_model, pin_torch_threads
+from model.lm.loader import LoadedModel, load_model
 from model.lm.prefix import KV, PrefixCache
 from model.lm.text import IncrementalDecoder, StopMatcher
+from model.threads import pin_torch_threads
 
 log = logging.getLogger(__name__)
 
@@ -90,7 +91,7 @@ _LIBC: Any = None
 
 def leave_cores_to_engine() -> None:
     """Keep the calling thread's torch work on one thread, so the engine's is the only
-    OpenMP team of workers in the process (see :func:`model.lm.loader.on_own_thread`).
+    OpenMP team of workers in the process (see :mod:`model.threads`).
 
     For processes whose other threads run no large torch work: the server's event loop,
     ``deskmate model serve``, the benchmark. Call it before the thread's first parallel op.
@@ -234,7 +235,7 @@ class Engine:
     # ---- engine thread ------------------------------------------------------------------
 
     def _run(self) -> None:
-        # This thread's own OpenMP team runs the model (see loader.on_own_thread).
+        # This thread's own OpenMP team runs the model (see model.threads).
         pin_torch_threads(self.loaded.threads)
         try:
             with torch.inference_mode():

@@ -14,14 +14,12 @@ import hashlib
 import importlib.util
 import logging
 import os
-import threading
 import time
-from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any
 
-T = TypeVar("T")
+from model.threads import on_own_thread
 
 log = logging.getLogger(__name__)
 
@@ -145,55 +143,15 @@ def load_model(
     is ``lean`` (the engine's own forward pass for Llama models, :mod:`model.lm.llama`;
     others fall back) or ``transformers`` (the model's own forward, for comparison).
 
-    The work runs on a short-lived thread of its own (see :func:`on_own_thread`).
+    The work runs on a short-lived thread of its own (:func:`model.threads.on_own_thread`),
+    so the caller's thread keeps no OpenMP team from it.
     """
     if dtype not in _DTYPES:
         raise ValueError(f"dtype must be one of {sorted(_DTYPES)}, not {dtype!r}")
     if forward not in ("lean", "transformers"):
         raise ValueError(f"forward must be 'lean' or 'transformers', not {forward!r}")
     threads = threads or len(os.sched_getaffinity(0))
-    return on_own_thread(threads, _load, source, cache, dtype, threads, forward)
-
-
-def on_own_thread(threads: int, fn: Callable[..., T], *args: Any) -> T:
-    """Run ``fn(*args)`` on a new thread with ``threads`` torch threads; return its result.
-
-    torch's CPU parallelism is OpenMP, and each thread that runs parallel work keeps its
-    own team of worker threads for as long as it lives. When the process holds more of
-    them than there are cores, libgomp cuts its workers' spin-wait short and every one of
-    the hundreds of small parallel regions in a decode step pays a sleep and a wake-up:
-    one stream decoded 1.6-1.9x slower on 2 cores. The engine's thread is where the
-    model runs, so the loading work (dequantising, int8 packing) happens on a thread
-    whose team goes away with it rather than on the caller's, which may live for ever.
-    """
-    result: list[T] = []
-    failure: list[BaseException] = []
-
-    def target() -> None:
-        pin_torch_threads(threads)
-        try:
-            result.append(fn(*args))
-        except BaseException as exc:  # noqa: BLE001 - re-raised on the caller's thread
-            failure.append(exc)
-
-    worker = threading.Thread(target=target, name="deskmate-lm-load")
-    worker.start()
-    worker.join()
-    if failure:
-        raise failure[0]
-    return result[0]
-
-
-def pin_torch_threads(threads: int) -> None:
-    """Set the calling thread's torch intra-op threads, for this thread only from now on.
-
-    torch keeps one process-wide default that each thread adopts at its first parallel
-    op; reading the count right away makes this thread adopt ``threads`` before another
-    thread changes the default."""
-    import torch
-
-    torch.set_num_threads(threads)
-    torch.get_num_threads()
+    return on_own_thread(_load, source, cache, dtype, threads, forward, threads=threads)
 
 
 def _load(source: str | os.PathLike[str] | None, cache: str | os.PathLike[str] | None,

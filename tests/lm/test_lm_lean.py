@@ -11,7 +11,8 @@ from transformers import DynamicCache
 
 from model.lm.kvcache import SlotKVCache
 from model.lm.llama import LeanLlama, _pack_int8, greedy_agreement, supports
-from model.lm.loader import load_model, on_own_thread, pin_torch_threads
+from model.lm.loader import load_model
+from model.threads import on_own_thread, pin_torch_threads
 
 
 def _prompts(loaded: Any) -> list[list[int]]:
@@ -93,14 +94,14 @@ def test_int8_is_smoothed_and_releases_the_float_weights(loaded: Any) -> None:
 
 def test_loading_work_runs_on_its_own_thread_and_errors_come_back() -> None:
     seen: list[str] = []
-    assert on_own_thread(1, lambda: seen.append(threading.current_thread().name) or 7) == 7
+    assert on_own_thread(lambda: seen.append(threading.current_thread().name) or 7, threads=1) == 7
     assert seen and seen[0] != threading.current_thread().name
 
     def broken() -> None:
         raise LookupError("no such weights")
 
     with pytest.raises(LookupError, match="no such weights"):
-        on_own_thread(1, broken)
+        on_own_thread(broken)
 
 
 def test_pinned_threads_survive_another_thread_changing_the_default() -> None:
