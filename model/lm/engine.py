@@ -93,8 +93,8 @@ def leave_cores_to_engine() -> None:
     """Keep the calling thread's torch work on one thread, so the engine's is the only
     OpenMP team of workers in the process (see :mod:`model.threads`).
 
-    For processes whose other threads run no large torch work: the server's event loop,
-    ``deskmate model serve``, the benchmark. Call it before the thread's first parallel op.
+    For a thread that runs no large torch work after it: the thread that loads the server's
+    bot, ``deskmate model serve``, the benchmark. Call it before the thread's first parallel op.
     """
     pin_torch_threads(1)
 

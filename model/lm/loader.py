@@ -137,8 +137,9 @@ def load_model(
     """Load the configured model for inference.
 
     ``dtype`` is ``float32`` (default: exact, and on AVX2-only CPUs far faster than
-    ``bfloat16``, which has no native matmul there), ``int8`` (dynamic int8 linear layers:
-    ~2x faster batched decoding, slightly different text) or ``bfloat16``. ``threads``
+    ``bfloat16``, which has no native matmul there), ``int8`` (int8 matrices with SmoothQuant
+    smoothing, :mod:`model.lm.llama`: 1.6x faster one-stream decoding, slightly different
+    text) or ``bfloat16``. ``threads``
     is the engine's torch intra-op threads (default: the cores this process may use). ``forward``
     is ``lean`` (the engine's own forward pass for Llama models, :mod:`model.lm.llama`;
     others fall back) or ``transformers`` (the model's own forward, for comparison).
