@@ -78,8 +78,14 @@ def test_int8_graph_keeps_the_answers(encoder: SharedEncoder, tmp_path, monkeypa
     a = fp32.run(batch.input_ids, batch.attention_mask)
     b = int8.run(batch.input_ids, batch.attention_mask)
     for name in ("intent_logits", "sentiment_logits"):
-        assert (a[name].argmax(-1) == b[name].argmax(-1)).all(), name
         np.testing.assert_allclose(b[name], a[name], atol=0.15)
+        # The same decision wherever float32's is clear: its top two logits more than twice
+        # the tolerance apart (these heads are random, so some texts are near ties, and
+        # int8's rounding depends on the CPU's int8 instructions).
+        top2 = np.sort(a[name], -1)[:, -2:]
+        clear = top2[:, 1] - top2[:, 0] > 0.3
+        assert clear.any(), name
+        assert (a[name].argmax(-1) == b[name].argmax(-1))[clear].all(), name
     cosine = (a["embedding"] * b["embedding"]).sum(-1)  # both are unit vectors
     assert cosine.min() > 0.95  # measured 0.967-0.994 on these texts: retrieval moves a little too
     monkeypatch.setenv("DESKMATE_NLU_PRECISION", "int4")
