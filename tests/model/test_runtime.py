@@ -87,7 +87,9 @@ def test_int8_graph_keeps_the_answers(encoder: SharedEncoder, tmp_path, monkeypa
         assert clear.any(), name
         assert (a[name].argmax(-1) == b[name].argmax(-1))[clear].all(), name
     cosine = (a["embedding"] * b["embedding"]).sum(-1)  # both are unit vectors
-    assert cosine.min() > 0.95  # measured 0.967-0.994 on these texts: retrieval moves a little too
+    # Measured 0.967-0.994 on these texts on one host, 0.933-0.992 on another (int8 rounding
+    # depends on the CPU's int8 instructions): retrieval moves a little too.
+    assert cosine.min() > 0.9
     monkeypatch.setenv("DESKMATE_NLU_PRECISION", "int4")
     with pytest.raises(DeskmateError, match="DESKMATE_NLU_PRECISION"):
         precision_name()
