@@ -57,7 +57,7 @@ def measure(dtype: str, case: str) -> dict[str, float]:
                 for step in range(13):
                     if step == 3:                                   # three warm-up steps
                         t0 = time.perf_counter()
-                    loaded.lean.decode(ids, kv.step_inputs()[1], kv, None)
+                    loaded.lean.decode(ids, kv.step_positions(), kv, None)
                     kv.advance(1)
                 out[f"decode_{n}_ms"] = (time.perf_counter() - t0) / 10 * 1000
             prompt = torch.randint(0, 1000, (1, 358))

@@ -298,7 +298,7 @@ def _decode_step_times(model: Any, lean: Any, batch: int, cached: int, steps: in
         slot.advance(1)
 
     def lean_slot(_: int) -> None:
-        positions = own.step_inputs()[1]
+        positions = own.step_positions()
         lean.decode(ids, positions, own, None)
         own.advance(1)
 

@@ -371,13 +371,14 @@ class Engine:
     def _decode_step(self) -> None:
         active = self._active
         self.kv.reserve(1)
-        mask, positions = self.kv.step_inputs()
+        positions = self.kv.step_positions()
         ids = torch.tensor([[r.last_token] for r in active])                    # (n, 1)
         if self.lean is not None:
-            padded = any(self.kv.start)
-            logits = self.lean.decode(ids, positions, self.kv, mask.bool() if padded else None)
+            # Rows that all start at column 0 need no mask (the common one-stream case).
+            mask = self.kv.step_mask().bool() if any(self.kv.start) else None
+            logits = self.lean.decode(ids, positions, self.kv, mask)
         else:
-            logits = self.model(input_ids=ids, attention_mask=mask, position_ids=positions,
+            logits = self.model(input_ids=ids, attention_mask=self.kv.step_mask(), position_ids=positions,
                                 cache=self.kv.as_cache(), use_cache=True).logits[:, -1]
         self.kv.advance(1)
         tokens = self._sample(logits, active)                                     # (n, V) -> n

@@ -141,13 +141,18 @@ class SlotKVCache:
             self.length = 0
         return moved
 
-    def step_inputs(self) -> tuple[torch.Tensor, torch.Tensor]:
-        """Attention mask ``(n, length + 1)`` and position ids ``(n, 1)`` for one decode step."""
+    def step_mask(self) -> torch.Tensor:
+        """Attention mask ``(n, length + 1)`` for one decode step: 1 from each row's start."""
         cols = torch.arange(self.length + 1)
-        start = torch.tensor(self.start)
-        mask = (cols[None, :] >= start[:, None]).long()           # (n, length+1)
-        positions = (self.length - start)[:, None]                 # (n, 1)
-        return mask, positions
+        return (cols[None, :] >= torch.tensor(self.start)[:, None]).long()
+
+    def step_positions(self) -> torch.Tensor:
+        """Position ids ``(n, 1)`` of the token each row decodes next."""
+        return (self.length - torch.tensor(self.start))[:, None]
+
+    def step_inputs(self) -> tuple[torch.Tensor, torch.Tensor]:
+        """:meth:`step_mask` and :meth:`step_positions` together."""
+        return self.step_mask(), self.step_positions()
 
     def as_cache(self) -> Cache:
         """A transformers ``Cache`` that writes the next column(s) into this storage."""
