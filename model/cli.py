@@ -30,7 +30,8 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
     train_sub = train.add_subparsers(dest="train_target", metavar="TARGET")
     sent = train_sub.add_parser("sentiment", help="retrain the sentiment model")
     sent.add_argument("--data", type=Path, nargs="+", required=True, metavar="CSV",
-                      help="text,label CSVs (labels 0/1 or negative/neutral/positive)")
+                      help="text,label CSVs (labels 0/1 or negative/neutral/positive); a file "
+                           "with no neutral rows teaches negative-vs-positive only")
     sent.add_argument("--out", type=Path, default=None,
                       help="artifact folder (default: the shipped model/artifacts/sentiment)")
     sent.add_argument("--quiet", action="store_true", help="no progress bars")
@@ -108,11 +109,16 @@ def cmd_train_sentiment(args: argparse.Namespace) -> int:
     """``deskmate train sentiment --data CSV [CSV...]``."""
     from model.sentiment import DEFAULT_DIR, load_sentiment_csv, train_sentiment
 
-    examples = [e for path in args.data for e in load_sentiment_csv(path)]
+    examples, polarity_only = [], []
+    for path in args.data:
+        rows = load_sentiment_csv(path)
+        # A file without neutral rows (binary data such as SST-2) teaches polarity only.
+        binary = all(e.label != "neutral" for e in rows)
+        examples += rows
+        polarity_only += [binary] * len(rows)
     out = args.out or DEFAULT_DIR
-    meta = train_sentiment(
-        examples, out, sources=[str(p) for p in args.data], progress=not args.quiet
-    )
+    meta = train_sentiment(examples, out, polarity_only=polarity_only,
+                           sources=[str(p) for p in args.data], progress=not args.quiet)
     print(f"trained sentiment {meta.labels} on {meta.num_examples} examples "
           f"in {meta.train_seconds:.1f}s -> {out}")
     return 0

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import hashlib
 import time
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -80,17 +81,28 @@ def train_sentiment(
     out: Path,
     *,
     config: TrainConfig | None = None,
+    polarity_only: Sequence[bool] | None = None,
     sources: list[str] | None = None,
     encoder: SharedEncoder | None = None,
     progress: bool = True,
 ) -> Meta:
-    """Train a sentiment model on normalized examples and write it to ``out``."""
+    """Train a sentiment model on normalized examples and write it to ``out``.
+
+    ``polarity_only[i]`` marks an example from binary data (no ``neutral`` class, such
+    as SST-2): it is scored as negative-or-positive only, so a corpus that left neutral
+    sentences out does not teach the model that nothing is neutral."""
     encoder = encoder or load_encoder()
     config = config or TrainConfig()
     labels = [lab for lab in SENTIMENT_LABELS if any(e.label == lab for e in examples)]
     if len(labels) < 2:
         raise DeskmateError(f"sentiment data needs at least two labels, found {labels}")
     index = {lab: i for i, lab in enumerate(labels)}
+    allowed = None
+    if polarity_only is not None and any(polarity_only) and "neutral" in index:
+        if len(polarity_only) != len(examples):
+            raise ValueError("polarity_only needs one flag per example")
+        allowed = torch.ones(len(examples), len(labels), dtype=torch.bool)
+        allowed[torch.tensor(list(polarity_only)), index["neutral"]] = False
     start = time.perf_counter()
     model = train_task(
         encoder,
@@ -98,6 +110,7 @@ def train_sentiment(
         [index[e.label] for e in examples],
         len(labels),
         config,
+        allowed=allowed,
         progress=progress,
         desc="training sentiment",
     )
@@ -111,7 +124,8 @@ def train_sentiment(
         num_examples=len(examples),
         max_length=config.max_length,
         train_seconds=time.perf_counter() - start,
-        extra={"epochs": config.epochs_for(len(examples)), "lr": config.lr},
+        extra={"epochs": config.epochs_for(len(examples)), "lr": config.lr,
+               "polarity_only_examples": sum(polarity_only or ())},
     )
     artifacts.save(out, model, meta)
     return meta

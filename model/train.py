@@ -85,10 +85,16 @@ def train_task(
     config: TrainConfig | None = None,
     *,
     cache: TrunkCache | None = None,
+    allowed: torch.Tensor | None = None,
     progress: bool = True,
     desc: str = "training",
 ) -> TaskModel:
     """Train adapter + head on ``texts`` with integer ``labels``; returns it in eval mode.
+
+    ``allowed`` (N, num_labels) bool, optional: the labels each example chooses among.
+    An example that only knows some of the labels (a binary sentiment corpus has no
+    ``neutral``) is scored against those alone, so it teaches which of them fits
+    without teaching that the others never do.
 
     Deterministic for a given seed and thread count. Batches are drawn from
     length buckets (similar lengths, little padding) and reshuffled every epoch.
@@ -96,6 +102,11 @@ def train_task(
     config = config or TrainConfig()
     if len(texts) != len(labels) or not texts:
         raise ValueError("texts and labels must be non-empty and of the same length")
+    if allowed is not None:
+        if allowed.shape != (len(texts), num_labels):
+            raise ValueError(f"allowed must be ({len(texts)}, {num_labels}), got {tuple(allowed.shape)}")
+        if not bool(allowed[torch.arange(len(labels)), torch.tensor(labels)].all()):
+            raise ValueError("an example's own label is not among its allowed labels")
     torch.manual_seed(config.seed)
     model = TaskModel(config.adapter, encoder, num_labels)
     if cache is None:
@@ -134,7 +145,10 @@ def train_task(
         for n, idx in enumerate(order, 1):
             trunk, mask = cache.batch([texts[i] for i in idx])
             logits = model(trunk, mask)  # (B, L)
-            loss = F.cross_entropy(logits, target[idx], label_smoothing=config.label_smoothing)
+            if allowed is None:
+                loss = F.cross_entropy(logits, target[idx], label_smoothing=config.label_smoothing)
+            else:
+                loss = restricted_cross_entropy(logits, target[idx], allowed[idx], config.label_smoothing)
             optim.zero_grad(set_to_none=True)
             loss.backward()  # type: ignore[no-untyped-call]
             optim.step()
@@ -146,3 +160,15 @@ def train_task(
     bar.close()
     model.eval()
     return model
+
+
+def restricted_cross_entropy(logits: torch.Tensor, target: torch.Tensor, allowed: torch.Tensor,
+                             smoothing: float) -> torch.Tensor:
+    """Cross-entropy of ``logits`` (B, L) over each row's ``allowed`` labels (B, L) only,
+    with label smoothing spread over those labels; equals ``F.cross_entropy`` where every
+    label is allowed."""
+    logp = F.log_softmax(logits.masked_fill(~allowed, float("-inf")), -1)        # (B, L)
+    share = smoothing / allowed.sum(-1, keepdim=True)                             # (B, 1)
+    q = torch.where(allowed, share, 0.0)
+    q = q.scatter_add(1, target[:, None], torch.full_like(share, 1.0 - smoothing))
+    return -(q * logp.masked_fill(~allowed, 0.0)).sum(-1).mean()

@@ -5,8 +5,11 @@
 Data: SST-2 train (binary movie-review phrases; a seeded sample of --sst2-limit rows)
 plus the *training half* of tweet_eval's validation file (3 classes; the split is a
 hash of the text, see model.sentiment.holdout_split), repeated --tweet-repeat times
-because it is the only source of ``neutral``. The other tweet_eval half and SST-2
-validation are never trained on: ``deskmate bench nlu`` scores them.
+because it is the only source of ``neutral``. SST-2 rows are scored as negative or
+positive only (``--sst2-polarity-only``, the default): SST-2 left neutral sentences out,
+and a model told that none of its 67 k rows is neutral learns to find nothing neutral.
+The other tweet_eval half and SST-2 validation are never trained on: ``deskmate bench
+nlu`` scores them.
 """
 
 from __future__ import annotations
@@ -41,6 +44,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--epochs", type=int, default=2)
     parser.add_argument("--lr", type=float, default=2e-3)
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--sst2-polarity-only", action=argparse.BooleanOptionalAction, default=True,
+                        help="score SST-2 rows over negative/positive only (default: on)")
     args = parser.parse_args(argv)
 
     sst2 = load_sentiment_csv(args.data / "sst2" / "train.csv")
@@ -61,8 +66,10 @@ def main(argv: list[str] | None = None) -> int:
         examples,
         args.out,
         config=config,
+        polarity_only=[args.sst2_polarity_only] * len(sst2) + [False] * (len(examples) - len(sst2)),
         sources=[
-            f"sst2/train.csv (sample of {len(sst2)}, seed {args.seed})",
+            f"sst2/train.csv ({len(sst2)} rows, seed {args.seed}"
+            f"{', negative/positive only' if args.sst2_polarity_only else ''})",
             f"tweet_eval/sentiment_validation.csv (training half, {len(tweet_train)} rows "
             f"x{args.tweet_repeat})",
         ],

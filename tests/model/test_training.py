@@ -4,14 +4,18 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import pytest
 import torch
+import torch.nn.functional as F
 
 from model import artifacts
 from model.adapter import AdapterConfig
 from model.artifacts import Meta
 from model.bench_report import HEADING, write_section
+from model.data import Example
 from model.lexical import from_state, state, train_lexical
-from model.train import TrainConfig, train_task
+from model.sentiment import train_sentiment
+from model.train import TrainConfig, restricted_cross_entropy, train_task
 
 TEXTS = ["great, thanks a lot", "I love it", "awful, I hate it", "this is terrible",
          "wonderful service", "worst shop ever"]
@@ -32,6 +36,46 @@ def test_adapter_training_moves_only_the_adapter(encoder, tmp_path: Path) -> Non
     assert meta2.labels == meta.labels and meta2.adapter == config.adapter
     batch = encoder.tokenize(TEXTS)
     torch.testing.assert_close(model.predict_logits(batch), again.predict_logits(batch))
+
+
+def test_restricted_loss_is_cross_entropy_over_the_allowed_labels() -> None:
+    torch.manual_seed(0)
+    logits = torch.randn(4, 3, requires_grad=True)
+    target = torch.tensor([0, 2, 1, 0])
+    everything = torch.ones(4, 3, dtype=torch.bool)
+    torch.testing.assert_close(restricted_cross_entropy(logits, target, everything, 0.1),
+                               F.cross_entropy(logits, target, label_smoothing=0.1))
+    # Rows 0 and 1 choose between labels 0 and 2 only: label 1 plays no part in their loss.
+    allowed = everything.clone()
+    allowed[:2, 1] = False
+    loss = restricted_cross_entropy(logits, target, allowed, 0.1)
+    two = logits[:2][:, [0, 2]]
+    expected = (F.cross_entropy(two, torch.tensor([0, 1]), label_smoothing=0.1, reduction="sum")
+                + F.cross_entropy(logits[2:], target[2:], label_smoothing=0.1, reduction="sum")) / 4
+    torch.testing.assert_close(loss, expected)
+    loss.backward()
+    assert logits.grad is not None and torch.all(logits.grad[:2, 1] == 0)
+    assert torch.isfinite(logits.grad).all()
+
+
+def test_sentiment_training_takes_polarity_only_rows(encoder, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
+    """Binary rows (no neutral class in their corpus) train beside three-class rows; the
+    flags are checked against the examples and recorded in the artifact."""
+    three = [Example("it is a bag", "neutral"), Example("the parcel is a box", "neutral"),
+             Example("I love it", "positive"), Example("awful, I hate it", "negative")]
+    binary = [Example(t, "positive" if y else "negative") for t, y in zip(TEXTS, LABELS, strict=True)]
+    config = TrainConfig(adapter=AdapterConfig(top_layers=0), epochs=3, batch_size=4, label_smoothing=0.0)
+    flags = [False] * len(three) + [True] * len(binary)
+    meta = train_sentiment(three + binary, tmp_path / "s", config=config, polarity_only=flags,
+                           encoder=encoder, progress=False)
+    assert meta.labels == ["negative", "neutral", "positive"]
+    assert meta.extra["polarity_only_examples"] == len(binary)
+    with pytest.raises(ValueError, match="one flag per example"):
+        train_sentiment(three + binary, tmp_path / "t", config=config, polarity_only=[True],
+                        encoder=encoder, progress=False)
+    with pytest.raises(ValueError, match="own label"):
+        train_task(encoder, ["it is a bag"], [1], 3, config, progress=False,
+                   allowed=torch.tensor([[True, False, True]]))
 
 
 def test_lexical_head_fits_and_round_trips() -> None:
