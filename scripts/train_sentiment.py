@@ -2,14 +2,20 @@
 
     python scripts/train_sentiment.py ../shared/data/sentiment
 
-Data: SST-2 train (binary movie-review phrases; a seeded sample of --sst2-limit rows)
-plus the *training half* of tweet_eval's validation file (3 classes; the split is a
+Data: SST-2 train (binary movie-review phrases; all 67 k rows, or a seeded sample of
+--sst2-limit) plus the *training half* of tweet_eval's validation file (3 classes; the split is a
 hash of the text, see model.sentiment.holdout_split), repeated --tweet-repeat times
 because it is the only source of ``neutral``. SST-2 rows are scored as negative or
 positive only (``--sst2-polarity-only``, the default): SST-2 left neutral sentences out,
 and a model told that none of its 67 k rows is neutral learns to find nothing neutral.
 The other tweet_eval half and SST-2 validation are never trained on: ``deskmate bench
 nlu`` scores them.
+
+The defaults are the shipped model's run: LoRA rank 16 on the top 3 encoder layers,
+2 epochs; about 27 minutes with one torch thread on a shared 2-core machine
+(``DESKMATE_TORCH_THREADS=1``). Retraining on another CPU gives slightly different weights
+(float rounding follows the CPU's vector instructions): the top-2 variant of this recipe
+scored 88.1 % on SST-2 on one host and 87.0 % on another.
 """
 
 from __future__ import annotations
@@ -37,10 +43,10 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("data", type=Path, help="the shared sentiment folder (sst2/, tweet_eval/)")
     parser.add_argument("--out", type=Path, default=DEFAULT_DIR)
-    parser.add_argument("--sst2-limit", type=int, default=20000, help="SST-2 rows to sample (0 = all)")
+    parser.add_argument("--sst2-limit", type=int, default=0, help="SST-2 rows to sample (0 = all)")
     parser.add_argument("--tweet-repeat", type=int, default=4)
-    parser.add_argument("--top-layers", type=int, default=2, help="encoder layers with adapters")
-    parser.add_argument("--rank", type=int, default=8)
+    parser.add_argument("--top-layers", type=int, default=3, help="encoder layers with adapters")
+    parser.add_argument("--rank", type=int, default=16)
     parser.add_argument("--epochs", type=int, default=2)
     parser.add_argument("--lr", type=float, default=2e-3)
     parser.add_argument("--seed", type=int, default=0)
