@@ -9,6 +9,7 @@ the shared encoder, trained by ``scripts/train_sentiment.py`` from
 from __future__ import annotations
 
 import hashlib
+import math
 import time
 from collections.abc import Sequence
 from pathlib import Path
@@ -18,7 +19,7 @@ import torch
 
 from bot.errors import DeskmateError
 from model import artifacts
-from model.adapter import TaskModel
+from model.adapter import AdapterConfig, TaskModel
 from model.artifacts import Meta
 from model.data import Example, data_hash, load_csv
 from model.encoder import SharedEncoder, load_encoder
@@ -26,6 +27,9 @@ from model.train import TrainConfig, train_task
 
 SENTIMENT_LABELS = ("negative", "neutral", "positive")
 DEFAULT_DIR = Path(__file__).resolve().parent / "artifacts" / "sentiment"
+
+# The shipped model's recipe (docs/nlu.md, "Decisions"): LoRA on the top 3 encoder layers.
+TOP_LAYERS, RANK, LR = 3, 16, 2e-3
 _BINARY = {"0": "negative", "1": "positive"}
 
 
@@ -76,6 +80,26 @@ def holdout_split(texts: list[str], test_fraction: float = 0.5) -> tuple[list[in
     return train, test
 
 
+def lora_epochs(n: int, batch_size: int = 32) -> int:
+    """Epochs for ``n`` examples with adapters: 2 on a corpus the size of SST-2 (the
+    shipped model's), more on small data so a run gets at least ~2000 steps, at most 20."""
+    steps_per_epoch = max(1, math.ceil(n / batch_size))
+    return max(2, min(20, math.ceil(2000 / steps_per_epoch)))
+
+
+def recipe(n: int, *, top_layers: int = TOP_LAYERS, rank: int = RANK, epochs: int = 0,
+           lr: float = LR, seed: int = 0) -> TrainConfig:
+    """Training settings of the shipped model for ``n`` examples (``epochs`` 0: from the
+    data size, :func:`lora_epochs`; with ``top_layers`` 0, a head over the frozen encoder
+    and :class:`TrainConfig`'s own epoch rule)."""
+    if top_layers < 0 or rank < 1:
+        raise ValueError("top_layers must be >= 0 and rank >= 1")
+    if top_layers == 0:
+        return TrainConfig(epochs=epochs, seed=seed)
+    return TrainConfig(adapter=AdapterConfig(top_layers=top_layers, rank=rank),
+                       epochs=epochs or lora_epochs(n), lr=lr, seed=seed)
+
+
 def train_sentiment(
     examples: list[Example],
     out: Path,
@@ -86,13 +110,14 @@ def train_sentiment(
     encoder: SharedEncoder | None = None,
     progress: bool = True,
 ) -> Meta:
-    """Train a sentiment model on normalized examples and write it to ``out``.
+    """Train a sentiment model on normalized examples and write it to ``out`` (``config``
+    defaults to the shipped model's :func:`recipe`).
 
     ``polarity_only[i]`` marks an example from binary data (no ``neutral`` class, such
     as SST-2): it is scored as negative-or-positive only, so a corpus that left neutral
     sentences out does not teach the model that nothing is neutral."""
     encoder = encoder or load_encoder()
-    config = config or TrainConfig()
+    config = config or recipe(len(examples))
     labels = [lab for lab in SENTIMENT_LABELS if any(e.label == lab for e in examples)]
     if len(labels) < 2:
         raise DeskmateError(f"sentiment data needs at least two labels, found {labels}")

@@ -29,14 +29,16 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
-from model.adapter import AdapterConfig  # noqa: E402
 from model.sentiment import (  # noqa: E402
     DEFAULT_DIR,
+    LR,
+    RANK,
+    TOP_LAYERS,
     holdout_split,
     load_sentiment_csv,
+    recipe,
     train_sentiment,
 )
-from model.train import TrainConfig  # noqa: E402
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -45,10 +47,10 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--out", type=Path, default=DEFAULT_DIR)
     parser.add_argument("--sst2-limit", type=int, default=0, help="SST-2 rows to sample (0 = all)")
     parser.add_argument("--tweet-repeat", type=int, default=4)
-    parser.add_argument("--top-layers", type=int, default=3, help="encoder layers with adapters")
-    parser.add_argument("--rank", type=int, default=16)
+    parser.add_argument("--top-layers", type=int, default=TOP_LAYERS, help="encoder layers with adapters")
+    parser.add_argument("--rank", type=int, default=RANK)
     parser.add_argument("--epochs", type=int, default=2)
-    parser.add_argument("--lr", type=float, default=2e-3)
+    parser.add_argument("--lr", type=float, default=LR)
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--sst2-polarity-only", action=argparse.BooleanOptionalAction, default=True,
                         help="score SST-2 rows over negative/positive only (default: on)")
@@ -62,12 +64,8 @@ def main(argv: list[str] | None = None) -> int:
     tweet_train = [tweets[i] for i in train_idx]
     examples = sst2 + tweet_train * args.tweet_repeat
     print(f"{len(sst2)} SST-2 + {len(tweet_train)} tweet_eval (x{args.tweet_repeat}) examples")
-    config = TrainConfig(
-        adapter=AdapterConfig(top_layers=args.top_layers, rank=args.rank),
-        epochs=args.epochs,
-        lr=args.lr,
-        seed=args.seed,
-    )
+    config = recipe(len(examples), top_layers=args.top_layers, rank=args.rank, epochs=args.epochs,
+                    lr=args.lr, seed=args.seed)
     meta = train_sentiment(
         examples,
         args.out,

@@ -89,6 +89,21 @@ def test_eval_sentiment_binary(tmp_path: Path) -> None:
     assert report["accuracy"] == 1.0 and report["macro_f1"] == 1.0
 
 
+def test_train_sentiment_cli_writes_the_chosen_adapter(tmp_path: Path) -> None:
+    """`deskmate train sentiment` trains adapters like the shipped model's (here small
+    ones, one pass); a file without neutral rows is marked polarity-only."""
+    three = tmp_path / "three.csv"
+    three.write_text("text,label\nit is a bag,neutral\nI love it,positive\nawful service,negative\n"
+                     "the box is brown,neutral\n")
+    out = tmp_path / "model"
+    assert _run(["train", "sentiment", "--data", str(three), str(FIXTURES / "sentiment_test.csv"),
+                 "--out", str(out), "--top-layers", "1", "--rank", "2", "--epochs", "1", "--quiet"]) == 0
+    meta = json.loads((out / "meta.json").read_text())
+    assert meta["adapter"]["top_layers"] == 1 and meta["adapter"]["rank"] == 2
+    assert meta["extra"]["epochs"] == 1 and meta["extra"]["polarity_only_examples"] == 4
+    assert meta["labels"] == ["negative", "neutral", "positive"]
+
+
 def test_nlu_parse_cli(trained_shopbot: Path, capsys: pytest.CaptureFixture[str]) -> None:
     assert _run(["nlu", "parse", "where is my order", "--project", str(trained_shopbot)]) == 0
     result = json.loads(capsys.readouterr().out)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import pytest
@@ -14,7 +15,7 @@ from model.artifacts import Meta
 from model.bench_report import HEADING, write_section
 from model.data import Example
 from model.lexical import from_state, state, train_lexical
-from model.sentiment import train_sentiment
+from model.sentiment import DEFAULT_DIR, recipe, train_sentiment
 from model.train import TrainConfig, restricted_cross_entropy, train_task
 
 TEXTS = ["great, thanks a lot", "I love it", "awful, I hate it", "this is terrible",
@@ -76,6 +77,21 @@ def test_sentiment_training_takes_polarity_only_rows(encoder, tmp_path: Path) ->
     with pytest.raises(ValueError, match="own label"):
         train_task(encoder, ["it is a bag"], [1], 3, config, progress=False,
                    allowed=torch.tensor([[True, False, True]]))
+
+
+def test_sentiment_recipe_is_the_shipped_models() -> None:
+    """The default training settings are those the shipped artifact was trained with, so
+    `deskmate train sentiment` and scripts/train_sentiment.py retrain the same kind of model."""
+    shipped = json.loads((DEFAULT_DIR / "meta.json").read_text())
+    config = recipe(shipped["num_examples"])
+    assert (config.adapter.top_layers, config.adapter.rank) == (
+        shipped["adapter"]["top_layers"], shipped["adapter"]["rank"])
+    assert config.epochs == shipped["extra"]["epochs"] and config.lr == shipped["extra"]["lr"]
+    assert recipe(500).epochs == 20 and recipe(8000).epochs == 8  # small data: more passes
+    frozen = recipe(500, top_layers=0)
+    assert frozen.adapter.top_layers == 0 and frozen.epochs == 0  # TrainConfig's own rule
+    with pytest.raises(ValueError):
+        recipe(10, rank=0)
 
 
 def test_lexical_head_fits_and_round_trips() -> None:
