@@ -92,8 +92,9 @@ def recipe(n: int, *, top_layers: int = TOP_LAYERS, rank: int = RANK, epochs: in
     """Training settings of the shipped model for ``n`` examples (``epochs`` 0: from the
     data size, :func:`lora_epochs`; with ``top_layers`` 0, a head over the frozen encoder
     and :class:`TrainConfig`'s own epoch rule)."""
-    if top_layers < 0 or rank < 1:
-        raise ValueError("top_layers must be >= 0 and rank >= 1")
+    if top_layers < 0 or rank < 1 or epochs < 0:
+        raise DeskmateError(f"sentiment training needs top layers >= 0, rank >= 1 and epochs >= 0 "
+                            f"(got {top_layers}, {rank}, {epochs})")
     if top_layers == 0:
         return TrainConfig(epochs=epochs, seed=seed)
     return TrainConfig(adapter=AdapterConfig(top_layers=top_layers, rank=rank),
@@ -118,6 +119,9 @@ def train_sentiment(
     sentences out does not teach the model that nothing is neutral."""
     encoder = encoder or load_encoder()
     config = config or recipe(len(examples))
+    if config.adapter.top_layers > encoder.num_layers:
+        raise DeskmateError(f"the encoder has {encoder.num_layers} layers; cannot adapt the top "
+                            f"{config.adapter.top_layers}")
     labels = [lab for lab in SENTIMENT_LABELS if any(e.label == lab for e in examples)]
     if len(labels) < 2:
         raise DeskmateError(f"sentiment data needs at least two labels, found {labels}")

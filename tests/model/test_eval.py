@@ -8,6 +8,7 @@ from pathlib import Path
 
 import pytest
 
+from bot.errors import DeskmateError
 from model.metrics import classification_report
 
 FIXTURES = Path(__file__).parent / "fixtures"
@@ -102,6 +103,11 @@ def test_train_sentiment_cli_writes_the_chosen_adapter(tmp_path: Path) -> None:
     assert meta["adapter"]["top_layers"] == 1 and meta["adapter"]["rank"] == 2
     assert meta["extra"]["epochs"] == 1 and meta["extra"]["polarity_only_examples"] == 4
     assert meta["labels"] == ["negative", "neutral", "positive"]
+    # More adapted layers than the encoder has: a clear error, nothing written.
+    with pytest.raises(DeskmateError, match="6 layers"):
+        _run(["train", "sentiment", "--data", str(three), "--out", str(tmp_path / "no"),
+              "--top-layers", "7", "--quiet"])
+    assert not (tmp_path / "no").exists()
 
 
 def test_nlu_parse_cli(trained_shopbot: Path, capsys: pytest.CaptureFixture[str]) -> None:

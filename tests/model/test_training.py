@@ -9,6 +9,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
+from bot.errors import DeskmateError
 from model import artifacts
 from model.adapter import AdapterConfig
 from model.artifacts import Meta
@@ -90,7 +91,7 @@ def test_sentiment_recipe_is_the_shipped_models() -> None:
     assert recipe(500).epochs == 20 and recipe(8000).epochs == 8  # small data: more passes
     frozen = recipe(500, top_layers=0)
     assert frozen.adapter.top_layers == 0 and frozen.epochs == 0  # TrainConfig's own rule
-    with pytest.raises(ValueError):
+    with pytest.raises(DeskmateError, match="rank >= 1"):
         recipe(10, rank=0)
 
 
