@@ -14,6 +14,7 @@ from dataclasses import asdict, dataclass
 import torch
 from torch import nn
 
+from bot.errors import DeskmateError
 from model.encoder import Batch, SharedEncoder, mean_pool
 
 # The six linear maps of a BERT layer, with their (in, out) sizes as multiples of
@@ -87,6 +88,9 @@ class TaskModel(nn.Module):
 
     def __init__(self, config: AdapterConfig, encoder: SharedEncoder, num_labels: int) -> None:
         super().__init__()
+        if not 0 <= config.top_layers <= encoder.num_layers:
+            raise DeskmateError(f"the encoder has {encoder.num_layers} layers; cannot adapt the top "
+                                f"{config.top_layers}")
         self.config = config
         self.encoder = [encoder]  # a list, so the encoder is not registered as a submodule
         self.adapter = Adapter(config, encoder.hidden_size)

@@ -119,9 +119,6 @@ def train_sentiment(
     sentences out does not teach the model that nothing is neutral."""
     encoder = encoder or load_encoder()
     config = config or recipe(len(examples))
-    if config.adapter.top_layers > encoder.num_layers:
-        raise DeskmateError(f"the encoder has {encoder.num_layers} layers; cannot adapt the top "
-                            f"{config.adapter.top_layers}")
     labels = [lab for lab in SENTIMENT_LABELS if any(e.label == lab for e in examples)]
     if len(labels) < 2:
         raise DeskmateError(f"sentiment data needs at least two labels, found {labels}")
