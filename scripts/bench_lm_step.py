@@ -14,9 +14,10 @@ threads, side by side in one process:
   what the products cost inside a real step (alone, one kind's 30 matrices stay in the
   CPU caches between repetitions; inside a step they do not).
 
-Prints one line per stream count; nothing is written.
+Prints one line per stream count (and KV-cache type); nothing is written.
 
     HF_HUB_OFFLINE=1 .venv/bin/python scripts/bench_lm_step.py
+    HF_HUB_OFFLINE=1 .venv/bin/python scripts/bench_lm_step.py --kv-dtypes float32 float16 --rounds 3
 """
 
 from __future__ import annotations
@@ -43,15 +44,15 @@ def _ms(fn: Callable[[], object], reps: int) -> float:
     return (time.perf_counter() - start) / reps * 1000
 
 
-def _one(lean: Any, cfg: Any, n: int, reps: int) -> str:
+def _one(lean: Any, cfg: Any, n: int, reps: int, kv_dtype: str = "float32") -> str:
     """One line of figures for ``n`` streams."""
     import torch
     import torch.nn.functional as F
 
     from model.lm.kvcache import SlotKVCache
 
-    kv = SlotKVCache(cfg.num_hidden_layers, cfg.num_key_value_heads, cfg.head_dim, torch.float32,
-                     rows=n, columns=400 + 8 * reps)
+    kv = SlotKVCache(cfg.num_hidden_layers, cfg.num_key_value_heads, cfg.head_dim,
+                     getattr(torch, kv_dtype), rows=n, columns=400 + 8 * reps)
     kv.n, kv.length, kv.start = n, 400, [0] * n
     ids = torch.full((n, 1), 100)
 
@@ -63,9 +64,9 @@ def _one(lean: Any, cfg: Any, n: int, reps: int) -> str:
         for layer in lean.layers:
             lean._linear(x, layer[index])
 
-    def attention() -> None:
-        for _ in lean.layers:
-            F.scaled_dot_product_attention(q, k, v, enable_gqa=True)
+    def attention() -> None:     # as the step runs it: a float16 cache is widened first
+        for i in range(len(lean.layers)):
+            F.scaled_dot_product_attention(q, *kv.layer(i, 401, q.dtype), enable_gqa=True)
 
     whole = _ms(step, reps)
     hidden = torch.randn(n, 1, cfg.hidden_size)
@@ -75,7 +76,6 @@ def _one(lean: Any, cfg: Any, n: int, reps: int) -> str:
                                     ("down", 5, inner))}
     head = _ms(lambda: lean._linear(hidden[:, -1], lean.head), reps)
     q = torch.randn(n, lean.heads, 1, lean.head_dim)
-    k, v = kv.keys[0][:n, :, :401], kv.values[0][:n, :, :401]
     attn = _ms(attention, reps)
     # The same step with every product answered from a memo of its first output: what the
     # products cost inside a step, where the other layers' weights have left the caches.
@@ -94,13 +94,15 @@ def _one(lean: Any, cfg: Any, n: int, reps: int) -> str:
         del lean._linear
     total = sum(parts.values())
     listed = " ".join(f"{name} {ms:.2f}" for name, ms in parts.items())
-    return (f"{n} stream(s), 400 cached tokens: step {whole:.2f} ms = products {listed} (sum {total:.2f})"
+    return (f"{n} stream(s), {kv_dtype} KV, 400 cached tokens: step {whole:.2f} ms = products {listed}"
+            f" (sum {total:.2f})"
             f" + head {head:.2f} + attention {attn:.2f} + rest {whole - total - head - attn:.2f};"
             f" the step without its products {without:.2f} ms (products + head in the step:"
             f" {whole - without:.2f})")
 
 
-def measure(dtype: str, streams: list[int], reps: int) -> list[str]:
+def measure(dtype: str, streams: list[int], reps: int, kv_dtypes: tuple[str, ...] = ("float32",),
+            rounds: int = 1) -> list[str]:
     from model.lm.engine import leave_cores_to_engine
     from model.lm.loader import load_model
     from model.threads import pin_torch_threads
@@ -115,7 +117,9 @@ def measure(dtype: str, streams: list[int], reps: int) -> list[str]:
 
         pin_torch_threads(threads)
         with torch.inference_mode():
-            lines.extend(f"{dtype}, {_one(loaded.lean, loaded.model.config, n, reps)}" for n in streams)
+            # Several cache types: interleaved, round after round, so drift hits each alike.
+            lines.extend(f"{dtype}, {_one(loaded.lean, loaded.model.config, n, reps, kv)}"
+                         for _ in range(rounds) for n in streams for kv in kv_dtypes)
 
     worker = threading.Thread(target=work)
     worker.start()
@@ -128,8 +132,11 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--dtype", default="int8", choices=["int8", "float32"])
     parser.add_argument("--streams", type=int, nargs="+", default=[1, 32])
     parser.add_argument("--reps", type=int, default=30)
+    parser.add_argument("--kv-dtypes", nargs="+", default=["float32"], choices=["float32", "float16"],
+                        help="the KV cache's types to time side by side")
+    parser.add_argument("--rounds", type=int, default=1)
     args = parser.parse_args(argv)
-    for line in measure(args.dtype, args.streams, args.reps):
+    for line in measure(args.dtype, args.streams, args.reps, tuple(args.kv_dtypes), args.rounds):
         print(line)
     return 0
 

@@ -45,7 +45,8 @@ def open_chat_model(*, backend: str | None = None, config: EngineConfig | None =
     embedded: ``DESKMATE_LM_MODEL`` (.gguf or model folder; default SmolLM2-135M-Instruct),
     ``DESKMATE_LM_CACHE``, ``DESKMATE_LM_DTYPE`` (float32 | int8 | bfloat16),
     ``DESKMATE_LM_THREADS`` (default: every core), ``DESKMATE_LM_PREFIX_CACHE_MB`` (default 64;
-    0 = off). remote: see
+    0 = off), ``DESKMATE_LM_KV_DTYPE`` (float16 | bfloat16 | float32; default: the weights'
+    float type). remote: see
     :meth:`model.lm.remote.RemoteConfig.from_env`. Blocking (loads the model): call it
     at startup, or in a thread.
 
@@ -64,7 +65,10 @@ def open_chat_model(*, backend: str | None = None, config: EngineConfig | None =
     n_threads = _int_env("DESKMATE_LM_THREADS")
     if config is None:
         prefix_mb = _int_env("DESKMATE_LM_PREFIX_CACHE_MB")
-        config = EngineConfig() if prefix_mb is None else EngineConfig(prefix_cache_mb=prefix_mb)
+        if prefix_mb is None:
+            prefix_mb = EngineConfig.prefix_cache_mb
+        kv_dtype = os.environ.get("DESKMATE_LM_KV_DTYPE") or None
+        config = EngineConfig(prefix_cache_mb=prefix_mb, kv_dtype=kv_dtype)
     return Engine.load(dtype=os.environ.get("DESKMATE_LM_DTYPE", "float32"), threads=n_threads,
                        config=config)
 

@@ -58,6 +58,16 @@ class EngineConfig:
     kv_columns: int = 256          # initial KV-cache columns (grows by doubling)
     prefill_tokens: int = 2048     # padded prompt tokens per prefill pass; more wait a step
     prefix_cache_mb: int = 64      # KV of recent prompt prefixes kept for reuse; 0 = off
+    kv_dtype: str | None = None    # keys and values kept as: None = the weights' float type;
+                                   # "float16"/"bfloat16" halve the cache (lean forward only)
+
+    def __post_init__(self) -> None:
+        if self.kv_dtype not in KV_DTYPES:
+            raise ValueError(f"kv_dtype must be one of {sorted(d for d in KV_DTYPES if d)}, "
+                             f"not {self.kv_dtype!r}")
+
+
+KV_DTYPES = {None: None, "float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}
 
 
 @dataclass
@@ -71,10 +81,14 @@ class EngineStats:
 
 
 def _release_freed_memory() -> None:
-    """Give freed activation memory back to the OS after a large prefill.
+    """Give freed memory back to the OS after a large prefill or a KV-cache reallocation.
 
-    glibc keeps the ~100 MB of freed prefill activations in the engine thread's malloc
-    arena; without this the RSS stays ~600 MB above what the engine actually uses.
+    glibc keeps freed prefill activations, and the KV-cache buffers replaced when the
+    cache grows or sheds padding columns, in the engine thread's malloc arena; without
+    this the RSS stays hundreds of MB above what the engine uses. The engine calls it
+    after an iteration that prefilled 512 or more new prompt tokens (whether or not they
+    followed a cached prefix) or dropped 32 MB or more of cache buffers; it takes
+    10-25 ms, small next to such a prefill.
     """
     global _LIBC
     if _LIBC is None:
@@ -146,11 +160,15 @@ class Engine:
         eos.update(gen_eos if isinstance(gen_eos, list) else [gen_eos])
         self.eos_ids = {int(i) for i in eos if i is not None}
         head_dim = getattr(mc, "head_dim", None) or mc.hidden_size // mc.num_attention_heads
-        self.kv = SlotKVCache(mc.num_hidden_layers, mc.num_key_value_heads, head_dim, self.model.dtype,
+        kv_dtype = KV_DTYPES[self.config.kv_dtype] or self.model.dtype
+        if kv_dtype != self.model.dtype and self.lean is None:
+            raise ValueError(f"kv_dtype={self.config.kv_dtype} needs the engine's own forward "
+                             f"(Llama models); {type(self.model).__name__} keeps {self.model.dtype}")
+        self.kv = SlotKVCache(mc.num_hidden_layers, mc.num_key_value_heads, head_dim, kv_dtype,
                               rows=self.config.kv_rows, columns=self.config.kv_columns)
         self.stats = EngineStats()
         # Reusing prefixes needs a forward that can continue from cached KV (the lean one).
-        self.prefixes = (PrefixCache(self.config.prefix_cache_mb * 2**20)
+        self.prefixes = (PrefixCache(self.config.prefix_cache_mb * 2**20, dtype=kv_dtype)
                          if self.lean is not None and self.config.prefix_cache_mb > 0 else None)
         self._pending: deque[_Request] = deque()
         self._active: list[_Request] = []        # index == KV row
@@ -267,10 +285,12 @@ class Engine:
         if rest:
             with self._cv:
                 self._pending.extendleft(reversed(rest))
-        if admitted:
-            self._prefill(admitted)
+        computed = self._prefill(admitted) if admitted else 0
         if self._active:
             self._decode_step()
+        if computed >= 512 or self.kv.dropped_bytes >= 32 * 2**20:
+            _release_freed_memory()
+            self.kv.dropped_bytes = 0
         return True
 
     def _admit(self, candidates: list[_Request]) -> tuple[list[_Request], list[_Request]]:
@@ -297,8 +317,9 @@ class Engine:
             admitted.append(req)
         return admitted, []
 
-    def _prefill(self, reqs: list[_Request]) -> None:
+    def _prefill(self, reqs: list[_Request]) -> int:
         """Prefill the newcomers and sample their first tokens; their KV joins the batch.
+        Return how many prompt tokens were computed (not taken from the prefix cache).
 
         A prompt that starts with a cached prefix (:mod:`model.lm.prefix`) prefills only
         the rest, on its own; the others share one left-padded forward pass."""
@@ -313,8 +334,10 @@ class Engine:
                     req.params.seed if req.params.seed is not None else random.getrandbits(63))
         done: list[tuple[_Request, torch.Tensor, list[KV]]] = []    # (request, logits (V,), its KV)
         cold = []
+        computed = 0                                                # prompt tokens prefilled now
         for req in reqs:
             hit = self.prefixes.lookup(req.prompt_ids or []) if self.prefixes is not None else None
+            computed += len(req.prompt_ids or ()) - (hit[0] if hit else 0)
             if hit is None:
                 cold.append(req)
             else:
@@ -331,6 +354,7 @@ class Engine:
                 continue
             req.row = self.kv.add(layers)
             self._active.append(req)
+        return computed
 
     def _prefill_after(self, req: _Request, cached: int, past: list[KV]
                        ) -> tuple[_Request, torch.Tensor, list[KV]]:
@@ -362,8 +386,6 @@ class Engine:
             logits = out.logits[:, -1]
             layers = [(layer.keys, layer.values) for layer in cache.layers]  # type: ignore[union-attr]
             del out, cache
-        if ids.numel() >= 512:
-            _release_freed_memory()
         return [(req, logits[b], [(k[b:b + 1, :, width - lengths[b]:], v[b:b + 1, :, width - lengths[b]:])
                                   for k, v in layers])
                 for b, req in enumerate(reqs)]

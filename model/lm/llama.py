@@ -64,6 +64,26 @@ def _smoothing(act_max: torch.Tensor, weight: torch.Tensor, alpha: float) -> tor
     return (act_max.clamp(min=1e-5) ** alpha / w_max ** (1 - alpha)).clamp(min=1e-5)
 
 
+# Names what :meth:`LeanLlama._quantize` does (calibration text, alphas, packing); a saved
+# int8 copy made by another recipe is not reused. Change it whenever that code changes.
+INT8_RECIPE = "smoothquant-a0.5-0.7-0.8-embed16-v1"
+
+
+def _int8_parts(weight: Weight) -> tuple[torch.Tensor, torch.Tensor]:
+    """A packed int8 matrix as plain tensors: int8 values (out, in) and scales (out,)."""
+    q, _ = torch.ops.quantized.linear_unpack(weight)
+    return q.int_repr().contiguous(), q.q_per_channel_scales().to(torch.float64)
+
+
+def _pack_parts(values: torch.Tensor, scales: torch.Tensor) -> Weight:
+    """:func:`_int8_parts` back to fbgemm's packed form (bit for bit the same matrix)."""
+    zeros = torch.zeros(values.shape[0], dtype=torch.long)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")   # quantised tensors are deprecated API, still shipped
+        q = torch._make_per_channel_quantized_tensor(values, scales.to(torch.float64), zeros, 0)
+    return torch.ops.quantized.linear_prepack(q, None)
+
+
 def _pack_int8(weight: torch.Tensor) -> Weight:
     """Per-output-channel symmetric int8, prepacked for ``quantized::linear_dynamic``."""
     w = weight.detach().float().contiguous()
@@ -84,15 +104,7 @@ class LeanLlama:
     """
 
     def __init__(self, model: Any, *, int8: bool = False, calibration: list[int] | None = None) -> None:
-        if not supports(model):
-            raise ValueError(f"{type(model).__name__} is not a plain Llama decoder")
-        cfg = model.config
-        self.int8 = False
-        self.heads = cfg.num_attention_heads
-        self.kv_heads = cfg.num_key_value_heads
-        self.head_dim = getattr(cfg, "head_dim", None) or cfg.hidden_size // cfg.num_attention_heads
-        self.hidden = cfg.hidden_size
-        self.eps = cfg.rms_norm_eps
+        self._configure(model)
         self.rotary = copy.deepcopy(model.model.rotary_emb)       # survives release_model_weights
         self.layers: list[tuple[torch.Tensor, torch.Tensor, Weight, Weight, Weight, Weight]] = []
         for layer in model.model.layers:
@@ -105,9 +117,89 @@ class LeanLlama:
         self.norm = model.model.norm.weight.detach()
         self.embed = model.model.embed_tokens.weight.detach()
         self.head = model.lm_head.weight.detach()     # tied models: the embedding itself
-        self._ranges: list[torch.Tensor] | None = None
         if int8:
             self._quantize(self._activation_ranges(calibration or []))
+
+    def _configure(self, model: Any) -> None:
+        if not supports(model):
+            raise ValueError(f"{type(model).__name__} is not a plain Llama decoder")
+        cfg = model.config
+        self.int8 = False
+        self.heads = cfg.num_attention_heads
+        self.kv_heads = cfg.num_key_value_heads
+        self.head_dim = getattr(cfg, "head_dim", None) or cfg.hidden_size // cfg.num_attention_heads
+        self.hidden = cfg.hidden_size
+        self.eps = cfg.rms_norm_eps
+        self._ranges: list[torch.Tensor] | None = None
+
+    _MATRICES = ("qkv", "o", "gate_up", "down")
+
+    def int8_state(self) -> dict[str, torch.Tensor]:
+        """Everything an int8 forward holds, as plain tensors (for a safetensors file):
+        int8 matrices with their per-row scales, and the float norms and embedding."""
+        if not self.int8:
+            raise ValueError("only an int8 forward has an int8 state")
+        state = {"norm": self.norm, "embed": self.embed}
+        for i, (norm1, norm2, *matrices) in enumerate(self.layers):
+            state[f"layers.{i}.norm1"], state[f"layers.{i}.norm2"] = norm1, norm2
+            for name, weight in zip(self._MATRICES, matrices, strict=True):
+                state[f"layers.{i}.{name}"], state[f"layers.{i}.{name}.scales"] = _int8_parts(weight)
+        state["head"], state["head.scales"] = _int8_parts(self.head)
+        return {key: value.contiguous() for key, value in state.items()}
+
+    @classmethod
+    def from_int8_state(cls, model: Any, state: dict[str, torch.Tensor]) -> LeanLlama:
+        """The int8 forward saved by :meth:`int8_state`, for ``model``'s architecture.
+
+        ``model`` only lends its config: it may be an empty skeleton on the meta device,
+        so the float32 weights are never read. Raises ``ValueError`` when the state does
+        not fit the config (another model, a damaged file)."""
+        self = cls.__new__(cls)
+        self._configure(model)
+        cfg = model.config
+        self.rotary = type(model.model.rotary_emb)(config=cfg)    # real buffers, not meta ones
+        inner = cfg.intermediate_size
+        shapes = {"qkv": ((self.heads + 2 * self.kv_heads) * self.head_dim, self.hidden),
+                  "o": (self.hidden, self.heads * self.head_dim), "gate_up": (2 * inner, self.hidden),
+                  "down": (self.hidden, inner)}
+
+        def matrix(key: str, shape: tuple[int, int]) -> Weight:
+            values, scales = state[key], state[f"{key}.scales"]
+            if (tuple(values.shape) != shape or values.dtype != torch.int8
+                    or tuple(scales.shape) != shape[:1]):
+                raise ValueError(f"{key}: {tuple(values.shape)} {values.dtype}, expected {shape} int8")
+            return _pack_parts(values, scales)
+
+        def vector(key: str) -> torch.Tensor:
+            value = state[key]
+            if tuple(value.shape) != (self.hidden,):
+                raise ValueError(f"{key}: {tuple(value.shape)}, expected ({self.hidden},)")
+            return value
+
+        try:
+            self.layers = [(vector(f"layers.{i}.norm1"), vector(f"layers.{i}.norm2"),
+                            *(matrix(f"layers.{i}.{name}", shapes[name]) for name in cls._MATRICES))
+                           for i in range(cfg.num_hidden_layers)]
+            self.norm = vector("norm")
+            self.embed = state["embed"]
+            self.head = matrix("head", (cfg.vocab_size, self.hidden))
+        except KeyError as exc:
+            raise ValueError(f"missing {exc.args[0]}") from None
+        if tuple(self.embed.shape) != (cfg.vocab_size, self.hidden):
+            raise ValueError(f"embed: {tuple(self.embed.shape)}, expected {(cfg.vocab_size, self.hidden)}")
+        extra = set(state) - set(self.int8_state_keys(cfg.num_hidden_layers))
+        if extra:
+            raise ValueError(f"unexpected tensors: {sorted(extra)[:3]}")
+        self.int8 = True
+        return self
+
+    @classmethod
+    def int8_state_keys(cls, layers: int) -> list[str]:
+        keys = ["norm", "embed", "head", "head.scales"]
+        for i in range(layers):
+            keys += [f"layers.{i}.norm1", f"layers.{i}.norm2"]
+            keys += [f"layers.{i}.{name}{end}" for name in cls._MATRICES for end in ("", ".scales")]
+        return keys
 
     def _activation_ranges(self, ids: list[int]) -> list[torch.Tensor]:
         """Per input channel, the largest magnitude each matrix sees on ``ids`` (float32):
@@ -144,7 +236,9 @@ class LeanLlama:
         s_head = _smoothing(ranges[-1], self.head, 0.8)
         # Everything kept in float is a copy, so the model's memory-mapped weights can go.
         self.layers, self.norm = layers, self.norm / s_head
-        self.head, self.embed = _pack_int8(self.head * s_head), self.embed.clone()
+        # The embedding is only looked up, a few rows per step: float16 halves its 113 MB
+        # (SmolLM2) for a rounding error far below int8's.
+        self.head, self.embed = _pack_int8(self.head * s_head), self.embed.to(torch.float16)
         self.int8 = True
 
     @staticmethod
@@ -208,7 +302,7 @@ class LeanLlama:
         position's logits (B, V) — (B, T, V) with ``every_position`` — and each layer's
         keys and values (B, KV, P + T, D)."""
         b, t = ids.shape
-        x = F.embedding(ids, self.embed)
+        x = F.embedding(ids, self.embed).to(self.norm.dtype)
         cos, sin = self._rope(x, positions)
         if past is not None:
             if b != 1 or mask is not None:
@@ -230,8 +324,9 @@ class LeanLlama:
             if self._ranges is not None:
                 self._ranges.append(normed.abs().amax((0, 1)))
             q, k, v = self._attention_inputs(normed, layer[2], cos, sin)
-            if past is not None:
-                k, v = torch.cat((past[i][0], k), -2), torch.cat((past[i][1], v), -2)
+            if past is not None:   # cached keys and values may be kept in a narrower type
+                k = torch.cat((past[i][0].to(k.dtype), k), -2)
+                v = torch.cat((past[i][1].to(v.dtype), v), -2)
             kvs.append((k.contiguous(), v.contiguous()))
             attended = F.scaled_dot_product_attention(q, k, v, attn_mask=attn_mask, is_causal=causal,
                                                       enable_gqa=True)
@@ -247,7 +342,7 @@ class LeanLlama:
         keys and values at column ``cache.length`` (the caller advances it); returns (n, V)."""
         n = ids.shape[0]
         col = cache.length
-        x = F.embedding(ids, self.embed)
+        x = F.embedding(ids, self.embed).to(self.norm.dtype)
         cos, sin = self._rope(x, positions)
         attn_mask = None if mask is None else mask[:, None, None, :]
         for i, layer in enumerate(self.layers):
@@ -256,7 +351,9 @@ class LeanLlama:
             keys, values = cache.keys[i], cache.values[i]
             keys[:n, :, col:col + 1] = k
             values[:n, :, col:col + 1] = v
-            attended = F.scaled_dot_product_attention(q, keys[:n, :, :col + 1], values[:n, :, :col + 1],
+            # A float16 cache is widened for the product: on CPUs without float16 arithmetic
+            # that costs far less than float16 attention would.
+            attended = F.scaled_dot_product_attention(q, *cache.layer(i, col + 1, q.dtype),
                                                       attn_mask=attn_mask, enable_gqa=True)
             x = self._finish_layer(x, attended, layer)
         return self._logits(x[:, -1])

@@ -164,9 +164,14 @@ def _load(source: str | os.PathLike[str] | None, cache: str | os.PathLike[str] |
     path = resolve_source(source)
     folder = convert_gguf(path, cache_dir(cache)) if path.is_file() else path
     tokenizer = AutoTokenizer.from_pretrained(str(folder))
-    model = AutoModelForCausalLM.from_pretrained(str(folder), dtype=getattr(torch, _DTYPES[dtype]))
-    model.eval()  # type: ignore[no-untyped-call]
-    lean = _lean_forward(model, tokenizer, int8=dtype == "int8") if forward == "lean" else None
+    saved = int8_cache_file(folder, cache_dir(cache)) if dtype == "int8" and forward == "lean" else None
+    model, lean = _load_saved_int8(folder, saved) if saved is not None else (None, None)
+    if model is None:
+        model = AutoModelForCausalLM.from_pretrained(str(folder), dtype=getattr(torch, _DTYPES[dtype]))
+        model.eval()  # type: ignore[no-untyped-call]
+        lean = _lean_forward(model, tokenizer, int8=dtype == "int8") if forward == "lean" else None
+        if lean is not None and saved is not None:
+            _save_int8(lean, saved)
     if dtype == "int8" and lean is None:
         model = _quantize_int8(model)
     if tokenizer.chat_template is None:
@@ -175,6 +180,69 @@ def _load(source: str | os.PathLike[str] | None, cache: str | os.PathLike[str] |
     return LoadedModel(model=model, tokenizer=tokenizer, name=name, path=folder,
                        dtype="int8" if dtype == "int8" else _DTYPES[dtype],
                        load_seconds=time.perf_counter() - t0, lean=lean, threads=threads)
+
+
+def int8_cache_file(folder: Path, cache: Path) -> Path:
+    """Where the int8 forward made from ``folder``'s weights is kept: named after the
+    folder, its weight files (name, size, mtime) and the quantisation recipe, so a changed
+    model or recipe never reuses an old copy."""
+    from model.lm.llama import INT8_RECIPE
+
+    weights = sorted(folder.glob("*.safetensors")) + sorted(folder.glob("*.bin"))
+    stamp = ";".join(f"{f.name}:{f.stat().st_size}:{f.stat().st_mtime_ns}" for f in weights)
+    digest = hashlib.sha1(f"{folder.resolve()}|{stamp}|{INT8_RECIPE}".encode()).hexdigest()
+    return cache / f"{folder.name}-int8-{digest[:10]}.safetensors"
+
+
+def _load_saved_int8(folder: Path, saved: Path) -> tuple[Any, Any]:
+    """(an empty model skeleton for its config, the saved int8 forward), or (None, None)
+    when there is no usable saved copy (none yet, another architecture, a damaged file).
+
+    The float32 weights are never read: the skeleton lives on the meta device, as the
+    model does after a fresh int8 load. Peak memory stays near the int8 forward's own."""
+    if not saved.is_file():
+        return None, None
+    import torch
+    from safetensors import SafetensorError
+    from safetensors.torch import load_file
+    from transformers import AutoConfig, AutoModelForCausalLM, GenerationConfig
+
+    from model.lm.llama import LeanLlama, supports
+
+    config = AutoConfig.from_pretrained(str(folder))
+    with torch.device("meta"):
+        model = AutoModelForCausalLM.from_config(config, dtype=torch.float32)  # type: ignore[no-untyped-call]
+    if not supports(model):
+        return None, None
+    if (folder / "generation_config.json").is_file():
+        model.generation_config = GenerationConfig.from_pretrained(str(folder))
+    model.eval()
+    try:
+        lean = LeanLlama.from_int8_state(model, load_file(str(saved)))
+    except (ValueError, OSError, SafetensorError) as exc:
+        log.warning("ignoring the saved int8 model %s (%s); quantising again", saved, exc)
+        return None, None
+    _trim_heap()      # the file's tensors were copied into fbgemm's packed form
+    return model, lean
+
+
+def _save_int8(lean: Any, saved: Path) -> None:
+    """Keep the int8 forward for later starts (written to a temporary name, then renamed,
+    so a killed start never leaves a half-written file that later ones would trust)."""
+    from safetensors.torch import save_file
+
+    tmp = saved.with_name(saved.name + f".tmp{os.getpid()}")
+    try:
+        saved.parent.mkdir(parents=True, exist_ok=True)
+        save_file(lean.int8_state(), str(tmp), metadata={"format": "deskmate-int8"})
+        tmp.replace(saved)
+        stem = saved.name.rsplit("-int8-", 1)[0]
+        for stale in saved.parent.glob(f"{stem}-int8-*.safetensors"):   # older weights or recipe
+            if stale != saved:
+                stale.unlink(missing_ok=True)
+    except OSError as exc:      # a read-only cache: the next start quantises again
+        log.warning("could not save the int8 model to %s: %s", saved, exc)
+        tmp.unlink(missing_ok=True)
 
 
 def _lean_forward(model: Any, tokenizer: Any, *, int8: bool) -> Any:

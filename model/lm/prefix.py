@@ -40,11 +40,12 @@ class PrefixStats:
 class PrefixCache:
     """Block-aligned prompt prefixes and their KV (see module docstring)."""
 
-    def __init__(self, capacity_bytes: int, block: int = 32) -> None:
+    def __init__(self, capacity_bytes: int, block: int = 32, dtype: torch.dtype | None = None) -> None:
         if block < 1:
             raise ValueError("block must be at least 1 token")
         self.capacity = capacity_bytes
         self.block = block
+        self.dtype = dtype             # kept as (None: as given); lookups return this type
         self.stats = PrefixStats()
         self._entries: OrderedDict[int, _Entry] = OrderedDict()   # id -> entry, oldest first
         self._blocks: dict[int, tuple[int, int]] = {}              # chain key -> (entry id, tokens)
@@ -93,7 +94,8 @@ class PrefixCache:
             self._entries.move_to_end(self._blocks[keys[-1]][0])
             return
         n = blocks * self.block
-        copies = [(k[:, :, :n].clone(), v[:, :, :n].clone()) for k, v in layers]
+        dtype = self.dtype or layers[0][0].dtype
+        copies = [(k[:, :, :n].to(dtype, copy=True), v[:, :, :n].to(dtype, copy=True)) for k, v in layers]
         nbytes = sum(k.numel() * k.element_size() * 2 for k, _ in copies)
         if nbytes > self.capacity:
             return

@@ -145,3 +145,33 @@ async def test_bad_parameters(engine) -> None:  # type: ignore[no-untyped-def]
         await complete(engine, user("hi"), max_tokens=0)
     with pytest.raises(InvalidRequestError):
         await complete(engine, [], max_tokens=4)
+
+
+async def test_float16_kv_cache_halves_the_cache_and_batches_like_one_at_a_time(loaded) -> None:  # type: ignore[no-untyped-def]
+    """Keys and values kept in float16 (prefix cache on, so prefixes are reused in float16
+    too): the cache takes half the bytes, and eight concurrent customers get exactly what
+    each gets alone from the same engine."""
+    import torch
+
+    half = Engine(loaded, EngineConfig(kv_dtype="float16", prefill_tokens=256))
+    try:
+        system = {"role": "system", "content": "You are the assistant of a tea shop. " * 6}
+        chats = [[system, *user(p)] for p in PROMPTS[:8]]
+        alone = [await complete(half, chat, max_tokens=10) for chat in chats]
+        together = await asyncio.gather(*[complete(half, chat, max_tokens=10) for chat in chats])
+        assert together == alone and all(alone)
+        assert half.prefixes is not None and half.prefixes.stats.hits > 0
+        assert all(k.dtype == torch.float16 for k in half.kv.keys)
+        assert half.kv.nbytes() * 2 == sum(t.numel() * 4 for t in half.kv.keys + half.kv.values)
+    finally:
+        half.close()
+
+
+def test_kv_dtype_is_checked(loaded) -> None:  # type: ignore[no-untyped-def]
+    from model.lm.loader import LoadedModel
+
+    with pytest.raises(ValueError, match="kv_dtype must be one of"):
+        EngineConfig(kv_dtype="int4")
+    plain = LoadedModel(**{**loaded.__dict__, "lean": None})     # transformers' own forward
+    with pytest.raises(ValueError, match="needs the engine's own forward"):
+        Engine(plain, EngineConfig(kv_dtype="float16"))

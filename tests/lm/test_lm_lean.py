@@ -123,3 +123,71 @@ def test_pinned_threads_survive_another_thread_changing_the_default() -> None:
     thread.join()
     torch.set_num_threads(before)
     assert counts == [1]
+
+
+def _prefill_logits(lean: LeanLlama, ids: list[int]) -> torch.Tensor:
+    with torch.inference_mode():
+        return lean.prefill(torch.tensor([ids]), torch.arange(len(ids))[None], None)[0]
+
+
+def test_int8_is_saved_once_and_later_starts_load_it_bit_for_bit(loaded: Any, tmp_path: Any,
+                                                                  monkeypatch: pytest.MonkeyPatch) -> None:
+    """The first int8 start quantises and saves; later starts read the saved int8 forward
+    without reading the float32 weights, and compute exactly the same logits."""
+    import transformers
+
+    from model.lm.loader import int8_cache_file
+
+    first = load_model(loaded.path, dtype="int8", cache=tmp_path)
+    saved = int8_cache_file(loaded.path, tmp_path)
+    assert saved.is_file() and list(tmp_path.iterdir()) == [saved]
+
+    def no_float_weights(*args: Any, **kwargs: Any) -> None:
+        raise AssertionError("the float32 weights were read")
+
+    with monkeypatch.context() as patch:
+        patch.setattr(transformers.AutoModelForCausalLM, "from_pretrained", no_float_weights)
+        second = load_model(loaded.path, dtype="int8", cache=tmp_path)
+    assert second.lean.int8 and all(p.device.type == "meta" for p in second.model.parameters())
+    assert second.model.generation_config.eos_token_id == loaded.model.generation_config.eos_token_id
+    ids = _prompts(loaded)[2]
+    assert torch.equal(_prefill_logits(first.lean, ids), _prefill_logits(second.lean, ids))
+
+
+def test_a_damaged_or_stale_int8_file_is_replaced(loaded: Any, tmp_path: Any,
+                                                  caplog: pytest.LogCaptureFixture) -> None:
+    from model.lm.loader import int8_cache_file
+
+    saved = int8_cache_file(loaded.path, tmp_path)
+    stale = tmp_path / saved.name.replace("-int8-", "-int8-0ld")
+    stale.write_bytes(b"an earlier recipe's copy")
+    saved.write_bytes(b"not a safetensors file")
+    with caplog.at_level("WARNING", logger="model.lm.loader"):
+        fresh = load_model(loaded.path, dtype="int8", cache=tmp_path)
+    assert "ignoring the saved int8 model" in caplog.text
+    assert list(tmp_path.iterdir()) == [saved]               # rewritten whole; the stale copy gone
+    assert fresh.lean.int8 and load_model(loaded.path, dtype="int8", cache=tmp_path).lean.int8
+
+
+def test_an_int8_state_that_does_not_fit_the_model_is_refused(loaded: Any) -> None:
+    int8 = load_model(dtype="int8", cache=loaded.path.parent)
+    state = int8.lean.int8_state()
+    assert set(state) == set(LeanLlama.int8_state_keys(loaded.model.config.num_hidden_layers))
+    missing = {k: v for k, v in state.items() if k != "layers.3.down.scales"}
+    with pytest.raises(ValueError, match="layers.3.down.scales"):
+        LeanLlama.from_int8_state(int8.model, missing)
+    wrong = dict(state, **{"layers.0.qkv": state["layers.0.qkv"][:, :-1].contiguous()})
+    with pytest.raises(ValueError, match="layers.0.qkv"):
+        LeanLlama.from_int8_state(int8.model, wrong)
+    with pytest.raises(ValueError, match="only an int8 forward"):
+        loaded.lean.int8_state()
+
+
+def test_kv_cache_buffers_are_zeroed_mappings_and_replacements_are_counted() -> None:
+    kv = SlotKVCache(2, 3, 8, torch.float32, rows=2, columns=4)
+    assert all(not t.any() for t in kv.keys + kv.values)
+    kv.add([(torch.ones(1, 3, 3, 8), torch.ones(1, 3, 3, 8))] * 2)
+    size, dropped = kv.nbytes(), kv.dropped_bytes
+    kv.ensure_rows(5)                                           # grows: every buffer replaced
+    assert kv.dropped_bytes - dropped == size and kv.rows == 8
+    assert kv.keys[1][0, :, :3].eq(1).all() and not kv.keys[1][1:].any()
