@@ -25,6 +25,7 @@ from typing import Any
 from tqdm import tqdm
 
 from model.lm.api import Message, Usage
+from model.lm.bench_memory import in_fresh_process
 from model.lm.bench_report import SECTION
 from model.lm.loader import load_model
 from model.threads import on_own_thread
@@ -367,7 +368,9 @@ def run_bench(opts: BenchOptions, *, out: Path | None, json_out: Path | None = N
     machine["torch_threads"] = opts.threads or machine["torch_threads"]
     # int8 first: the process is fresh then, so its RSS is the engine's own.
     dtypes = [opts.dtype] if opts.dtype else ["int8", "float32"]
-    steps = len(dtypes) * (2 + 2 * len(opts.concurrency)) + 1
+    memory = [] if opts.quick else [(d, kv) for d in dtypes
+                                    for kv in ((None, "float16") if d == "int8" else (None,))]
+    steps = len(dtypes) * (2 + 2 * len(opts.concurrency)) + 1 + len(memory)
     results: dict[str, Any] = {"machine": machine, "options": opts.__dict__, "runs": []}
     with tqdm(total=steps, desc="bench lm", unit="run") as bar:
         for dtype in dtypes:
@@ -378,6 +381,13 @@ def run_bench(opts: BenchOptions, *, out: Path | None, json_out: Path | None = N
         bar.set_postfix_str("llama.cpp")
         results["llamacpp"] = bench_llamacpp(opts, bar)
         if results["llamacpp"] is None:
+            bar.update(1)
+        results["memory"] = []
+        for dtype, kv_dtype in memory:
+            bar.set_postfix_str(f"memory {dtype} kv {kv_dtype or 'default'}")
+            results["memory"].append(in_fresh_process(
+                dtype, kv_dtype, max(opts.concurrency), opts.max_tokens, opts.model,
+                None if opts.cache is None else str(opts.cache), opts.threads))
             bar.update(1)
     if json_out is not None:
         json_out.write_text(json.dumps(results, indent=2, default=str))
