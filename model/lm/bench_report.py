@@ -77,7 +77,7 @@ def render(results: dict[str, Any]) -> str:
         for r in results["runs"]) + ". The process peak includes the KV-cache comparison's extra "
         "copies and, for later weight types, memory the earlier ones left in the allocator; "
         "\"after the runs\" is the engine's steady state: torch + transformers (~250 MB), weights "
-        "(540 MB float32; int8: 134 MB of int8 matrices + the 113 MB float32 embedding), the "
+        "(540 MB float32; int8: 134 MB of int8 matrices + the 57 MB float16 embedding), the "
         "float32 KV cache "
         "(32 rows x 448 columns here) and allocator slack, with the HTTP server and client of the "
         "serve runs in the same process."]
