@@ -81,14 +81,13 @@ class EngineStats:
 
 
 def _release_freed_memory() -> None:
-    """Give freed memory back to the OS after a large prefill or a KV-cache reallocation.
+    """Give freed activation memory back to the OS after a large prefill.
 
-    glibc keeps freed prefill activations, and the KV-cache buffers replaced when the
-    cache grows or sheds padding columns, in the engine thread's malloc arena; without
+    glibc keeps freed prefill activations in the engine thread's malloc arena; without
     this the RSS stays hundreds of MB above what the engine uses. The engine calls it
-    after an iteration that prefilled 512 or more new prompt tokens (whether or not they
-    followed a cached prefix) or dropped 32 MB or more of cache buffers; it takes
-    10-25 ms, small next to such a prefill.
+    after an iteration that prefilled 512 or more new prompt tokens, whether or not they
+    followed a cached prefix; it takes 10-25 ms, small next to such a prefill. (The KV
+    cache's own buffers are memory mappings, returned when dropped: :mod:`model.lm.kvcache`.)
     """
     global _LIBC
     if _LIBC is None:
@@ -288,9 +287,8 @@ class Engine:
         computed = self._prefill(admitted) if admitted else 0
         if self._active:
             self._decode_step()
-        if computed >= 512 or self.kv.dropped_bytes >= 32 * 2**20:
+        if computed >= 512:
             _release_freed_memory()
-            self.kv.dropped_bytes = 0
         return True
 
     def _admit(self, candidates: list[_Request]) -> tuple[list[_Request], list[_Request]]:

@@ -19,6 +19,22 @@ import torch
 from transformers.cache_utils import Cache, DynamicLayer
 
 
+def _mapped(shape: tuple[int, ...], dtype: torch.dtype) -> torch.Tensor:
+    """A zeroed tensor in memory of its own (an anonymous mapping, not the heap).
+
+    At 32 streams the cache is hundreds of MB, replaced one layer at a time when it grows.
+    Heap memory freed that way stays in glibc's arena, so the process would go on holding
+    the old cache next to the new one; a mapping is returned to the system the moment its
+    tensor is dropped. (The price: the new pages are faulted in, ~0.25 s for a whole
+    630 MB cache on 2 cores, against ~0.07 s reusing heap memory.)"""
+    count = 1
+    for size in shape:
+        count *= size
+    itemsize = torch.empty((), dtype=dtype).element_size()
+    memory = mmap.mmap(-1, max(count * itemsize, 1))           # zero-filled by the kernel
+    return torch.frombuffer(memory, dtype=dtype, count=count).view(shape)
+
+
 class _SlotLayer(DynamicLayer):  # type: ignore[no-untyped-call]
     """One layer's view of :class:`SlotKVCache` for a single forward pass."""
 
@@ -55,21 +71,10 @@ class SlotKVCache:
         self.n = 0                        # active rows, always 0..n-1
         self.length = 0                   # columns written (shared by all rows)
         self.start: list[int] = []        # first real column of each active row
-        self.dropped_bytes = 0            # buffers replaced by reallocations (the engine resets it)
         self._wide: tuple[torch.Tensor, torch.Tensor] | None = None   # see layer()
 
     def _empty(self, rows: int, columns: int) -> torch.Tensor:
-        """A zeroed buffer in memory of its own (an anonymous mapping, not the heap).
-
-        At 32 streams the cache is hundreds of MB, replaced one layer at a time when it
-        grows. Heap memory freed that way stays in glibc's arena until trimmed, so the
-        process would briefly hold the old and the new cache; a mapping is returned to the
-        system the moment its tensor is dropped."""
-        shape = (rows, self.kv_heads, columns, self.head_dim)
-        count = rows * self.kv_heads * columns * self.head_dim
-        itemsize = torch.empty((), dtype=self.dtype).element_size()
-        memory = mmap.mmap(-1, count * itemsize)           # zero-filled by the kernel
-        return torch.frombuffer(memory, dtype=self.dtype, count=count).view(shape)
+        return _mapped((rows, self.kv_heads, columns, self.head_dim), self.dtype)
 
     @property
     def rows(self) -> int:
@@ -92,7 +97,6 @@ class SlotKVCache:
                 if self.n and hi > lo:
                     new[: self.n, :, lo + shift: hi + shift] = old[: self.n, :, lo:hi]
                 store[i] = new
-                self.dropped_bytes += old.numel() * old.element_size()
         self.length += shift
         self.start = [s + shift for s in self.start]
 
@@ -159,15 +163,15 @@ class SlotKVCache:
         """Keys and values of layer ``index``, active rows, columns ``:end``, as ``dtype``.
 
         A cache kept narrower than ``dtype`` (float16 keys and values for float32
-        attention) is widened into one reused pair of buffers the size of a layer: a fresh
-        allocation per layer and step would be returned to the system and faulted in again
-        every time (at 32 streams that made a decode step 40 % slower)."""
+        attention) is widened into one reused pair of buffers the size of a layer, not a
+        fresh tensor per layer and step (at 32 streams x 400 columns, 0.22 ms a tensor
+        against 0.65 ms for ``.to()`` on 2 AVX2 cores)."""
         keys, values = self.keys[index][:self.n, :, :end], self.values[index][:self.n, :, :end]
         if keys.dtype == dtype:
             return keys, values
         shape = self.keys[index].shape
         if self._wide is None or self._wide[0].shape != shape or self._wide[0].dtype != dtype:
-            self._wide = (torch.empty(shape, dtype=dtype), torch.empty(shape, dtype=dtype))
+            self._wide = (_mapped(tuple(shape), dtype), _mapped(tuple(shape), dtype))
         wide_keys, wide_values = self._wide[0][:self.n, :, :end], self._wide[1][:self.n, :, :end]
         wide_keys.copy_(keys)
         wide_values.copy_(values)

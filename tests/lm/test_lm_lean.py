@@ -183,11 +183,22 @@ def test_an_int8_state_that_does_not_fit_the_model_is_refused(loaded: Any) -> No
         loaded.lean.int8_state()
 
 
-def test_kv_cache_buffers_are_zeroed_mappings_and_replacements_are_counted() -> None:
+def test_kv_cache_buffers_start_zeroed_and_keep_their_rows_when_the_cache_grows() -> None:
     kv = SlotKVCache(2, 3, 8, torch.float32, rows=2, columns=4)
     assert all(not t.any() for t in kv.keys + kv.values)
-    kv.add([(torch.ones(1, 3, 3, 8), torch.ones(1, 3, 3, 8))] * 2)
-    size, dropped = kv.nbytes(), kv.dropped_bytes
+    kv.add([(torch.ones(1, 3, 3, 8), torch.full((1, 3, 3, 8), 2.0))] * 2)
     kv.ensure_rows(5)                                           # grows: every buffer replaced
-    assert kv.dropped_bytes - dropped == size and kv.rows == 8
-    assert kv.keys[1][0, :, :3].eq(1).all() and not kv.keys[1][1:].any()
+    assert kv.rows == 8 and kv.keys[1][0, :, :3].eq(1).all() and kv.values[1][0, :, :3].eq(2).all()
+    assert not kv.keys[1][1:].any() and not kv.keys[1][0, :, 3:].any()
+
+
+def test_a_float16_cache_is_widened_into_one_reused_buffer() -> None:
+    kv = SlotKVCache(2, 3, 8, torch.float16, rows=2, columns=8)
+    kv.add([(torch.full((1, 3, 5, 8), 0.5), torch.full((1, 3, 5, 8), -1.5))] * 2)
+    keys, values = kv.layer(1, 5, torch.float32)
+    assert keys.dtype == values.dtype == torch.float32 and keys.shape == (1, 3, 5, 8)
+    assert keys.eq(0.5).all() and values.eq(-1.5).all()
+    again, _ = kv.layer(0, 5, torch.float32)
+    assert again.data_ptr() == keys.data_ptr()                  # the same buffer, refilled
+    same, _ = SlotKVCache(1, 1, 2, torch.float32).layer(0, 1, torch.float32)
+    assert same.dtype == torch.float32                          # no copy when types match
