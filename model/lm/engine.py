@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import asyncio
 import atexit
-import ctypes
 import logging
 import random
 import threading
@@ -40,7 +39,7 @@ from model.lm.api import (
     make_queue,
 )
 from model.lm.kvcache import SlotKVCache
-from model.lm.loader import LoadedModel, load_model
+from model.lm.loader import LoadedModel, load_model, trim_heap
 from model.lm.prefix import KV, PrefixCache
 from model.lm.text import IncrementalDecoder, StopMatcher
 from model.threads import pin_torch_threads
@@ -78,28 +77,6 @@ class EngineStats:
     prefills: int = 0
     tokens: int = 0                # tokens sampled, all requests
     finished: dict[str, int] = field(default_factory=dict)
-
-
-def _release_freed_memory() -> None:
-    """Give freed activation memory back to the OS after a large prefill.
-
-    glibc keeps freed prefill activations in the engine thread's malloc arena; without
-    this the RSS stays hundreds of MB above what the engine uses. The engine calls it
-    after an iteration that prefilled 512 or more new prompt tokens, whether or not they
-    followed a cached prefix; it takes 10-25 ms, small next to such a prefill. (The KV
-    cache's own buffers are memory mappings, returned when dropped: :mod:`model.lm.kvcache`.)
-    """
-    global _LIBC
-    if _LIBC is None:
-        try:
-            _LIBC = ctypes.CDLL("libc.so.6")
-        except OSError:
-            _LIBC = False
-    if _LIBC:
-        _LIBC.malloc_trim(0)
-
-
-_LIBC: Any = None
 
 
 def leave_cores_to_engine() -> None:
@@ -288,7 +265,11 @@ class Engine:
         if self._active:
             self._decode_step()
         if computed >= 512:
-            _release_freed_memory()
+            # glibc keeps freed prefill activations in this thread's malloc arena; without
+            # this the RSS stays hundreds of MB above what the engine uses. 10-25 ms, small
+            # next to such a prefill. (The KV cache's own buffers are memory mappings,
+            # returned when dropped: model.lm.kvcache.)
+            trim_heap()
         return True
 
     def _admit(self, candidates: list[_Request]) -> tuple[list[_Request], list[_Request]]:

@@ -12,6 +12,7 @@ free row; leaving = move the last row into the hole, so active rows stay ``0..n`
 
 from __future__ import annotations
 
+import math
 import mmap
 from typing import Any
 
@@ -27,11 +28,8 @@ def _mapped(shape: tuple[int, ...], dtype: torch.dtype) -> torch.Tensor:
     the old cache next to the new one; a mapping is returned to the system the moment its
     tensor is dropped. (The price: the new pages are faulted in, ~0.25 s for a whole
     630 MB cache on 2 cores, against ~0.07 s reusing heap memory.)"""
-    count = 1
-    for size in shape:
-        count *= size
-    itemsize = torch.empty((), dtype=dtype).element_size()
-    memory = mmap.mmap(-1, max(count * itemsize, 1))           # zero-filled by the kernel
+    count = math.prod(shape)
+    memory = mmap.mmap(-1, max(count * dtype.itemsize, 1))      # zero-filled by the kernel
     return torch.frombuffer(memory, dtype=dtype, count=count).view(shape)
 
 

@@ -10,6 +10,7 @@ Any local transformers model folder or ``.gguf`` file can replace the default
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import importlib.util
 import logging
@@ -222,7 +223,7 @@ def _load_saved_int8(folder: Path, saved: Path) -> tuple[Any, Any]:
     except (ValueError, OSError, SafetensorError) as exc:
         log.warning("ignoring the saved int8 model %s (%s); quantising again", saved, exc)
         return None, None
-    _trim_heap()      # the file's tensors were copied into fbgemm's packed form
+    trim_heap()      # the file's tensors were copied into fbgemm's packed form
     return model, lean
 
 
@@ -261,18 +262,25 @@ def _lean_forward(model: Any, tokenizer: Any, *, int8: bool) -> Any:
     lean = LeanLlama(model, int8=int8, calibration=calibration)
     if int8:
         LeanLlama.release_model_weights(model)
-        _trim_heap()
+        trim_heap()
     return lean
 
 
-def _trim_heap() -> None:
-    """Give freed float32 temporaries in glibc's arenas back to the OS."""
+def trim_heap() -> None:
+    """Give memory freed into glibc's malloc arenas (every thread's) back to the OS."""
+    libc = _libc()
+    if libc is not None:
+        libc.malloc_trim(0)
+
+
+@functools.cache
+def _libc() -> Any:
     import ctypes
 
     try:
-        ctypes.CDLL("libc.so.6").malloc_trim(0)
+        return ctypes.CDLL("libc.so.6")
     except OSError:  # not glibc
-        pass
+        return None
 
 
 def _quantize_int8(model: Any) -> Any:
@@ -293,5 +301,5 @@ def _quantize_int8(model: Any) -> Any:
             model, {torch.nn.Linear}, dtype=torch.qint8)
     gc.collect()
     # Quantising leaves ~400 MB of freed float32 temporaries in glibc's arenas: give them back.
-    _trim_heap()
+    trim_heap()
     return quantized
