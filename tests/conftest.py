@@ -208,7 +208,8 @@ def shop_parts(trained_shop: Path) -> tuple[DialogueEngine, Callable[[list[str]]
     from model.classifier import load_project_classifier
 
     classifier = load_project_classifier(trained_shop)
-    engine = build_engine(load_project(trained_shop), embed=classifier.embed)
+    engine = build_engine(load_project(trained_shop), embed=classifier.embed,
+                          embedding_id=classifier.embedding_id)
 
     def understand(texts: list[str]) -> list[dict[str, Any]]:
         return classifier.parse_batch(texts, vectors=True)

@@ -330,3 +330,54 @@ def test_live_learning_add_and_replace(encoder: Any, shop_entries: list[Knowledg
     index.add(updated, encoder.embed([updated.embedding_text()])[0])
     assert len(index) == len(shop_entries) + 1
     assert index.search(query, k=1)[0].entry.text == "Yes, for €3.50 at checkout."
+
+
+# ------------------------------------------------------------------ the embedding cache
+def test_embedding_cache_is_reused_only_by_the_encoder_that_made_it(tmp_path: Path,
+                                                                    caplog: pytest.LogCaptureFixture) -> None:
+    """models/embeddings.npz spares a restart from embedding the knowledge again, but only
+    for the same encoder: a server switched to int8 weights (or a new encoder release)
+    embeds again and replaces the file, instead of comparing its questions with vectors
+    another encoder made."""
+    import hashlib
+
+    from bot.brain import EmbeddingCache
+
+    calls: list[list[str]] = []
+
+    def encoder(offset: float):  # type: ignore[no-untyped-def]
+        def embed(texts: list[str]) -> np.ndarray:
+            calls.append(list(texts))
+            return np.asarray([[len(t) + offset, 1.0, offset] for t in texts], dtype=np.float32)
+        return embed
+
+    path = tmp_path / "models" / "embeddings.npz"
+    texts = ["returns within 30 days", "shipping to Norway"]
+    first = EmbeddingCache(encoder(0.0), path, "minilm 0.1.0 fp32")(texts)
+    assert calls == [sorted(texts, key=lambda t: hashlib.sha1(t.encode()).hexdigest())]
+    calls.clear()
+    again = EmbeddingCache(encoder(0.0), path, "minilm 0.1.0 fp32")(texts)
+    assert calls == [] and np.array_equal(again, first)      # same encoder: read, not embedded
+    with caplog.at_level(logging.INFO, logger="deskmate.brain"):
+        other = EmbeddingCache(encoder(0.5), path, "minilm 0.1.0 int8")(texts)
+    assert len(calls) == 1 and sorted(calls[0]) == sorted(texts)
+    assert other[:, 2].tolist() == [0.5, 0.5]                 # the int8 encoder's own vectors
+    assert "made by another encoder (minilm 0.1.0 fp32, not minilm 0.1.0 int8)" in caplog.text
+    with np.load(path) as data:
+        assert str(data["encoder"]) == "minilm 0.1.0 int8"     # the file now holds int8's
+    calls.clear()
+    EmbeddingCache(encoder(0.0), path, "minilm 0.1.0 fp32")(texts)
+    assert len(calls) == 1                                    # and fp32 embeds again in turn
+
+
+def test_embedding_cache_ignores_a_file_that_names_no_encoder(tmp_path: Path) -> None:
+    """A file written before the cache named its encoder is embedded again, not trusted."""
+    import hashlib
+
+    from bot.brain import EmbeddingCache
+
+    path = tmp_path / "embeddings.npz"
+    key = hashlib.sha1(b"shipping").hexdigest()
+    np.savez(path, keys=np.asarray([key]), vectors=np.asarray([[9.0, 9.0]], dtype=np.float32))
+    cache = EmbeddingCache(lambda texts: np.ones((len(texts), 2), np.float32), path, "minilm fp32")
+    assert cache(["shipping"]).tolist() == [[1.0, 1.0]]

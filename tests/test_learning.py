@@ -48,7 +48,8 @@ def shop_brain(trained_shop: Path, shop_classifier: Any, shop_actions_env: None)
     from dialogue.project import load_project
 
     def make() -> Brain:
-        engine = build_engine(load_project(trained_shop), embed=shop_classifier.embed)
+        engine = build_engine(load_project(trained_shop), embed=shop_classifier.embed,
+                              embedding_id=shop_classifier.embedding_id)
         return Brain(engine, functools.partial(shop_classifier.parse_batch, vectors=True),
                      embed=shop_classifier.embed)
 

@@ -129,6 +129,23 @@ def test_onnx_runtime_matches_torch(trained_shopbot: Path) -> None:
     # knowledge-base embeddings: full length, identical to the encoder's own
     long_texts = ["returns within 30 days " * 20, "shipping"]
     assert abs(clf.embed(long_texts) - encoder.embed(long_texts)).max() < 1e-5
+    # ... so vectors either one stored can be compared with the other's
+    assert clf.embedding_id == reference.embedding_id
+
+
+def test_int8_embeddings_are_named_apart(trained_shopbot: Path) -> None:
+    """int8 weights move the embedding (cosine down to ~0.99): its vectors carry another id,
+    so a knowledge index stored by an fp32 server is not reused by an int8 one."""
+    from model.classifier import Classifier
+    from model.encoder import load_encoder
+
+    encoder = load_encoder()
+    fp32 = Classifier(encoder, None, None, precision="fp32")
+    int8 = Classifier(encoder, None, None, precision="int8")
+    assert fp32.embedding_id != int8.embedding_id
+    assert fp32.embedding_id.startswith(encoder.name) and fp32.embedding_id.endswith("fp32")
+    texts = ["how can I contact customer service", "returns within 30 days"]
+    assert abs(fp32.embed(texts) - int8.embed(texts)).max() > 1e-4
 
 
 def test_unknown_runtime_is_refused(monkeypatch: pytest.MonkeyPatch, trained_shopbot: Path) -> None:
