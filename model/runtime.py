@@ -40,7 +40,15 @@ import torch.nn.functional as F
 from torch import nn
 
 from bot.errors import DeskmateError
-from model.encoder import MAX_SEQ_LENGTH, Batch, SharedEncoder, attention_bias, mean_pool, model_dir
+from model.encoder import (
+    MAX_SEQ_LENGTH,
+    Batch,
+    SharedEncoder,
+    attention_bias,
+    encoder_release,
+    mean_pool,
+    model_dir,
+)
 
 if TYPE_CHECKING:
     from model.adapter import TaskModel
@@ -266,8 +274,9 @@ class OnnxGraph:
 
 
 def graph_key(encoder: SharedEncoder, intent: TaskModel | None, sentiment: TaskModel | None) -> str:
-    """A hash of everything the graph is built from: encoder, task weights and shapes."""
-    digest = hashlib.sha256(f"{GRAPH_VERSION}|{OPSET}|{encoder.name}".encode())
+    """A hash of everything the graph is built from: encoder (and its release: its weights
+    are in the graph), task weights and shapes."""
+    digest = hashlib.sha256(f"{GRAPH_VERSION}|{OPSET}|{encoder.name}|{encoder_release()}".encode())
     for name, task in (("intent", intent), ("sentiment", sentiment)):
         digest.update(name.encode())
         if task is None:

