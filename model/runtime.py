@@ -310,8 +310,12 @@ def compile_graph(
     precision = precision or precision_name()
     suffix = "-int8" if precision == "int8" else ""
     path = folder / f"classifier-{graph_key(encoder, intent, sentiment)}{suffix}.onnx"
-    if not path.is_file():
+    try:
+        os.utime(path)   # its time is when it was last used: _prune keeps the recent ones
+    except FileNotFoundError:
         _export_in_child(intent, sentiment, path, precision)
+    except OSError:
+        pass             # a read-only cache is used as it is
     return OnnxGraph(path, _output_names(intent, sentiment))
 
 

@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import os
+import time
+
 import numpy as np
 import torch
 
@@ -48,13 +51,35 @@ def test_graph_is_cached_by_weights(encoder: SharedEncoder, tmp_path) -> None:  
     compile_graph(encoder, None, task, cache=tmp_path)
     files = list(tmp_path.glob("classifier-*.onnx"))
     assert len(files) == 1
-    stamp = files[0].stat().st_mtime_ns
-    compile_graph(encoder, None, task, cache=tmp_path)  # same weights: the file is reused
-    assert files[0].stat().st_mtime_ns == stamp
+    inode = files[0].stat().st_ino
+    os.utime(files[0], (1_000_000_000, 1_000_000_000))   # last used in 2001
+    compile_graph(encoder, None, task, cache=tmp_path)  # same weights: the file is reused ...
+    assert files[0].stat().st_ino == inode
+    assert files[0].stat().st_mtime > time.time() - 3600  # ... and marked as used now
     other = _task(encoder, 2, 3, seed=4)  # other weights: another graph
     compile_graph(encoder, None, other, cache=tmp_path)
     assert len(list(tmp_path.glob("classifier-*.onnx"))) == 2
     assert not list(tmp_path.glob(".classifier-*"))  # no half-written files left behind
+
+
+def test_only_the_recently_used_graphs_are_kept(encoder: SharedEncoder, tmp_path) -> None:  # type: ignore[no-untyped-def]
+    """Every retraining exports a new 60-120 MB graph: when one is written, all but the
+    KEEP most recently used are removed, and loading a graph counts as using it."""
+    from model.runtime import KEEP
+
+    task = _task(encoder, 2, 3, seed=3)
+    compile_graph(encoder, None, task, cache=tmp_path)
+    (used,) = tmp_path.glob("classifier-*.onnx")
+    for i in range(KEEP + 2):     # graphs of earlier trainings, written an hour apart
+        old = tmp_path / f"classifier-{i:024x}.onnx"
+        old.write_bytes(b"")
+        os.utime(old, (1_000_000_000 + 3600 * i,) * 2)
+    os.utime(used, (999_000_000, 999_000_000))            # the oldest file of all ...
+    compile_graph(encoder, None, task, cache=tmp_path)    # ... until a server loads it
+    compile_graph(encoder, None, _task(encoder, 2, 3, seed=4), cache=tmp_path)  # a new one
+    kept = {p.name for p in tmp_path.glob("classifier-*.onnx")}
+    assert len(kept) == KEEP and used.name in kept
+    assert {f"classifier-{i:024x}.onnx" for i in range(4, KEEP + 2)} <= kept   # the newest old ones
 
 
 def test_graph_key_names_the_encoder_release(encoder: SharedEncoder, monkeypatch) -> None:  # type: ignore[no-untyped-def]
