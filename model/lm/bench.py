@@ -263,12 +263,13 @@ def _decode_step_times(model: Any, lean: Any, batch: int, cached: int, steps: in
 
     cfg = model.config
     layers, heads, dim = cfg.num_hidden_layers, cfg.num_key_value_heads, cfg.head_dim
+    dtype = model.dtype        # the cache holds what the attention computes in (int8: float32)
     ids = torch.randint(0, 1000, (batch, 1))
-    kv = [(torch.randn(batch, heads, cached, dim), torch.randn(batch, heads, cached, dim))
-          for _ in range(layers)]
+    shape = (batch, heads, cached, dim)
+    kv = [(torch.randn(shape, dtype=dtype), torch.randn(shape, dtype=dtype)) for _ in range(layers)]
 
     def slot_cache() -> SlotKVCache:
-        slot = SlotKVCache(layers, heads, dim, torch.float32, rows=batch, columns=cached + steps + 2)
+        slot = SlotKVCache(layers, heads, dim, dtype, rows=batch, columns=cached + steps + 2)
         for i, (k, v) in enumerate(kv):
             slot.keys[i][:, :, :cached] = k
             slot.values[i][:, :, :cached] = v
