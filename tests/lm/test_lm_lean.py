@@ -154,6 +154,24 @@ def test_int8_is_saved_once_and_later_starts_load_it_bit_for_bit(loaded: Any, tm
     assert torch.equal(_prefill_logits(first.lean, ids), _prefill_logits(second.lean, ids))
 
 
+def test_the_int8_forward_keeps_nothing_of_the_loaded_file(loaded: Any, tmp_path: Any) -> None:
+    """The tensors of a loaded safetensors file share one mapping of the whole file; the
+    forward copies the few it keeps (embedding, norms), so the file's pages, all read while
+    packing, are released with the state instead of staying resident."""
+    from safetensors.torch import load_file
+
+    from model.lm.llama import LeanLlama
+    from model.lm.loader import int8_cache_file
+
+    load_model(loaded.path, dtype="int8", cache=tmp_path)
+    state = load_file(str(int8_cache_file(loaded.path, tmp_path)))
+    lean = LeanLlama.from_int8_state(loaded.model, state)
+    file_storages = {t.untyped_storage().data_ptr() for t in state.values()}
+    kept = [lean.embed, lean.norm, *(t for layer in lean.layers for t in layer[:2])]
+    assert not file_storages & {t.untyped_storage().data_ptr() for t in kept}
+    assert torch.equal(lean.embed, state["embed"]) and torch.equal(lean.norm, state["norm"])
+
+
 def test_a_damaged_or_stale_int8_file_is_replaced(loaded: Any, tmp_path: Any,
                                                   caplog: pytest.LogCaptureFixture) -> None:
     from model.lm.loader import int8_cache_file
