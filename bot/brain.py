@@ -88,24 +88,24 @@ class EmbeddingCache:
     by the SHA-1 of each text, so a restart embeds only what changed (embedding a knowledge
     base is seconds of CPU; reading the file is milliseconds).
 
-    The file also names the encoder that made its vectors (``encoder``: the classifier's
-    ``embedding_id``); a file made by another one (the other weight precision, another
+    The file also names the encoder that made its vectors (``embedding_id``, the
+    classifier's); a file made by another one (the other weight precision, another
     release of the encoder) is not used, and is replaced on the next write: its vectors
     are close to this encoder's but not comparable with the questions it embeds."""
 
-    def __init__(self, embed: Callable[[list[str]], Any], path: Path, encoder: str) -> None:
+    def __init__(self, embed: Callable[[list[str]], Any], path: Path, embedding_id: str) -> None:
         self.embed = embed
         self.path = path
-        self.encoder = encoder
+        self.embedding_id = embedding_id
         self.vectors: dict[str, np.ndarray] = {}
         try:
             with np.load(path) as data:
                 made_by = str(data["encoder"]) if "encoder" in data.files else None
-                if made_by == encoder:
+                if made_by == embedding_id:
                     self.vectors = dict(zip(data["keys"].tolist(), data["vectors"], strict=True))
                 else:
                     log.info("%s was made by another encoder (%s, not %s): embedding again",
-                             path, made_by or "unnamed", encoder)
+                             path, made_by or "unnamed", embedding_id)
         except (OSError, ValueError, KeyError):
             pass  # no cache yet, or an unreadable one: embed again
 
@@ -124,7 +124,7 @@ class EmbeddingCache:
             self.path.parent.mkdir(parents=True, exist_ok=True)
             tmp = self.path.with_name(self.path.name + ".tmp.npz")
             np.savez(tmp, keys=np.asarray(list(kept)), vectors=np.stack(list(kept.values())),
-                     encoder=np.asarray(self.encoder))
+                     encoder=np.asarray(self.embedding_id))
             os.replace(tmp, self.path)  # readers never see half a file
         except OSError as exc:
             log.warning("cannot write the embedding cache %s: %s", self.path, exc)

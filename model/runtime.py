@@ -23,6 +23,7 @@ keeps the torch path (for debugging, or where ONNX Runtime is not installed).
 from __future__ import annotations
 
 import argparse
+import contextlib
 import copy
 import hashlib
 import json
@@ -310,12 +311,11 @@ def compile_graph(
     precision = precision or precision_name()
     suffix = "-int8" if precision == "int8" else ""
     path = folder / f"classifier-{graph_key(encoder, intent, sentiment)}{suffix}.onnx"
-    try:
-        os.utime(path)   # its time is when it was last used: _prune keeps the recent ones
-    except FileNotFoundError:
+    if not path.is_file():
         _export_in_child(intent, sentiment, path, precision)
-    except OSError:
-        pass             # a read-only cache is used as it is
+    else:
+        with contextlib.suppress(OSError):   # a read-only cache is used as it is
+            os.utime(path)   # its time is when it was last used: _prune keeps the recent ones
     return OnnxGraph(path, _output_names(intent, sentiment))
 
 
