@@ -91,18 +91,25 @@ class EmbeddingCache:
     The file also names the encoder that made its vectors (``embedding_id``, the
     classifier's); a file made by another one (the other weight precision, another
     release of the encoder) is not used, and is replaced on the next write: its vectors
-    are close to this encoder's but not comparable with the questions it embeds."""
+    are close to this encoder's but not comparable with the questions it embeds.
+
+    One engine embeds in several calls (the knowledge, then the rules' responses): a call
+    that embeds something adds to the file and drops nothing, and :meth:`prune`, once
+    they are all done, keeps only what this start used."""
 
     def __init__(self, embed: Callable[[list[str]], Any], path: Path, embedding_id: str) -> None:
         self.embed = embed
         self.path = path
         self.embedding_id = embedding_id
         self.vectors: dict[str, np.ndarray] = {}
+        self.used: set[str] = set()    # keys asked for since this cache was made
+        self.stored: set[str] = set()  # keys the file holds
         try:
             with np.load(path) as data:
                 made_by = str(data["encoder"]) if "encoder" in data.files else None
                 if made_by == embedding_id:
                     self.vectors = dict(zip(data["keys"].tolist(), data["vectors"], strict=True))
+                    self.stored = set(self.vectors)
                 else:
                     log.info("%s was made by another encoder (%s, not %s): embedding again",
                              path, made_by or "unnamed", embedding_id)
@@ -111,21 +118,29 @@ class EmbeddingCache:
 
     def __call__(self, texts: list[str]) -> np.ndarray:
         keys = [hashlib.sha1(t.encode("utf-8")).hexdigest() for t in texts]
+        self.used.update(keys)
         missing = sorted({k: t for k, t in zip(keys, texts, strict=True) if k not in self.vectors}.items())
         if missing:
             fresh = np.asarray(self.embed([t for _, t in missing]), dtype=np.float32)
             self.vectors.update({k: v for (k, _), v in zip(missing, fresh, strict=True)})
-            self._save(set(keys))
+            self._save(self.stored | self.used)
         return np.stack([self.vectors[k] for k in keys]) if keys else np.zeros((0, 0), np.float32)
 
-    def _save(self, used: set[str]) -> None:
-        kept = {k: v for k, v in self.vectors.items() if k in used}
+    def prune(self) -> None:
+        """Keep in the file only the vectors asked for since this cache was made (texts
+        edited or removed since the file was written are dropped)."""
+        if self.used and self.stored != self.used:
+            self._save(self.used)
+
+    def _save(self, keep: set[str]) -> None:
+        kept = {k: v for k, v in self.vectors.items() if k in keep}
         try:
             self.path.parent.mkdir(parents=True, exist_ok=True)
             tmp = self.path.with_name(self.path.name + ".tmp.npz")
             np.savez(tmp, keys=np.asarray(list(kept)), vectors=np.stack(list(kept.values())),
                      encoder=np.asarray(self.embedding_id))
             os.replace(tmp, self.path)  # readers never see half a file
+            self.stored = set(kept)
         except OSError as exc:
             log.warning("cannot write the embedding cache %s: %s", self.path, exc)
 
@@ -154,6 +169,8 @@ def build_engine(project: Project, *, embed: Callable[[list[str]], Any] | None,
         for name in names:
             rows = [vectors[i] for i, (n, _) in enumerate(texts) if n == name]
             response_vectors[name] = np.asarray(rows, dtype=np.float32)
+    if isinstance(embed, EmbeddingCache):
+        embed.prune()
     return DialogueEngine(project, entities=EntityExtractor.for_project(project), knowledge=knowledge,
                           recommender=recommender, actions=runner, writer=writer,
                           response_vectors=response_vectors)

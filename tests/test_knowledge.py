@@ -381,3 +381,39 @@ def test_embedding_cache_ignores_a_file_that_names_no_encoder(tmp_path: Path) ->
     np.savez(path, keys=np.asarray([key]), vectors=np.asarray([[9.0, 9.0]], dtype=np.float32))
     cache = EmbeddingCache(lambda texts: np.ones((len(texts), 2), np.float32), path, "minilm fp32")
     assert cache(["shipping"]).tolist() == [[1.0, 1.0]]
+
+
+def test_embedding_cache_keeps_every_call_of_a_start(tmp_path: Path) -> None:
+    """An engine embeds its knowledge and then its rules' responses: a restart embeds
+    neither again (each call used to keep only its own texts in the file, so every
+    start embedded one of the two again), and an edited text costs only itself."""
+    from bot.brain import EmbeddingCache
+
+    calls: list[list[str]] = []
+
+    def embed(texts: list[str]) -> np.ndarray:
+        calls.append(sorted(texts))
+        return np.asarray([[float(len(t)), 1.0] for t in texts], dtype=np.float32)
+
+    path = tmp_path / "embeddings.npz"
+    knowledge, responses = ["returns within 30 days", "shipping to Norway"], ["Hi! How can I help?"]
+
+    def start(knowledge: list[str]) -> None:
+        cache = EmbeddingCache(embed, path, "minilm fp32")
+        cache(knowledge)
+        cache(responses)
+        cache.prune()
+
+    start(knowledge)
+    assert calls == [sorted(knowledge), responses]
+    calls.clear()
+    start(knowledge)
+    assert calls == []                                         # nothing embedded again
+    edited = [knowledge[0], "shipping to Norway and Sweden"]
+    start(edited)
+    assert calls == [["shipping to Norway and Sweden"]]        # only the edited text
+    with np.load(path) as data:
+        assert len(data["keys"]) == 3                          # the old text is dropped
+    calls.clear()
+    start(edited)
+    assert calls == []
