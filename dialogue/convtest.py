@@ -30,6 +30,7 @@ from typing import Any
 import yaml
 
 from bot.errors import ProjectError
+from dialogue.project import compose_yaml, parse_yaml
 from dialogue.recommend import TRACK_KINDS
 from dialogue.types import (
     Conversation,
@@ -87,7 +88,7 @@ class Failure:
 
 def _line_map(path: Path) -> dict[tuple[int, int], int]:
     """(story index, step index) -> line, from the YAML node tree."""
-    root = yaml.compose(path.read_text(encoding="utf-8"))
+    root = compose_yaml(path.read_text(encoding="utf-8"))
     out: dict[tuple[int, int], int] = {}
     if not isinstance(root, yaml.MappingNode):
         return out
@@ -109,7 +110,7 @@ def load_tests(paths: Sequence[Path]) -> list[ConversationTest]:
     tests: list[ConversationTest] = []
     for path in paths:
         try:
-            data = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
+            data = parse_yaml(path.read_text(encoding="utf-8")) or {}
         except yaml.YAMLError as exc:
             mark = getattr(exc, "problem_mark", None)
             raise ProjectError(str(path), f"invalid YAML: {exc}", mark.line + 1 if mark else None) from exc

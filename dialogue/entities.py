@@ -34,6 +34,7 @@ from typing import TYPE_CHECKING, Any
 import yaml
 
 from bot.errors import ProjectError
+from dialogue.project import YamlLoader
 
 if TYPE_CHECKING:
     from dialogue.project import Project
@@ -220,7 +221,7 @@ def _add_slot_values(sources: _Sources, slots: Mapping[str, Mapping[str, Any]]) 
 def _read_nlu_file(sources: _Sources, path: Path) -> None:
     """Add one file's regex, lookup and synonym sections and annotations to ``sources``."""
     try:
-        loader = yaml.SafeLoader(path.read_text(encoding="utf-8"))
+        loader = YamlLoader(path.read_text(encoding="utf-8"))
     except OSError as exc:
         raise ProjectError(str(path), f"cannot read: {exc.strerror}") from exc
     except UnicodeDecodeError as exc:

@@ -26,6 +26,7 @@ import numpy as np
 import yaml
 
 from bot.errors import ProjectError
+from dialogue.project import YamlLoader
 
 log = logging.getLogger("deskmate.knowledge")
 
@@ -106,7 +107,7 @@ def _read_text(path: Path) -> str:
 def _load_faq(path: Path, folder: str) -> list[tuple[KnowledgeEntry, int]]:
     text = _read_text(path)
     # Compose first, then construct: the node tree keeps the line of every item and key.
-    loader = yaml.SafeLoader(text)
+    loader = YamlLoader(text)
     try:
         root = loader.get_single_node()
         data: Any = loader.construct_document(root) if root is not None else None

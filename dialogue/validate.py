@@ -17,7 +17,7 @@ from typing import Any
 import yaml
 
 from bot.errors import ProjectError
-from dialogue.project import SLOT_TYPES, Project, load_project
+from dialogue.project import SLOT_TYPES, Project, compose_yaml, load_project, parse_yaml
 
 BUILTIN_ACTIONS = {"action_listen", "action_restart", "action_default_fallback", "action_deactivate_loop",
                    "action_handoff", "action_human_handoff", "action_recommend_products", "action_back",
@@ -42,7 +42,7 @@ class _Lines:
 
     def __init__(self, path: Path) -> None:
         try:
-            self.root: yaml.Node | None = yaml.compose(path.read_text(encoding="utf-8"))
+            self.root: yaml.Node | None = compose_yaml(path.read_text(encoding="utf-8"))
         except (yaml.YAMLError, OSError):
             self.root = None
 
@@ -159,7 +159,7 @@ def _data(project: Project) -> list[Problem]:
     intents = set(project.intents)
     for path in project.data_files:
         lines = _Lines(path)
-        data = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
+        data = parse_yaml(path.read_text(encoding="utf-8")) or {}
         for i, item in enumerate(data.get("nlu") or []):
             if isinstance(item, dict) and "intent" in item and item["intent"] not in intents:
                 out.append(Problem(str(path), lines.line("nlu", i), f"intent {item['intent']!r} has examples "

@@ -17,6 +17,7 @@ from pathlib import Path
 import yaml
 
 from bot.errors import DeskmateError, ProjectError
+from dialogue.project import parse_yaml
 from dialogue.rasa_nlu import section_examples, strip_entities
 
 __all__ = ["Example", "OOS_LABELS", "OUT_OF_SCOPE", "strip_entities"]
@@ -37,7 +38,7 @@ class Example:
 def load_rasa_yaml(path: Path) -> list[Example]:
     """Intent examples of one Rasa NLU YAML file ([] when it has no ``nlu`` key)."""
     try:
-        doc = yaml.safe_load(path.read_text(encoding="utf-8"))
+        doc = parse_yaml(path.read_text(encoding="utf-8"))
     except yaml.YAMLError as exc:
         mark = getattr(exc, "problem_mark", None)
         line = mark.line + 1 if mark is not None else None
