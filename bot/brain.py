@@ -8,10 +8,12 @@ the entity extractor, the custom-action runner and the language model.
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import hashlib
 import logging
 import os
+import tempfile
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -134,15 +136,24 @@ class EmbeddingCache:
 
     def _save(self, keep: set[str]) -> None:
         kept = {k: v for k, v in self.vectors.items() if k in keep}
+        tmp: str | None = None
         try:
             self.path.parent.mkdir(parents=True, exist_ok=True)
-            tmp = self.path.with_name(self.path.name + ".tmp.npz")
-            np.savez(tmp, keys=np.asarray(list(kept)), vectors=np.stack(list(kept.values())),
-                     encoder=np.asarray(self.embedding_id))
+            # A file of its own: instances starting together from one project folder each
+            # write theirs whole, and the last one renamed wins.
+            fd, tmp = tempfile.mkstemp(prefix=f".{self.path.stem}-", suffix=".npz", dir=self.path.parent)
+            with os.fdopen(fd, "wb") as out:
+                np.savez(out, keys=np.asarray(list(kept)), vectors=np.stack(list(kept.values())),
+                         encoder=np.asarray(self.embedding_id))
             os.replace(tmp, self.path)  # readers never see half a file
+            tmp = None
             self.stored = set(kept)
         except OSError as exc:
             log.warning("cannot write the embedding cache %s: %s", self.path, exc)
+        finally:
+            if tmp is not None:
+                with contextlib.suppress(OSError):
+                    os.unlink(tmp)
 
 
 def build_engine(project: Project, *, embed: Callable[[list[str]], Any] | None,

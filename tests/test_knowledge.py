@@ -417,3 +417,34 @@ def test_embedding_cache_keeps_every_call_of_a_start(tmp_path: Path) -> None:
     calls.clear()
     start(edited)
     assert calls == []
+
+
+def test_instances_writing_the_embedding_cache_at_once_each_write_a_whole_file(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture) -> None:
+    """Two instances started together from one project folder both write the cache: each
+    writes a file of its own and renames it, so neither write is lost to the other (with
+    one shared temporary name, the second writer overwrote the first's file and the
+    first's rename failed), and no temporary file is left behind."""
+    import bot.brain
+    from bot.brain import EmbeddingCache
+
+    def embed(texts: list[str]) -> np.ndarray:
+        return np.asarray([[float(len(t)), 1.0] for t in texts], dtype=np.float32)
+
+    path = tmp_path / "embeddings.npz"
+    real_replace = os.replace
+    others: list[int] = []
+
+    def replace(src: str, dst: str) -> None:
+        if not others:  # the other instance writes its file while this one is about to rename
+            others.append(1)
+            EmbeddingCache(embed, path, "minilm fp32")(["the other instance's text"])
+        real_replace(src, dst)
+
+    monkeypatch.setattr(bot.brain.os, "replace", replace)
+    with caplog.at_level(logging.WARNING, logger="deskmate.brain"):
+        EmbeddingCache(embed, path, "minilm fp32")(["shipping", "returns"])
+    assert "cannot write" not in caplog.text
+    with np.load(path) as data:
+        assert len(data["keys"]) == 2                     # the last rename's whole file
+    assert list(tmp_path.iterdir()) == [path]
