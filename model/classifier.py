@@ -23,7 +23,15 @@ from model import artifacts
 from model.adapter import TaskModel
 from model.artifacts import Meta
 from model.data import OUT_OF_SCOPE, data_hash, load_project
-from model.encoder import Batch, SharedEncoder, by_length, encoder_release, load_encoder, mean_pool
+from model.encoder import (
+    Batch,
+    SharedEncoder,
+    by_length,
+    encoder_release,
+    length_groups,
+    load_encoder,
+    mean_pool,
+)
 from model.intents import IntentModel
 from model.lexical import blend
 from model.runtime import OnnxGraph, ServedEncoder, compile_graph, precision_name, runtime_name
@@ -121,15 +129,23 @@ class Classifier:
                     vectors: bool = False) -> list[dict[str, Any]]:
         """:meth:`parse` for many texts, batched by length; same order as ``texts``.
 
+        The texts are cut into batches of similar length (:func:`length_groups`): a text
+        of a batch costs as much as its longest one, and the turns that arrive together
+        at a busy server mix greetings with long messages.
+
         ``vectors``: also return each text's plain sentence embedding (what
         :meth:`SharedEncoder.embed` gives, for knowledge retrieval) under ``"vector"``,
         computed from the same trunk so the shared layers run once."""
         results: list[dict[str, Any]] = [{} for _ in texts]
-        order = sorted(range(len(texts)), key=lambda i: len(texts[i]))
-        for start in range(0, len(order), batch_size):
-            idx = order[start : start + batch_size]
-            with self._tokenize_lock:
-                batch = self.encoder.tokenize([texts[i] for i in idx], self.max_length)
+        if not texts:
+            return results
+        with self._tokenize_lock:
+            tokens = self.encoder.tokenize(texts, self.max_length)  # padded on the right
+        lengths = tokens.attention_mask.sum(1).tolist()
+        for idx in length_groups(lengths, batch_size):
+            rows, width = torch.tensor(idx), max(lengths[i] for i in idx)
+            batch = Batch(tokens.input_ids[rows, :width].contiguous(),
+                          tokens.attention_mask[rows, :width].contiguous())
             intent_logits, sent_logits, embedded = self._forward(batch, vectors)
             intent_probs = sent_probs = None
             if self.intent is not None:

@@ -213,6 +213,38 @@ def by_length(texts: list[str], encode: Callable[[list[str]], np.ndarray], width
     return out
 
 
+# What one forward call costs on top of its tokens, in padded tokens: the graph's ~450 nodes
+# each take their fixed time whatever the batch (docs/benchmarks.md, "The classifier's
+# batches": 16 to 64 all did about as well on the texts of a load run).
+CALL_TOKENS = 32
+
+
+def length_groups(lengths: list[int], max_rows: int, call_tokens: int = CALL_TOKENS) -> list[list[int]]:
+    """Indices of texts with these token ``lengths``, cut into batches of similar length.
+
+    A batch is padded to its longest text, so one batch of short greetings and a long
+    complaint runs every greeting at the complaint's length; each extra batch costs
+    ``call_tokens``. The cuts minimise the sum of ``call_tokens + rows * longest`` over the
+    batches (exactly, by dynamic programming over the texts sorted by length), at most
+    ``max_rows`` rows a batch. Batches come shortest first; rows in each by length."""
+    order = sorted(range(len(lengths)), key=lambda i: lengths[i])
+    sizes = [lengths[i] for i in order]
+    best = [0] + [0] * len(order)   # best[j]: the cheapest cost of the first j texts
+    cut = [0] * (len(order) + 1)    # where the last batch of that cheapest cost starts
+    for j in range(1, len(order) + 1):
+        best[j] = -1
+        for i in range(max(0, j - max_rows), j):
+            cost = best[i] + call_tokens + (j - i) * sizes[j - 1]
+            if best[j] < 0 or cost < best[j]:
+                best[j], cut[j] = cost, i
+    groups: list[list[int]] = []
+    j = len(order)
+    while j > 0:
+        groups.append(order[cut[j]:j])
+        j = cut[j]
+    return groups[::-1]
+
+
 def attention_bias(mask: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
     """Additive attention bias (B, 1, 1, T): 0 for tokens, a large negative for padding."""
     bias = (1.0 - mask[:, None, None, :].to(dtype)) * torch.finfo(dtype).min

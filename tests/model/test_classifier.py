@@ -8,6 +8,7 @@ import threading
 import time
 from pathlib import Path
 
+import numpy as np
 import pytest
 
 from bot.errors import ProjectError
@@ -52,12 +53,16 @@ def test_gibberish_is_out_of_scope(trained_shopbot: Path) -> None:
 
 def test_batch_equals_single_and_threads(trained_shopbot: Path) -> None:
     clf = load_project_classifier(trained_shopbot)
-    texts = ["hi", "refund please, the item is broken", "bye bye", "track my parcel"] * 3
-    batch = clf.parse_batch(texts)
-    singles = [clf.parse(t) for t in texts]
+    long = ("I ordered a pair of boots three weeks ago and they still have not arrived, the "
+            "tracking page has said in transit for ten days and nobody answers my emails")
+    texts = ["hi", "refund please, the item is broken", "bye bye", long, "track my parcel"] * 3
+    batch = clf.parse_batch(texts, vectors=True)   # cut into batches of similar length
+    singles = [clf.parse_batch([t], vectors=True)[0] for t in texts]
     assert [b["intent"] for b in batch] == [s["intent"] for s in singles]
     for b, s in zip(batch, singles, strict=True):
         assert b["confidence"] == pytest.approx(s["confidence"], abs=1e-3)
+        assert b["sentiment_score"] == pytest.approx(s["sentiment_score"], abs=1e-3)
+        assert np.allclose(b["vector"], s["vector"], atol=1e-4)
     errors: list[BaseException] = []
     answers: dict[int, str] = {}
 

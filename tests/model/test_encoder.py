@@ -42,3 +42,33 @@ def test_untrained_adapter_is_the_base_model(encoder) -> None:  # type: ignore[n
     torch.testing.assert_close(top, full)
     # the adapter holds no copy of the base weights
     assert sum(p.numel() for p in model.parameters()) < 200_000
+
+
+def test_length_groups_is_the_cheapest_cut() -> None:
+    """The classifier's batches: every text once, at most ``max_rows`` a batch, and the
+    cheapest cost over every way of cutting the texts sorted by length (brute force)."""
+    import itertools
+    import random
+
+    from model.encoder import length_groups
+
+    def cost(groups: list[list[int]], lengths: list[int], call: int) -> int:
+        return sum(call + len(g) * max(lengths[i] for i in g) for g in groups)
+
+    rng = random.Random(7)
+    for _ in range(200):
+        lengths = [rng.choice([3, 4, 5, 8, 12, 20, 41, 56]) for _ in range(rng.randint(1, 9))]
+        call, max_rows = rng.choice([0, 8, 32, 100]), rng.randint(1, 5)
+        groups = length_groups(lengths, max_rows, call)
+        assert sorted(i for g in groups for i in g) == list(range(len(lengths)))
+        assert all(1 <= len(g) <= max_rows for g in groups)
+        ordered = sorted(lengths)
+        cheapest = min(
+            sum(call + (b - a) * ordered[b - 1] for a, b in itertools.pairwise((0, *cuts, len(ordered))))
+            for k in range(len(ordered))
+            for cuts in itertools.combinations(range(1, len(ordered)), k)
+            if all(b - a <= max_rows for a, b in itertools.pairwise((0, *cuts, len(ordered)))))
+        assert cost(groups, lengths, call) == cheapest, (lengths, call, max_rows)
+    # a greeting is not run at the length of a long message that came with it
+    assert length_groups([4, 60, 5, 3], 64) == [[3, 0, 2], [1]]
+    assert length_groups([4, 5, 3, 6], 64) == [[2, 0, 1, 3]]   # close lengths: one batch
