@@ -196,7 +196,7 @@ def load_brain(settings: Settings, *, language_model: bool = True) -> Brain:
     project = load_project(settings.project)
     from model.classifier import load_project_classifier
 
-    classifier = load_project_classifier(settings.project)
+    classifier = load_project_classifier(settings.project, batches_at_once=settings.nlu_batches)
     writer, model = open_writer(settings, project) if language_model else (None, None)
     engine = build_engine(project, embed=classifier.embed, embedding_id=classifier.embedding_id,
                           actions_url=settings.action_endpoint, writer=writer)

@@ -64,7 +64,12 @@ class Classifier:
         out_of_scope: bool = True,
         runtime: str | None = None,
         precision: str | None = None,
+        batches_at_once: int = 1,
     ) -> None:
+        """``batches_at_once``: how many callers run batches at the same time (the server's
+        ``DESKMATE_NLU_BATCHES``); the serving graph's threads are the cores shared among
+        them, so that batches running together do not each wait on threads descheduled
+        by the others (docs/benchmarks.md, "The classifier's batches")."""
         self.encoder = encoder
         # False: closed-set answers (best real intent, no threshold), for benchmarks
         # whose test sets have no out-of-scope turns.
@@ -90,6 +95,7 @@ class Classifier:
                 self.intent.model if self.intent else None,
                 self.sentiment.model if self.sentiment else None,
                 precision=self.precision,
+                threads=max(1, torch.get_num_threads() // max(1, batches_at_once)),
             )
 
     @property
@@ -239,13 +245,14 @@ def check_fresh(project: Path) -> Meta:
 
 
 def load_project_classifier(
-    project: str | Path, *, encoder: SharedEncoder | None = None
+    project: str | Path, *, encoder: SharedEncoder | None = None, batches_at_once: int = 1
 ) -> Classifier:
     """The classifier of a bot project, for the server to load at start-up.
 
     Raises :class:`bot.errors.ProjectError` naming ``deskmate train --project DIR``
     when the intent model is missing or older than ``<project>/data``. Sentiment
     comes from ``<project>/models/sentiment`` if present, else the shipped default.
+    ``batches_at_once``: see :class:`Classifier`.
     """
     project = Path(project)
     encoder = encoder or _serving_encoder()
@@ -253,7 +260,8 @@ def load_project_classifier(
     folder = intent_dir(project)
     model, meta = artifacts.load(folder, encoder)
     intent = IntentModel(model, meta, artifacts.load_lexical(folder))
-    return Classifier(encoder, intent, load_sentiment(project, encoder=encoder))
+    return Classifier(encoder, intent, load_sentiment(project, encoder=encoder),
+                      batches_at_once=batches_at_once)
 
 
 def load_sentiment_only(encoder: SharedEncoder | None = None) -> Classifier:

@@ -98,8 +98,9 @@ class ServedEncoder(SharedEncoder):
     def __init__(self, path: Path | None = None) -> None:  # noqa: D107 - no super(): no weights
         from tokenizers import Tokenizer
 
-        from model.encoder import ENCODER_NAME
+        from model.encoder import ENCODER_NAME, configure_threads
 
+        configure_threads()  # the serving graph's threads follow DESKMATE_TORCH_THREADS too
         self.path = path or model_dir()
         self.name = ENCODER_NAME
         config = json.loads((self.path / "config.json").read_text(encoding="utf-8"))
@@ -297,7 +298,7 @@ def _output_names(intent: TaskModel | None, sentiment: TaskModel | None) -> list
 
 def compile_graph(
     encoder: SharedEncoder, intent: TaskModel | None, sentiment: TaskModel | None,
-    *, cache: Path | None = None, precision: str | None = None,
+    *, cache: Path | None = None, precision: str | None = None, threads: int | None = None,
 ) -> OnnxGraph:
     """The serving graph of these models, exported once into the cache and loaded.
 
@@ -306,7 +307,9 @@ def compile_graph(
     per output channel (ONNX Runtime's dynamic quantization). int8 halves the model's CPU
     time at the same accuracy (docs/nlu.md), but activations are quantized with one scale
     per batch, so a text's confidences move by about 0.01 with what it is batched with:
-    fp32 stays the default, int8 is the operator's choice for throughput."""
+    fp32 stays the default, int8 is the operator's choice for throughput.
+
+    ``threads``: ONNX Runtime's threads for one run (default: torch's thread count)."""
     folder = cache or cache_dir()
     precision = precision or precision_name()
     suffix = "-int8" if precision == "int8" else ""
@@ -316,7 +319,7 @@ def compile_graph(
     else:
         with contextlib.suppress(OSError):   # a read-only cache is used as it is
             os.utime(path)   # its time is when it was last used: _prune keeps the recent ones
-    return OnnxGraph(path, _output_names(intent, sentiment))
+    return OnnxGraph(path, _output_names(intent, sentiment), threads)
 
 
 def _export_in_child(intent: TaskModel | None, sentiment: TaskModel | None, path: Path,

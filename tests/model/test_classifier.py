@@ -81,6 +81,24 @@ def test_batch_equals_single_and_threads(trained_shopbot: Path) -> None:
     assert [answers[i] for i in range(len(texts))] == [s["intent"] for s in singles]
 
 
+def test_batches_run_together_share_the_cores(trained_shopbot: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The server runs DESKMATE_NLU_BATCHES classifier batches at once; each gets its share
+    of DESKMATE_TORCH_THREADS, so two batches on two cores do not run four threads that
+    wait on each other (at least one thread each)."""
+    import torch
+
+    before = torch.get_num_threads()
+    monkeypatch.setenv("DESKMATE_TORCH_THREADS", "4")
+    try:
+        for at_once, threads in ((1, 4), (2, 2), (3, 1), (8, 1)):
+            clf = load_project_classifier(trained_shopbot, batches_at_once=at_once)
+            assert clf.graph is not None
+            assert clf.graph.session.get_session_options().intra_op_num_threads == threads, at_once
+        assert clf.parse("where is my parcel")["intent"] is not None
+    finally:
+        torch.set_num_threads(before)
+
+
 def test_missing_artifacts_name_the_command(shopbot: Path) -> None:
     with pytest.raises(ProjectError, match=r"deskmate train --project"):
         load_project_classifier(shopbot)
