@@ -229,14 +229,11 @@ def length_groups(lengths: list[int], max_rows: int, call_tokens: int = CALL_TOK
     ``max_rows`` rows a batch. Batches come shortest first; rows in each by length."""
     order = sorted(range(len(lengths)), key=lambda i: lengths[i])
     sizes = [lengths[i] for i in order]
-    best = [0] + [0] * len(order)   # best[j]: the cheapest cost of the first j texts
-    cut = [0] * (len(order) + 1)    # where the last batch of that cheapest cost starts
+    best = [0] * (len(order) + 1)  # best[j]: the cheapest cost of the first j texts
+    cut = [0] * (len(order) + 1)   # where the last batch of that cheapest cost starts
     for j in range(1, len(order) + 1):
-        best[j] = -1
-        for i in range(max(0, j - max_rows), j):
-            cost = best[i] + call_tokens + (j - i) * sizes[j - 1]
-            if best[j] < 0 or cost < best[j]:
-                best[j], cut[j] = cost, i
+        best[j], cut[j] = min((best[i] + call_tokens + (j - i) * sizes[j - 1], i)
+                              for i in range(max(0, j - max_rows), j))
     groups: list[list[int]] = []
     j = len(order)
     while j > 0:
