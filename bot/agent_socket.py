@@ -482,7 +482,6 @@ class AgentConnection:
                        action="report")
         finally:
             self._reporting = False
-        self._copying = False
 
     def _start_copy(self, frame: frames.Copy) -> None:
         """Write ad lines in the background (the model decodes for seconds), one run at a

@@ -84,3 +84,29 @@ async def test_one_run_at_a_time_per_console(servers: Servers) -> None:
     await agent.send(ASK)  # free again once the result is out
     again = (await agent.until(lambda f: f["type"] in ("copy_result", "error"), timeout=20))[-1]
     assert again["type"] == "copy_result", again
+
+
+class GatedModel(ScriptedModel):
+    """Writes its ad lines only once the test opens the gate."""
+
+    def __init__(self) -> None:
+        self.gate = asyncio.Event()
+
+    async def stream(self, messages: list[Any], **kwargs: Any) -> AsyncIterator[str]:
+        await self.gate.wait()
+        async for line in super().stream(messages, **kwargs):
+            yield line
+
+
+async def test_a_report_finishing_does_not_free_a_running_copy(servers: Servers) -> None:
+    model = GatedModel()
+    admin = await signed_in(await start(servers, model), "root", "admin")
+    await admin.send(ASK)
+    await admin.send({"type": "report", "since": "24h"})
+    report = (await admin.until(lambda f: f["type"] in ("report", "error"), timeout=60))[-1]
+    assert report["type"] == "report", report
+    refused = await admin.act(ASK)  # the first run is still writing
+    assert refused["type"] == "error" and refused["code"] == "busy", refused
+    model.gate.set()
+    done = (await admin.until(lambda f: f["type"] in ("copy_result", "error"), timeout=20))[-1]
+    assert done["type"] == "copy_result", done
