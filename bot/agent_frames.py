@@ -37,7 +37,7 @@ class Login:
 
 
 @dataclass(frozen=True)
-class ListSessions:
+class Sessions:
     """Ask for a fresh ``sessions`` snapshot."""
 
 
@@ -134,7 +134,7 @@ class Copy:
 
 
 First = Auth | Login
-AgentFrame = (ListSessions | Logout | Watch | Unwatch | Takeover | Assign | Send | Typing
+AgentFrame = (Sessions | Logout | Watch | Unwatch | Takeover | Assign | Send | Typing
               | Handback | Note | Close | Proposals | Approve | Reject | Report | Copy)
 # Frames that name one session and nothing else.
 _SESSION_ONLY: dict[str, type[Unwatch | Takeover | Handback | Close]] = {
@@ -167,7 +167,7 @@ def parse(raw: str | bytes, *, max_bytes: int, max_text: int) -> AgentFrame:
     frame = _load(raw, max_bytes)
     kind: str = frame["type"]
     if kind == "sessions":
-        return ListSessions()
+        return Sessions()
     if kind == "logout":
         return Logout()
     if kind in ("auth", "login"):

@@ -298,7 +298,7 @@ class AgentConnection:
                                  max_text=self.settings.max_text_chars)
             # What an error names, so the console knows which action or message failed.
             sid = getattr(frame, "session_id", None)
-            action = type(frame).__name__.lower()  # the frame's `type`
+            action = type(frame).__name__.lower()  # the frame's `type` (each class is named after it)
             client_id = getattr(frame, "client_id", None)
             pid = getattr(frame, "proposal_id", None)
             if not self.limiter.allow():
@@ -323,7 +323,7 @@ class AgentConnection:
                            action=action, client_id=client_id, proposal_id=pid)
 
     async def _dispatch(self, agent: Agent, frame: frames.AgentFrame) -> None:
-        if isinstance(frame, frames.ListSessions):
+        if isinstance(frame, frames.Sessions):
             self.send({"type": "sessions", "sessions": await self._snapshot()})
         elif isinstance(frame, frames.Logout):
             await self.agents.logout(self.token)

@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import json
 import re
+import typing
 import urllib.request
 import uuid
 from collections.abc import Callable
@@ -438,3 +439,25 @@ async def test_two_servers_customer_on_one_agent_on_the_other(servers: Servers) 
     # A second agent on the first server is refused: ownership lives in Redis.
     other = await signed_in(one, "bert")
     assert (await other.act({"type": "takeover", "session_id": sid}))["code"] == "owned"
+
+
+def test_each_console_frame_class_is_named_after_its_type() -> None:
+    """An error frame names the action that failed by the parsed frame's class."""
+    from bot import agent_frames as frames
+
+    sid = {"session_id": "abc"}
+    minimal: dict[str, dict[str, Any]] = {
+        "sessions": {}, "logout": {}, "proposals": {}, "report": {},
+        "watch": sid, "unwatch": sid, "takeover": sid, "handback": sid, "close": sid,
+        "assign": {**sid, "agent": "anna"}, "send": {**sid, "client_id": "c1", "text": "hi"},
+        "typing": {**sid, "on": True}, "note": {**sid, "text": "hi"},
+        "approve": {"proposal_id": "ab12", "question": "q?", "answer": "a"},
+        "reject": {"proposal_id": "ab12"},
+        "copy": {"product_id": "P1001", "audience": "runners", "keywords": ["light"]},
+    }
+    parsed_types = set()
+    for kind, fields in minimal.items():
+        parsed = frames.parse(json.dumps({"type": kind, **fields}), max_bytes=65536, max_text=2000)
+        assert type(parsed).__name__.lower() == kind
+        parsed_types.add(type(parsed))
+    assert parsed_types == set(typing.get_args(frames.AgentFrame))  # every kind is covered
