@@ -98,12 +98,16 @@ class OriginPolicy:
         self.exact: set[str] = set()
         self.suffixes: list[tuple[str, str]] = []  # (scheme://, .domain[:port])
         for entry in allowed:
-            if "://*." in entry:
-                scheme, rest = entry.split("://*.", 1)
-                self.suffixes.append((scheme + "://", "." + rest.lower()))
+            wildcard = "://*." in entry
+            # A wildcard is normalised like an exact origin (case, default port) with a
+            # stand-in for its first label, then matched by what follows that label.
+            normal = normalize_origin(entry.replace("://*.", "://wildcard.", 1) if wildcard else entry)
+            if normal is None:
                 continue
-            normal = normalize_origin(entry)
-            if normal is not None:
+            if wildcard:
+                scheme, netloc = normal.split("://", 1)
+                self.suffixes.append((scheme + "://", netloc.removeprefix("wildcard")))
+            else:
                 self.exact.add(normal)
         self.open = not self.exact and not self.suffixes
 

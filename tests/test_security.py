@@ -125,6 +125,10 @@ def test_origin_policy_rules() -> None:
     assert policy.allows("https://chat.example", host="chat.example:443")
     assert not policy.allows("https://chat.example", host="chat.example:8080")
     assert policy.allows(None) and OriginPolicy([]).allows("https://anything")
+    # A wildcard is read like an exact entry: any case, the default port written or not.
+    written = OriginPolicy(["HTTPS://*.CDN.example:443", "http://*.shop.example:8080"])
+    assert written.allows("https://a.cdn.example") and not written.allows("https://cdn.example")
+    assert written.allows("http://a.shop.example:8080") and not written.allows("http://a.shop.example")
 
 
 def test_allowed_origins_setting() -> None:
