@@ -944,6 +944,12 @@
       return;
     }
     joinedLine = null;
+    if (f.role === "system" && str(f.agent)) {
+      // An agent's system line other than the joined one is their closing line: the header
+      // stops naming them (a customer who writes again reopens it with the bot).
+      currentAgent = null;
+      if (connState === "online") setConn("online");
+    }
     if (f.role === "user" && adoptPending(f, id)) return;
     var row = buildRow(f);
     insertRow(row);

@@ -320,9 +320,12 @@ def test_a_live_close_shows_in_the_widget(
     agent = new_agent("hana")
     agent.do("takeover", sid)
     expect(customer.rows(".system .sys")).to_have_text([f"{agent.name} joined the chat."])
+    status = customer.page.locator("#deskmate-widget .head .status")
+    expect(status).to_contain_text(agent.name)
     agent.do("close", sid)
     closed = customer.page.locator("#deskmate-widget .closed-note")
     expect(closed).to_be_visible()
+    expect(status).not_to_contain_text(agent.name)  # the agent is gone from the header
     expect(closed.locator(".sys")).to_have_text("This conversation has ended.")
     expect(customer.rows(".system .sys")).to_have_text([
         f"{agent.name} joined the chat.",
