@@ -251,7 +251,13 @@
   }
 
   function scheduleReconnect() {
-    if (retryTimer || !saved) return;
+    if (!saved) {
+      // A sign-in that did not get through (server busy, unreachable, refused): back to the
+      // form with the reason, instead of a disabled button and no word.
+      showLogin(lastError || "Could not reach the server; try again.");
+      return;
+    }
+    if (retryTimer) return;
     var cap = Math.min(BACKOFF_MAX_MS, BACKOFF_MIN_MS * Math.pow(2, attempt));
     attempt++;
     setConn("reconnecting");

@@ -15,7 +15,7 @@ import shutil
 import uuid
 from collections.abc import Callable
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from playwright.sync_api import expect
 from websockets.sync.client import connect as ws_connect
@@ -226,6 +226,28 @@ def test_a_wrong_password_is_refused(server: DeskmateServer, new_console: Callab
     expect(console.page.locator("#app-view")).to_be_hidden()
     expect(console.page.locator("#login-password")).to_be_focused()
     assert console.page.evaluate("sessionStorage.getItem('deskmate:agent:v1')") is None
+
+
+def test_a_sign_in_the_server_cannot_take_now_returns_to_the_form(
+        server: DeskmateServer, new_console: Callable[..., Console]) -> None:
+    console = new_console()
+
+    def busy(ws: Any) -> None:  # the server's answer while Redis is away: an error, then 1013
+        def refuse(_: str | bytes) -> None:
+            ws.send(json.dumps({"type": "error", "code": "unavailable",
+                                "message": "briefly unavailable; please retry"}))
+            ws.close(code=1013, reason="try again later")
+        ws.on_message(refuse)
+
+    console.page.route_web_socket("**/ws/agent", busy)
+    console.goto(server.url)
+    console.page.fill("#login-name", "dora")
+    console.page.fill("#login-password", "whatever-it-is")
+    console.page.click("#login-submit")
+    error = console.page.locator("#login-error")
+    expect(error).to_have_text("briefly unavailable; please retry")
+    expect(console.page.locator("#login-submit")).to_be_enabled()
+    expect(console.page.locator("#app-view")).to_be_hidden()
 
 
 def test_a_second_agent_cannot_take_an_owned_conversation(
