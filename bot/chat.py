@@ -124,18 +124,26 @@ class ChatConnection:
         task.add_done_callback(self._tasks.discard)
 
     async def _resync(self) -> None:
-        """Send stored events missed while the live subscription was down."""
-        if self.sid is None:
-            return
-        after = f"{self.last_id[0]}-{self.last_id[1]}" if self.last_id != (0, 0) else None
-        with contextlib.suppress(StoreError):
-            for event in await self.store.events(self.sid, after, kinds=CUSTOMER_KINDS):
-                self._forward(event.frame(self.sid))
+        """Send stored events missed while the live subscription was down; live frames are
+        held meanwhile (``_forward`` started holding them), or a newer one would move
+        ``last_id`` past the missed ones and they would be skipped as already sent."""
+        try:
+            if self.sid is None:
+                return
+            after = f"{self.last_id[0]}-{self.last_id[1]}" if self.last_id != (0, 0) else None
+            with contextlib.suppress(StoreError):
+                for event in await self.store.events(self.sid, after, kinds=CUSTOMER_KINDS):
+                    self._forward(event.frame(self.sid))
+        finally:
+            held, self.held = self.held, None
+            for live in held or []:
+                self._on_live(live)  # held again if one of them starts a resync
 
     def _forward(self, frame: dict[str, Any]) -> None:
         """Send one live or replayed frame if the customer should see it."""
         kind = frame.get("type")
         if kind == "resync":
+            self.held = []
             self._spawn(self._resync())
             return
         if kind in CUSTOMER_KINDS:
@@ -247,7 +255,7 @@ class ChatConnection:
         finally:
             held, self.held = self.held, None
             for live in held or []:
-                self._forward(live)
+                self._on_live(live)  # held again if one of them starts a resync
         log.info("session %s %s", sid, "resumed" if frame.session_id == sid else "started")
         self.app.runner.kick(sid)  # answers anything left pending by a crashed instance
 

@@ -32,6 +32,9 @@ class Hub:
         self._confirmed: dict[str, asyncio.Event] = {}
         self._task: asyncio.Task[None] | None = None
         self._lock = asyncio.Lock()
+        # A re-subscribe failed: the pub/sub connection holds none of the channels, even once
+        # a new listener's channel is subscribed on it, until the reader subscribes them all.
+        self._stale = False
 
     async def start(self) -> None:
         self._task = asyncio.create_task(self._read(), name="hub-reader")
@@ -90,7 +93,13 @@ class Hub:
         kind = message.get("type")
         channel = message.get("channel")
         if kind == "subscribe" and channel in self._confirmed:
-            self._confirmed[channel].set()
+            confirmed = self._confirmed[channel]
+            if confirmed.is_set():
+                # Subscribed again: the connection was lost and renewed (by the reader, or by
+                # redis-py on its own), and frames published meanwhile are gone from pub/sub.
+                # Now that nothing more can be missed, listeners catch up from the stream.
+                self._dispatch({"type": "message", "channel": channel, "data": RESYNC})
+            confirmed.set()
             return
         if kind != "message" or channel not in self._listeners:
             return
@@ -114,7 +123,7 @@ class Hub:
         backoff = 0.1
         while True:
             try:
-                if not self._pubsub.subscribed:
+                if self._stale or not self._pubsub.subscribed:
                     if self._listeners and not self._lock.locked():
                         # A previous attempt failed (Redis still down): back off, as after a lost connection.
                         if not await self._resubscribe():
@@ -139,25 +148,22 @@ class Hub:
         """A fresh pub/sub connection with every channel that still has listeners;
         False when Redis refused it (the reader tries again).
 
-        Frames published while the connection was down are lost for live
-        listeners; clients recover them from the stream when they resume.
+        Frames published while the connection was down are lost for live listeners: each
+        channel's confirmation tells them to catch up from the stream (see ``_dispatch``).
         """
         async with self._lock:
             with contextlib.suppress(RedisError, OSError):
                 await self._pubsub.aclose()
             self._pubsub = self._client.pubsub(ignore_subscribe_messages=False)
             channels = list(self._listeners)
-            if not channels:
-                return True
-            try:
-                await self._pubsub.subscribe(*channels)
-            except (RedisError, OSError) as exc:
-                log.warning("re-subscribing failed (%s); will retry", exc)
-                self._pubsub = self._client.pubsub(ignore_subscribe_messages=False)
-                return False
-            log.info("pub/sub re-subscribed to %d channels", len(channels))
-        # Frames published while we were away are gone from pub/sub, but stored events
-        # are in Redis: tell every listener to catch up from its last event id.
-        for channel in channels:
-            self._dispatch({"type": "message", "channel": channel, "data": RESYNC})
+            if channels:
+                try:
+                    await self._pubsub.subscribe(*channels)
+                except (RedisError, OSError) as exc:
+                    log.warning("re-subscribing failed (%s); will retry", exc)
+                    self._pubsub = self._client.pubsub(ignore_subscribe_messages=False)
+                    self._stale = True
+                    return False
+                log.info("pub/sub re-subscribed to %d channels", len(channels))
+            self._stale = False
         return True
