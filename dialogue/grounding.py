@@ -26,8 +26,11 @@ Rules worth knowing (each has a test):
   by "3–5 business days"), not the other way round. Weeks count as 7 days, years
   as 12 months, hours as 60 minutes. A single value is not supported by a range
   that merely contains it ("within 5 business days" vs "5–7 business days").
-* A price with cents is also supported by the bare amount in a text that names the
-  currency (catalog JSON: ``"price": 89.95, "currency": "EUR"``).
+* A price needs the same currency: "4.95 pounds", "US$4.95", "4.95 francs" and "4.95
+  cents" are not supported by "€4.95" (a "$" with a country prefix, "C$" or "A$", is
+  that country's dollar). A price with cents is also supported by the bare amount in a
+  text that names the currency (catalog JSON: ``"price": 89.95, "currency": "EUR"``).
+* A single "." before exactly three digits separates thousands: "€1.000" is 1000 euros.
 * Policy terms ("free", "exchange", "store credit", "voucher", "warranty", ...) must
   appear in an equivalent form ("free of charge" = "no fee" = "free"). Presence is
   what is checked, not polarity: the evidence "we don't offer store credit" supports
@@ -66,8 +69,21 @@ _NUM = rf"(?:{_DIGITS}|{_WORDNUM}\b)"
 _AMOUNT = r"(?:\d{1,3}(?:[,.]\d{3})+(?:[.,]\d{1,2})?|\d+(?:[.,]\d{1,2})?)(?![\d])"
 _DASH = r"(?:-|–|—|to|and|or|until|till)"
 
+# A money key is an amount in a currency, and only the same key supports it: whatever
+# names a currency must map to its own code, or "4.95 pounds" is read as the number 4.95
+# and passes on "€4.95". Subunits are currencies of their own ("95 cents" is not "€0.95").
 _CURRENCIES = {"€": "eur", "eur": "eur", "euro": "eur", "euros": "eur", "$": "usd", "usd": "usd",
-               "dollar": "usd", "dollars": "usd", "£": "gbp", "gbp": "gbp", "chf": "chf"}
+               "dollar": "usd", "dollars": "usd", "£": "gbp", "gbp": "gbp", "pound": "gbp", "pounds": "gbp",
+               "chf": "chf", "franc": "chf", "francs": "chf", "cad": "cad", "aud": "aud",
+               "cent": "cent", "cents": "cent", "pence": "pence"}
+# The country before "$" or "dollars" says which dollar; a prefix not listed here keeps
+# its own code ("NT$" → "nt$"), so it is never plain dollars either.
+_DOLLARS = {"us": "usd", "u.s.": "usd", "american": "usd", "c": "cad", "ca": "cad", "canadian": "cad",
+            "a": "aud", "au": "aud", "australian": "aud", "nz": "nzd", "hk": "hkd", "s": "sgd", "sg": "sgd"}
+_CURRENCY_CODE = r"EUR|USD|GBP|CHF|CAD|AUD"
+_CURRENCY_NAME = (r"euros?|(?:(?:US|U\.S\.|American|Canadian|Australian|Swiss|British)\s+)?"
+                  r"(?:dollars?|pounds?|francs?)")
+_DOLLAR_SIGN = r"(?:[A-Z]{1,2})?\$"  # "$", "US$", "C$", "A$"
 _UNITS = {"minute": ("minute", 1), "min": ("minute", 1), "hour": ("minute", 60), "hr": ("minute", 60),
           "h": ("minute", 60), "day": ("day", 1), "week": ("day", 7), "wk": ("day", 7),
           "month": ("month", 1), "year": ("month", 12), "yr": ("month", 12)}
@@ -140,8 +156,13 @@ _Extractor = Callable[[str], Iterator[_Found]]
 
 
 # --------------------------------------------------------------- normalising
+# "€1.000" is a thousand euros, as parse_budget (dialogue/entities.py) reads a budget;
+# a head of 0 or of four digits ("0.500", "1234.567") cannot be a thousands group.
+_DOT_THOUSANDS = re.compile(r"[1-9]\d{0,2}\.\d{3}")
+
+
 def number_value(text: str) -> Decimal | None:
-    """The value of "4.95", "4,95", "1,000", "1.000,50" or "thirty"; None if it is neither."""
+    """The value of "4.95", "4,95", "1,000", "1.000", "1.000,50" or "thirty"; None if it is neither."""
     word = text.lower().strip()
     if word in WORD_NUMBERS:
         return Decimal(WORD_NUMBERS[word])
@@ -154,8 +175,8 @@ def number_value(text: str) -> Decimal | None:
         digits = digits.replace(thousands, "").replace(decimal, ".")
     elif digits.count(",") == 1 and len(digits.split(",")[1]) != 3:
         digits = digits.replace(",", ".")  # "4,95": a decimal comma
-    elif digits.count(".") > 1 or digits.count(",") >= 1:
-        digits = digits.replace(",", "").replace(".", "")  # "1,000", "1.000.000": thousands
+    elif digits.count(".") > 1 or digits.count(",") >= 1 or _DOT_THOUSANDS.fullmatch(digits):
+        digits = digits.replace(",", "").replace(".", "")  # "1,000", "1.000", "1.000.000": thousands
     try:
         return Decimal(digits)
     except InvalidOperation:
@@ -242,9 +263,20 @@ def _month_date(m: re.Match[str]) -> str | None:
     return f"{int(year):04d}-{month:02d}-{int(day):02d}" if year else f"{month:02d}-{int(day):02d}"
 
 
+def _currency(text: str) -> str | None:
+    """The code of a currency as written: "€", "EUR", "euros" → "eur"; "US$", "US dollars" → "usd"."""
+    words = text.lower().split()
+    name = words[-1]
+    if name.endswith("$") and name != "$":
+        return _DOLLARS.get(name[:-1], name)
+    if len(words) > 1 and name.startswith("dollar"):
+        return _DOLLARS.get(words[0], name)
+    return _CURRENCIES.get(name)
+
+
 def _money(m: re.Match[str]) -> str | None:
     amount = number_value(m["a1"] or m["a2"])
-    currency = _CURRENCIES.get((m["c1"] or m["c2"]).lower())
+    currency = _currency(m["c1"] or m["c2"])
     return None if amount is None or currency is None else _money_key(amount, currency)
 
 
@@ -325,8 +357,9 @@ _EXTRACTORS: list[_Extractor] = [
     _scan(r"\b(?P<d>\d{1,2})[./](?P<m>\d{1,2})[./](?P<y>\d{4}|\d{2})\b", "date", _eu_date),
     _scan(r"(?<![\w+])(?:\+|00)\d[\d ()./-]{5,}\d(?!\w)"
           r"|(?<![\w+])\(?0\d{1,4}\)?[ ./-]?\d[\d ./-]{4,}\d(?!\w)", "phone", _phone),
-    _scan(rf"(?:(?<![\w])(?P<c1>EUR|USD|GBP|CHF|€|\$|£)\s?(?P<a1>{_AMOUNT}))"
-          rf"|(?:(?<![\w.,])(?P<a2>{_AMOUNT}|{_WORDNUM})\s?(?P<c2>€|\$|£|(?:EUR|USD|GBP|CHF|euros?|dollars?)\b))",
+    _scan(rf"(?:(?<![\w])(?P<c1>{_CURRENCY_CODE}|€|£|{_DOLLAR_SIGN})\s?(?P<a1>{_AMOUNT}))"
+          rf"|(?:(?<![\w.,])(?P<a2>{_AMOUNT}|{_WORDNUM})\s?"
+          rf"(?P<c2>€|£|{_DOLLAR_SIGN}|(?:{_CURRENCY_CODE}|{_CURRENCY_NAME}|cents?|pence)\b))",
           "money", _money),
     _scan(rf"(?<![\w.,])(?P<n>{_NUM})\s?(?:%|percent\b|per cent\b|pct\b)", "percent", _percent),
     _scan(r"(?<![\w:.])(?P<h>\d{1,2})(?::(?P<m>\d{2}))?\s?(?P<ap>[ap]\.?m\b\.?)", "time", _time),
@@ -398,9 +431,8 @@ def extract_facts(text: str) -> list[Fact]:
 _NUMBER_TOKEN = re.compile(r"\d+(?:[.,]\d+)*")
 _WORD_TOKEN = re.compile(rf"\b{_WORDNUM}\b", re.I)
 _CODE_ANYCASE = re.compile(r"\b[A-Za-z]{1,4}-?\d{2,}[A-Za-z0-9]*\b")
-_CURRENCY_MENTION = [("eur", re.compile(r"€|\beur\b|\beuros?\b", re.I)),
-                     ("usd", re.compile(r"\$|\busd\b|\bdollars?\b", re.I)),
-                     ("gbp", re.compile(r"£|\bgbp\b", re.I)), ("chf", re.compile(r"\bchf\b", re.I))]
+# A currency a text names (not a subunit: "cents" names no price in it).
+_CURRENCY_MENTION = re.compile(rf"€|£|(?:\b[A-Z]{{1,2}})?\$|\b(?:{_CURRENCY_CODE}|{_CURRENCY_NAME})\b", re.I)
 # Abbreviations only capitalised: "Mon–Fri" is a range, "I sat" and "the sun" are not days.
 _DAY_NAME = (rf"(?:(?i:{'|'.join(_WEEKDAYS)})"
              rf"|(?:{'|'.join(a.capitalize() for a in sorted(_DAY_ABBR, key=len, reverse=True))})\b\.?)")
@@ -482,9 +514,10 @@ class Evidence:
         numbers |= {str(WORD_NUMBERS[w.lower().replace(" ", "-")]) for w in _WORD_TOKEN.findall(text)}
         numbers |= {m.group(0).lower().replace("-", "") for m in _CODE_ANYCASE.finditer(text)}
         self._keys |= {("number", n) for n in numbers}
-        currencies = [code for code, pattern in _CURRENCY_MENTION if pattern.search(text)]
+        currencies = {code for m in _CURRENCY_MENTION.finditer(text) if (code := _currency(m.group(0)))}
         for n in numbers:  # catalog data: "price": 89.95, "currency": "EUR"
-            value = number_value(n) if re.fullmatch(r"\d+\.\d+", n) else None
+            # n is already a value as _fmt writes it: read back, "12.345" would be thousands
+            value = Decimal(n) if re.fullmatch(r"\d+\.\d+", n) else None
             if value is not None and value != value.to_integral_value():
                 self._keys |= {("money", _money_key(value, c)) for c in currencies}
         for m in _DAY_RANGE.finditer(text):

@@ -179,6 +179,36 @@ def test_catalog_prices_and_ids_are_evidence() -> None:
     assert unsupported("See /demo/products/P1001.", [product]) == []
 
 
+@pytest.mark.parametrize(("reply", "key"), [
+    ("It costs 4.95 pounds.", "4.95 gbp"),
+    ("It costs US$4.95.", "4.95 usd"),
+    ("It costs 4.95 US dollars.", "4.95 usd"),
+    ("It costs 4.95 francs.", "4.95 chf"),
+    ("It costs 4.95 cents.", "4.95 cent"),
+    ("It costs C$4.95.", "4.95 cad"),
+    ("It costs A$4.95.", "4.95 aud"),
+])
+def test_a_price_in_another_currency_is_not_supported(reply: str, key: str) -> None:
+    # Each was read as the bare number 4.95, which "€4.95" states.
+    facts = unsupported(reply, ["Standard delivery costs €4.95."])
+    assert [(f.kind, f.key) for f in facts] == [("money", key)]
+
+
+def test_a_price_in_the_same_currency_is_supported() -> None:
+    assert unsupported("It costs €4.95.", ["Standard delivery costs €4.95."]) == []
+    assert unsupported("It costs 4.95 pounds, that is £4.95.", ["It costs £4.95."]) == []
+    assert unsupported("It costs US$4.95, or 4.95 US dollars.", ["It costs $4.95."]) == []
+    assert unsupported("It costs 4.95 Swiss francs.", ["It costs CHF 4.95."]) == []
+
+
+def test_a_dot_before_three_digits_separates_thousands() -> None:
+    evidence = ["Orders over €1.000 need a signature."]
+    assert unsupported("Orders over €1,000 need a signature.", evidence) == []
+    assert [f.key for f in unsupported("Orders over €1 need a signature.", evidence)] == ["1 eur"]
+    assert keys("€1.000 and 2.500 items") == [("money", "1000 eur"), ("number", "2500")]
+    assert keys("€4.95 and 0.500 kg") == [("money", "4.95 eur"), ("number", "0.5")]  # decimals stay
+
+
 def test_markdown_help_page_is_evidence() -> None:
     page = (SHOP / "knowledge" / "shipping.md").read_text(encoding="utf-8")
     assert unsupported("Express costs €9.95 and takes 1–2 business days after dispatch.", [page]) == []
