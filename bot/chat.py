@@ -20,6 +20,7 @@ import time
 from collections.abc import Coroutine
 from typing import TYPE_CHECKING, Any
 
+from redis.exceptions import RedisError
 from websockets.asyncio.server import ServerConnection
 from websockets.exceptions import ConnectionClosed
 
@@ -245,12 +246,23 @@ class ChatConnection:
         bind_session(sid)  # this task's log lines, and the turns it starts, name the session
         self.app.metrics.active_sessions.inc()
         self.status = record.get("status", "bot")
-        await self.app.hub.subscribe(self.store.keys.channel(sid), self._on_live)
-        self.send({"type": "session", "session_id": sid, "token": token, "status": self.status})
+        try:
+            await self.app.hub.subscribe(self.store.keys.channel(sid), self._on_live)
+            self.send({"type": "session", "session_id": sid, "token": token, "status": self.status})
+            replay = await self.store.events(sid, after, kinds=CUSTOMER_KINDS)
+        except (StoreError, RedisError, OSError, TimeoutError) as exc:
+            # Without its history (or live frames) the client would carry on with a gap, and
+            # later frames would move it past the missing events. Closed, it resumes from
+            # what it has once Redis answers.
+            log.warning("session %s: could not subscribe or replay (%s); closing so the client resumes",
+                        sid, exc)
+            self.held = None
+            self._spawn(self.ws.close(1013, "try again: the conversation is briefly unavailable"))
+            return
         if after:
             self.last_id = parse_event_id(after)
         try:
-            for event in await self.store.events(sid, after, kinds=CUSTOMER_KINDS):
+            for event in replay:
                 self._forward(event.frame(sid))
         finally:
             held, self.held = self.held, None

@@ -4,9 +4,13 @@ from __future__ import annotations
 
 import asyncio
 import uuid
+from typing import Any
 
+import pytest
 import redis
+from websockets.exceptions import ConnectionClosed
 
+from bot.errors import StoreError
 from bot.keys import Keys
 from tests.conftest import Running, Servers
 
@@ -207,3 +211,33 @@ async def test_typing_brackets_the_reply(server: Running) -> None:
     assert kinds == [("typing", True), ("stream_start", None), ("stream_end", None),
                      ("typing", False)]
     assert all(f["role"] == "bot" for f in frames if f["type"] == "typing")
+
+
+async def test_a_history_that_cannot_be_read_closes_the_socket_and_the_client_resumes(
+        server: Running, monkeypatch: pytest.MonkeyPatch) -> None:
+    first = await server.client()
+    await first.start()
+    await first.say("hello")
+    await first.ws.close()
+
+    real_events = server.app.store.events
+    failures = 1
+
+    async def events(*args: Any, **kwargs: Any) -> Any:
+        nonlocal failures
+        if failures:
+            failures -= 1
+            raise StoreError("events read failed: connection reset")
+        return await real_events(*args, **kwargs)
+
+    monkeypatch.setattr(server.app.store, "events", events)
+    cut = await server.client()
+    await cut.start(first.session_id, first.token)
+    with pytest.raises(ConnectionClosed) as closed:
+        await cut.recv()
+    assert closed.value.rcvd is not None and closed.value.rcvd.code == 1013
+    # The client resumes as usual and gets its whole history.
+    again = await server.client()
+    await again.start(first.session_id, first.token)
+    history = await again.quiet(0.7)
+    assert [f["role"] for f in history if f["type"] == "message"] == ["user", "bot"]
