@@ -48,6 +48,7 @@
 
   var KEY = "deskmate:v1:" + BASE.origin + BASE.pathname;
   var MAX_LEN = Math.max(1, parseInt(ds.maxLength, 10) || 2000);
+  var MAX_FRAME_BYTES = 16 * 1024; // the server's default DESKMATE_MAX_FRAME_BYTES
   var LOADED_AT = Date.now();
   var BACKOFF_MIN_MS = 500;
   var BACKOFF_MAX_MS = 10000;
@@ -1139,13 +1140,17 @@
     else if (code === "session_expired" || code === "unavailable") text = null;
     else text = t("errorGeneric", { message: str(f.message) || code || "?" });
     if (text) toast(text);
+    // The message this error names is answered on this socket: whatever happens to it next
+    // (a resend, or failed), a later error that names none is not about it.
+    if (f.client_id) inflight = inflight.filter(function (c) { return c !== str(f.client_id); });
 
     if (code === "session_expired") {
       // Reconnecting with the stale id makes the server start a new conversation; the
       // outbox is delivered into that one.
       if (ws) ws.close();
     } else if (code === "rate_limited" || code === "unavailable") {
-      // Error frames name no client_id, so resend everything unacked (deduped server-side).
+      // Resend everything unacked (deduped server-side): a limit may have refused more
+      // than the message this error names.
       retryOutboxLater();
     } else if (MESSAGE_ERRORS.indexOf(code) >= 0 && (f.client_id || inflight.length)) {
       // The error names the message it is about; failing that (a frame too large to read),
@@ -1419,7 +1424,13 @@
   function track(name, data) {
     if (typeof name !== "string" || !name || name.length > 64) return;
     var frame = { type: "track", name: name, data: data && typeof data === "object" && !Array.isArray(data) ? data : {} };
-    try { JSON.stringify(frame); } catch (e) { return; } // not serialisable: drop it here, not on the wire
+    var json;
+    try { json = JSON.stringify(frame); } catch (e) { return; } // not serialisable: drop it here, not on the wire
+    if (new Blob([json]).size > MAX_FRAME_BYTES) {
+      // The server would answer frame_too_large, naming no message: drop it here.
+      if (window.console) console.warn("[deskmate] track(" + name + "): data too large, not sent");
+      return;
+    }
     if (!sendFrame(frame)) {
       trackQueue.push(frame);
       if (trackQueue.length > 50) trackQueue.shift();

@@ -553,3 +553,38 @@ def test_limits_show_a_notice_and_never_lose_a_message(server: DeskmateServer,
     sent_ids = {f["client_id"] for f in widget.frames("message")}
     assert len(sent_ids) == len(burst)
     assert len(widget.frames("message")) > len(burst)  # some were resent
+
+
+def test_an_error_about_another_frame_never_fails_a_refused_message(server: DeskmateServer,
+                                                                      widget: Widget) -> None:
+    """A rate-limited message waits for its resend; a later error that names no message (a
+    host page's oversized `track`) must not mark it failed. Served by a scripted socket."""
+    messages: list[str] = []
+
+    def scripted(ws: Any) -> None:
+        def on_message(raw: str | bytes) -> None:
+            frame = json.loads(raw)
+            if frame["type"] == "start":
+                ws.send(json.dumps({"type": "session", "session_id": "s-scripted", "token": "t",
+                                    "status": "bot"}))
+            elif frame["type"] == "message":
+                messages.append(frame["client_id"])
+                if len(messages) == 1:
+                    ws.send(json.dumps({"type": "error", "code": "rate_limited", "message": "slow down",
+                                        "client_id": frame["client_id"]}))
+                else:
+                    ws.send(json.dumps({"type": "ack", "client_id": frame["client_id"], "event_id": "1-0"}))
+            elif frame["type"] == "track":  # what the server answers a frame over its limit
+                ws.send(json.dumps({"type": "error", "code": "frame_too_large",
+                                    "message": "frame too large"}))
+        ws.on_message(on_message)
+
+    widget.page.route_web_socket(re.compile(r".*/ws/chat$"), scripted)
+    widget.goto(server.url)
+    widget.open()
+    widget.send("hello there")
+    expect(widget.page.locator("#deskmate-widget .toast").first).to_contain_text("a little fast")
+    widget.page.evaluate("window.deskmate.track('add_to_cart', {cart: 'x'.repeat(20000)})")
+    widget.wait_sent()  # resent after the limit, acked, never marked failed
+    assert len(messages) == 2 and messages[0] == messages[1]
+    assert not [f for f in widget.frames("track") if len(json.dumps(f)) > 16 * 1024]
