@@ -55,6 +55,9 @@ class ChatConnection:
         self.status = "bot"
         self.last_id: tuple[int, int] = (0, 0)  # newest stored event this client has
         self.streams: set[str] = set()  # streams this client saw start
+        # Streams whose stored message a replay sent whole: their frames held meanwhile are
+        # stale (the client would show the answer twice, one copy never finished).
+        self.replayed_streams: set[str] = set()
         self.held: list[dict[str, Any]] | None = None  # live frames held during replay
         self.out: asyncio.Queue[dict[str, Any]] = asyncio.Queue()
         self._tasks: set[asyncio.Future[None]] = set()
@@ -139,6 +142,7 @@ class ChatConnection:
             held, self.held = self.held, None
             for live in held or []:
                 self._on_live(live)  # held again if one of them starts a resync
+            self.replayed_streams.clear()
 
     def _forward(self, frame: dict[str, Any]) -> None:
         """Send one live or replayed frame if the customer should see it."""
@@ -168,6 +172,8 @@ class ChatConnection:
                                "text": message.get("text", ""), "buttons": message["buttons"],
                                "cards": message["cards"], "sources": message.get("sources", [])})
                     return
+                if stream_id and self.held is not None:
+                    self.replayed_streams.add(stream_id)
                 self.send(message)
             else:
                 self.send(frame)
@@ -176,6 +182,8 @@ class ChatConnection:
                     self.status = {"requested": "waiting", "agent_joined": "agent",
                                    "agent_left": "bot"}.get(frame.get("state", ""), self.status)
         elif kind == "stream_start":
+            if frame.get("stream_id") in self.replayed_streams:
+                return
             self.streams.add(frame["stream_id"])
             self.send(frame)
         elif kind == "stream_delta":
@@ -268,6 +276,7 @@ class ChatConnection:
             held, self.held = self.held, None
             for live in held or []:
                 self._on_live(live)  # held again if one of them starts a resync
+            self.replayed_streams.clear()
         log.info("session %s %s", sid, "resumed" if frame.session_id == sid else "started")
         self.app.runner.kick(sid)  # answers anything left pending by a crashed instance
 

@@ -1,6 +1,8 @@
-"""The live fan-out (bot/hub.py) against a real Redis: after its pub/sub connection is lost
-and renewed, every listener is told to catch up from the stream (``resync``), whoever
-renewed it, and a channel subscribed while Redis was coming back strands no other."""
+"""Live frames across a lost pub/sub connection. The fan-out (bot/hub.py, against a real
+Redis): after its connection is lost and renewed, every listener is told to catch up from
+the stream (``resync``), whoever renewed it, and a channel subscribed while Redis was coming
+back strands no other. A customer's catch-up (bot/chat.py): nothing missed is skipped, and
+nothing replayed is shown twice."""
 
 from __future__ import annotations
 
@@ -15,7 +17,7 @@ import pytest
 import redis.asyncio as aioredis
 
 from bot.hub import Hub
-from bot.store import Store
+from bot.store import Event, Store
 from tests.test_faults import RedisProcess
 
 RESYNC = {"type": "resync"}
@@ -117,29 +119,55 @@ async def test_a_channel_subscribed_as_redis_returns_strands_no_other(own_redis:
         await store.close()
 
 
-async def test_a_resync_sends_missed_events_even_when_a_newer_one_arrives_during_the_read() -> None:
+def chat_connection(events: Callable[..., Any]) -> Any:
+    """A customer connection whose store reads the stream with ``events``; frames it sends
+    end up in its ``out`` queue."""
     from types import SimpleNamespace
 
     from bot.chat import ChatConnection
-    from bot.store import Event
-
-    def message(event_id: str, text: str) -> Event:
-        return Event(event_id, "message", 1.0, {"role": "agent", "text": text, "agent": "anna"})
-
-    missed, newer = message("2-0", "sent while the subscription was down"), message("3-0", "sent just now")
-    conn: ChatConnection
-
-    async def events(sid: str, after: str | None, kinds: Any = None) -> list[Event]:
-        assert after == "1-0"
-        conn._on_live(newer.frame(sid))  # published while the stream is being read
-        return [missed, newer]
 
     settings = SimpleNamespace(rate_messages=10, rate_window=10.0)
     app = SimpleNamespace(settings=settings, store=SimpleNamespace(events=events),
                           client_key=lambda ws: "127.0.0.1")
     conn = ChatConnection(SimpleNamespace(), app)  # type: ignore[arg-type]
     conn.sid, conn.last_id = "s1", (1, 0)
+    return conn
+
+
+def sent(conn: Any) -> list[dict[str, Any]]:
+    return [conn.out.get_nowait() for _ in range(conn.out.qsize())]
+
+
+def message(event_id: str, text: str, **data: Any) -> Event:
+    return Event(event_id, "message", 1.0, {"role": "agent", "text": text, "agent": "anna", **data})
+
+
+async def test_a_resync_sends_missed_events_even_when_a_newer_one_arrives_during_the_read() -> None:
+    missed, newer = message("2-0", "sent while the subscription was down"), message("3-0", "sent just now")
+
+    async def events(sid: str, after: str | None, kinds: Any = None) -> list[Event]:
+        assert after == "1-0"
+        conn._on_live(newer.frame(sid))  # published while the stream is being read
+        return [missed, newer]
+
+    conn = chat_connection(events)
     conn._on_live({"type": "resync"})
     await until(lambda: conn.out.qsize() >= 2 and conn.held is None, "the missed and the newer event")
-    sent = [conn.out.get_nowait()["text"] for _ in range(conn.out.qsize())]
-    assert sent == [missed.data["text"], newer.data["text"]]
+    assert [f["text"] for f in sent(conn)] == [missed.data["text"], newer.data["text"]]
+
+
+async def test_a_stream_whose_message_was_replayed_is_not_shown_again() -> None:
+    answer = message("2-0", "Your parcel left today.", role="bot", stream_id="st1")
+
+    async def events(sid: str, after: str | None, kinds: Any = None) -> list[Event]:
+        # The whole answer goes by while the stream is read: its frames, then its message.
+        for frame in ({"type": "stream_start", "stream_id": "st1", "role": "bot"},
+                      {"type": "stream_delta", "stream_id": "st1", "text": "Your parcel left today."},
+                      answer.frame(sid)):
+            conn._on_live(frame)
+        return [answer]
+
+    conn = chat_connection(events)
+    conn._on_live({"type": "resync"})
+    await until(lambda: conn.held is None and not conn._tasks, "the resync")
+    assert [(f["type"], f.get("text")) for f in sent(conn)] == [("message", answer.data["text"])]
