@@ -69,8 +69,9 @@ def send(agent: Agent, client_id: str, text: str) -> Write:
     return Write([message], {"last_message": text[:200], "last_role": "agent"},
                  allow={"agent": agent.name},
                  # Its own namespace in the session's dedupe table: a customer's client_id
-                 # can never answer for an agent's message, or the other way round.
-                 client_id=f"agent:{client_id}")
+                 # can never answer for an agent's message, or the other way round; nor one
+                 # agent's for another's (the dedupe runs before the ownership check).
+                 client_id=f"agent:{agent.name}:{client_id}")
 
 
 def handback(agent: Agent, owner: str | None) -> Write:

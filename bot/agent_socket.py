@@ -41,6 +41,7 @@ if TYPE_CHECKING:
 log = logging.getLogger("deskmate.agent")
 
 UNAUTHORIZED = 4401  # close code: not signed in, or the login expired or was revoked
+UNAVAILABLE = "the service is briefly unavailable; retry"  # sign-in refused: Redis is unreachable
 AUTH_TIMEOUT = 10.0  # seconds to send the first frame
 RECHECK_EVERY = 30.0  # seconds between token checks on an idle console
 SNAPSHOT_LIMIT = 500  # most recently active conversations in a `sessions` snapshot
@@ -126,6 +127,9 @@ class AgentConnection:
         self.held_updates: list[dict[str, Any]] | None = None
         self.following_proposals = False
         self.held_proposals: list[dict[str, Any]] | None = None
+        # One proposals listing at a time: a `proposals` frame and a resync's listing (run in
+        # the background) would share `held_proposals`, the first to end clearing the other's.
+        self._listing = asyncio.Lock()
         self._reporting = False
         self._copying = False
         self._tasks: set[asyncio.Future[None]] = set()
@@ -142,7 +146,14 @@ class AgentConnection:
         self.spawn(self._recheck())
         updates = self.store.keys.updates_channel()
         try:
-            await self._subscribe_updates()
+            try:
+                await self._subscribe_updates()
+            except StoreError as exc:
+                # Signed in, but with no session list to show: refused like a sign-in
+                # that could not reach Redis, so the console retries.
+                log.warning("agent %s: no session updates: %s", self.agent and self.agent.name, exc)
+                await self._refuse("unavailable", UNAVAILABLE, 1013)
+                return
             async for raw in self.ws:
                 await self._on_frame(raw)
         except (ConnectionClosed, _Closed):
@@ -185,7 +196,7 @@ class AgentConnection:
             return False
         except StoreError as exc:
             log.warning("agent sign-in failed: %s", exc)
-            await self._refuse("unavailable", "the service is briefly unavailable; retry", 1013)
+            await self._refuse("unavailable", UNAVAILABLE, 1013)
             return False
         self.agent, self.token = agent, token
         await self.ws.send(self.app.encode({
@@ -256,9 +267,14 @@ class AgentConnection:
         return [actions.summary(sid, record) for sid, record in await self.store.records(sids)]
 
     async def _subscribe_updates(self) -> None:
-        """Subscribe, then read the snapshot: no update can fall in between."""
+        """Subscribe, then read the snapshot: no update can fall in between. Raises
+        :class:`StoreError` when Redis is unreachable."""
         self.held_updates = []
-        await self.app.hub.subscribe(self.store.keys.updates_channel(), self._on_update)
+        try:
+            await self.app.hub.subscribe(self.store.keys.updates_channel(), self._on_update)
+        except (TimeoutError, RedisError, OSError):
+            self.held_updates = None
+            raise StoreError("could not subscribe to session updates") from None
         try:
             sessions = await self._snapshot()
             self.send({"type": "sessions", "sessions": sessions})
@@ -412,23 +428,25 @@ class AgentConnection:
         if not learning.enabled:
             self.send({"type": "proposals", "enabled": False, "proposals": []})
             return
-        self.held_proposals = []
-        try:
-            if not self.following_proposals:
-                try:
-                    await self.app.hub.subscribe(self.store.keys.knowledge_channel(), self._on_proposal)
-                except (TimeoutError, RedisError, OSError):
-                    raise StoreError("could not subscribe") from None
-                self.following_proposals = True
-            pending = await learning.pending()
-            self.send({"type": "proposals", "enabled": True, "proposals": pending})
-        finally:
-            held, self.held_proposals = self.held_proposals, None
-        revs = {p["id"]: p["rev"] for p in pending}
-        for frame in held:
-            proposal = frame["proposal"]
-            if proposal.get("rev", 0) > revs.get(proposal.get("id"), -1):
-                self.send(frame)
+        async with self._listing:
+            self.held_proposals = []
+            try:
+                if not self.following_proposals:
+                    try:
+                        await self.app.hub.subscribe(self.store.keys.knowledge_channel(),
+                                                     self._on_proposal)
+                    except (TimeoutError, RedisError, OSError):
+                        raise StoreError("could not subscribe") from None
+                    self.following_proposals = True
+                pending = await learning.pending()
+                self.send({"type": "proposals", "enabled": True, "proposals": pending})
+            finally:
+                held, self.held_proposals = self.held_proposals, None
+            revs = {p["id"]: p["rev"] for p in pending}
+            for frame in held:
+                proposal = frame["proposal"]
+                if proposal.get("rev", 0) > revs.get(proposal.get("id"), -1):
+                    self.send(frame)
 
     def _on_proposal(self, frame: dict[str, Any]) -> None:
         if frame.get("type") == "resync":  # pub/sub reconnected: changes may be lost
@@ -456,7 +474,8 @@ class AgentConnection:
         try:
             since = parse_since(since_text)
         except ConfigError:
-            raise FrameError("bad_field", "'since' must be like 24h, 7d, 2w, an ISO date or 'all'") from None
+            raise FrameError("bad_field", "'since' must be like 24h, 7d, 2w, an ISO date from 1970 on, "
+                                          "or 'all'") from None
         if self._reporting:
             raise FrameError("busy", "a report is being built; wait for it")
         self._reporting = True
@@ -532,7 +551,7 @@ class AgentConnection:
         watch = self.watches[sid] = Watch(self, sid)
         try:
             await self.app.hub.subscribe(self.store.keys.channel(sid), watch.on_live)
-        except (TimeoutError, StoreError):
+        except (TimeoutError, RedisError, OSError):
             del self.watches[sid]
             raise StoreError("could not subscribe") from None
         self.send({"type": "watching", "session_id": sid, "session": actions.summary(sid, record),

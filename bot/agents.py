@@ -11,11 +11,13 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import contextlib
 import hashlib
 import hmac
 import re
 import secrets
 import time
+from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import Any
 
@@ -32,6 +34,20 @@ SCRYPT_N, SCRYPT_R, SCRYPT_P = 2**14, 8, 1
 SALT_BYTES = 16
 LOGIN_ATTEMPTS = 5  # per name per LOGIN_WINDOW, counted before the password is checked
 LOGIN_WINDOW = 60  # seconds
+
+# KEYS: agent, token, agent's token set; ARGV: the password hash the login checked, name,
+# ttl, token digest. Stores the token only if the account still has that hash: a reset
+# (or removal) while the password was being checked revokes this login too.
+GRANT = r"""
+if redis.call('HGET', KEYS[1], 'password') ~= ARGV[1] then
+  return 0
+end
+redis.call('SET', KEYS[2], ARGV[2], 'EX', ARGV[3])
+redis.call('SADD', KEYS[3], ARGV[4])
+-- The set lives as long as its newest token; stale digests in it are harmless.
+redis.call('EXPIRE', KEYS[3], ARGV[3])
+return 1
+"""
 
 
 class AgentError(DeskmateError):
@@ -95,6 +111,16 @@ def check_name(name: str) -> str:
     return name
 
 
+@contextlib.contextmanager
+def _redis(doing: str) -> Iterator[None]:
+    """Turn a Redis failure into :class:`StoreError`, as ``bot.store`` does: the sockets
+    answer it with ``unavailable`` and the CLI with a one-line error, not a traceback."""
+    try:
+        yield
+    except (RedisError, OSError) as exc:
+        raise StoreError(f"could not {doing}: {exc}") from exc
+
+
 class Agents:
     """Agent accounts and login tokens; one per process (or per CLI command)."""
 
@@ -102,6 +128,7 @@ class Agents:
         self.redis: Any = client  # decode_responses=True, as in bot.store
         self.keys = keys
         self.token_ttl = token_ttl
+        self._grant = client.register_script(GRANT)
 
     # -- accounts -------------------------------------------------------------
 
@@ -113,7 +140,7 @@ class Agents:
         password = secrets.token_urlsafe(12)
         record = {"role": role, "password": await asyncio.to_thread(hash_password, password),
                   "created_at": repr(time.time())}
-        try:
+        with _redis("add agent"):
             # HSETNX on the role first: two concurrent adds of one name cannot both win.
             if not await self.redis.hsetnx(self.keys.agent(name), "role", role):
                 raise AgentError(f"agent {name!r} already exists")
@@ -121,24 +148,21 @@ class Agents:
                 pipe.hset(self.keys.agent(name), mapping=record)
                 pipe.sadd(self.keys.agent_index(), name)
                 await pipe.execute()
-        except RedisError as exc:
-            raise StoreError(f"could not add agent: {exc}") from exc
         return password
 
     async def get(self, name: str) -> Agent | None:
         if not NAME.match(name):
             return None
-        try:
+        with _redis("read agent"):
             record = await self.redis.hgetall(self.keys.agent(name))
-        except RedisError as exc:
-            raise StoreError(f"could not read agent: {exc}") from exc
         if not record or "password" not in record:
             return None
         return Agent(name, record.get("role", "agent"), float(record.get("created_at") or 0))
 
     async def list(self) -> list[Agent]:
         """Every agent, by name."""
-        names = sorted(await self.redis.smembers(self.keys.agent_index()))
+        with _redis("list agents"):
+            names = sorted(await self.redis.smembers(self.keys.agent_index()))
         found = [await self.get(name) for name in names]
         return [agent for agent in found if agent is not None]
 
@@ -155,20 +179,22 @@ class Agents:
         password = secrets.token_urlsafe(12)
         hashed = await asyncio.to_thread(hash_password, password)
         # The new hash first: a login with the old password can no longer start a token.
-        await self.redis.hset(self.keys.agent(name), "password", hashed)
+        with _redis("reset password"):
+            await self.redis.hset(self.keys.agent(name), "password", hashed)
         await self._revoke(name)
         return password
 
     async def _revoke(self, name: str, *, delete_account: bool = False) -> None:
-        digests = await self.redis.smembers(self.keys.agent_tokens(name))
-        async with self.redis.pipeline(transaction=True) as pipe:
-            for digest in digests:
-                pipe.delete(self.keys.agent_token(digest))
-            pipe.delete(self.keys.agent_tokens(name))
-            if delete_account:
-                pipe.delete(self.keys.agent(name))
-                pipe.srem(self.keys.agent_index(), name)
-            await pipe.execute()
+        with _redis("revoke tokens"):
+            digests = await self.redis.smembers(self.keys.agent_tokens(name))
+            async with self.redis.pipeline(transaction=True) as pipe:
+                for digest in digests:
+                    pipe.delete(self.keys.agent_token(digest))
+                pipe.delete(self.keys.agent_tokens(name))
+                if delete_account:
+                    pipe.delete(self.keys.agent(name))
+                    pipe.srem(self.keys.agent_index(), name)
+                await pipe.execute()
 
     # -- logins ---------------------------------------------------------------
 
@@ -178,13 +204,14 @@ class Agents:
         At most ``LOGIN_ATTEMPTS`` tries per name per ``LOGIN_WINDOW`` seconds, counted
         whether the name exists or not."""
         if NAME.match(name):
-            async with self.redis.pipeline(transaction=True) as pipe:
-                pipe.incr(self.keys.agent_logins(name))
-                pipe.expire(self.keys.agent_logins(name), LOGIN_WINDOW, nx=True)
-                attempts, _ = await pipe.execute()
-            if int(attempts) > LOGIN_ATTEMPTS:
-                raise LoginRefused("rate_limited", "too many login attempts; wait a minute")
-            stored = await self.redis.hget(self.keys.agent(name), "password")
+            with _redis("check login"):
+                async with self.redis.pipeline(transaction=True) as pipe:
+                    pipe.incr(self.keys.agent_logins(name))
+                    pipe.expire(self.keys.agent_logins(name), LOGIN_WINDOW, nx=True)
+                    attempts, _ = await pipe.execute()
+                if int(attempts) > LOGIN_ATTEMPTS:
+                    raise LoginRefused("rate_limited", "too many login attempts; wait a minute")
+                stored = await self.redis.hget(self.keys.agent(name), "password")
         else:
             stored = None
         ok = await asyncio.to_thread(check_password, password, stored or _DUMMY_HASH)
@@ -194,30 +221,31 @@ class Agents:
         token = secrets.token_urlsafe(32)
         digest = token_digest(token)
         expires_at = time.time() + self.token_ttl
-        async with self.redis.pipeline(transaction=True) as pipe:
-            pipe.set(self.keys.agent_token(digest), name, ex=self.token_ttl)
-            pipe.sadd(self.keys.agent_tokens(name), digest)
-            # The set lives as long as its newest token; stale digests in it are harmless.
-            pipe.expire(self.keys.agent_tokens(name), self.token_ttl)
-            await pipe.execute()
+        with _redis("store login"):
+            # The check took ~50 ms (scrypt): a reset meanwhile must win.
+            granted = await self._grant(
+                keys=[self.keys.agent(name), self.keys.agent_token(digest), self.keys.agent_tokens(name)],
+                args=[stored, name, self.token_ttl, digest])
+        if not granted:
+            raise LoginRefused("unauthorized", "wrong name or password")
         return token, expires_at, agent
 
     async def verify(self, token: str) -> Agent | None:
         """The agent a live token belongs to; None if it is unknown, expired or revoked."""
         if not token or len(token) > 256:
             return None
-        try:
+        with _redis("check token"):
             name = await self.redis.get(self.keys.agent_token(token_digest(token)))
-        except RedisError as exc:
-            raise StoreError(f"could not check token: {exc}") from exc
         if name is None:
             return None
         return await self.get(name)  # None once the account is gone
 
     async def expires_at(self, token: str) -> float | None:
         """When ``token`` expires (seconds since the epoch), or None if it is not live."""
-        ttl = await self.redis.pttl(self.keys.agent_token(token_digest(token)))
+        with _redis("check token"):
+            ttl = await self.redis.pttl(self.keys.agent_token(token_digest(token)))
         return time.time() + int(ttl) / 1000 if int(ttl) > 0 else None
 
     async def logout(self, token: str) -> None:
-        await self.redis.delete(self.keys.agent_token(token_digest(token)))
+        with _redis("log out"):
+            await self.redis.delete(self.keys.agent_token(token_digest(token)))

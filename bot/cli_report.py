@@ -50,22 +50,29 @@ def register(sub: Any) -> None:
 
 
 def parse_since(value: str, *, now: float | None = None) -> float | None:
-    """Epoch seconds for a ``--since`` value; None for ``all``."""
+    """Epoch seconds for a ``--since`` value; None for ``all``. Raises :class:`ConfigError`
+    for anything else, and for a moment before 1970: events are read by stream id, which
+    is the write's Unix time in milliseconds and cannot be negative."""
     now = time.time() if now is None else now
     text = value.strip().lower()
     if text == "all":
         return None
     relative = _RELATIVE.match(text)
     if relative:
-        return now - float(relative.group(1)) * _UNITS[relative.group(2)]
-    try:
-        moment = datetime.datetime.fromisoformat(value.strip().replace("Z", "+00:00"))
-    except ValueError:
-        raise ConfigError("--since", f"expected 30m, 12h, 7d, 2w, an ISO date or time, or 'all'; "
-                                     f"got {value!r}") from None
-    if moment.tzinfo is None:
-        moment = moment.replace(tzinfo=datetime.UTC)  # the report's days are UTC days
-    return moment.timestamp()
+        since = now - float(relative.group(1)) * _UNITS[relative.group(2)]
+    else:
+        try:
+            moment = datetime.datetime.fromisoformat(value.strip().replace("Z", "+00:00"))
+        except ValueError:
+            raise ConfigError("--since", f"expected 30m, 12h, 7d, 2w, an ISO date or time, or "
+                                         f"'all'; got {value!r}") from None
+        if moment.tzinfo is None:
+            moment = moment.replace(tzinfo=datetime.UTC)  # the report's days are UTC days
+        since = moment.timestamp()
+    if since < 0:
+        raise ConfigError("--since", f"{value!r} is before 1970, when no conversation can have "
+                                     f"been stored; use 'all' for everything")
+    return since
 
 
 def _intent_threshold(project: Path) -> float:

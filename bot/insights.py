@@ -61,7 +61,8 @@ async def active_sessions(store: Store, *, since: float | None,
 
 def _first_id(since: float | None) -> str:
     # Stream ids are "<ms>-<seq>" of the time of the write: the window starts at this id.
-    return f"{int(since * 1000)}-0" if since is not None else "-"
+    # Not below 0: Redis refuses a negative id, and nothing was written before 1970.
+    return f"{max(0, int(since * 1000))}-0" if since is not None else "-"
 
 
 def _decode(rows: Sequence[tuple[str, dict[str, str]]]) -> list[Event]:

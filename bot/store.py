@@ -219,7 +219,10 @@ class Store:
 
     async def live_sessions(self, limit: int = 500) -> list[str]:
         """Session ids by most recent activity, from the live index (no KEYS scan)."""
-        return list(await self.redis.zrevrange(self.keys.live(), 0, limit - 1))
+        try:
+            return list(await self.redis.zrevrange(self.keys.live(), 0, limit - 1))
+        except (RedisError, OSError) as exc:
+            raise StoreError(f"could not read the live-session index: {exc}") from exc
 
     async def sweep_expired(self) -> int:
         """Drop index entries of sessions whose keys Redis has expired."""

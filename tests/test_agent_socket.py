@@ -9,18 +9,25 @@ import typing
 import urllib.request
 import uuid
 from collections.abc import Callable
+from pathlib import Path
 from typing import Any
 
 import pytest
 import redis
+import redis.asyncio as aioredis
+from redis.asyncio.retry import Retry
+from redis.backoff import NoBackoff
 from websockets.asyncio.client import ClientConnection, connect
 from websockets.exceptions import ConnectionClosed
 
 from bot.agents import Agents
+from bot.embedded_redis import EmbeddedRedis
+from bot.errors import StoreError
 from bot.keys import Keys
 from bot.server import Brain
-from bot.store import NewEvent
+from bot.store import NewEvent, Store
 from tests.conftest import TINYBOT, Client, Running, Servers, tiny_engine
+from tests.fakes import free_port
 
 Frame = dict[str, Any]
 
@@ -98,12 +105,13 @@ async def customer(server: Running, text: str | None = "hello") -> Client:
     return client
 
 
-async def refused(agent: Console, code: str = "unauthorized") -> None:
-    frame = await agent.recv()
+async def refused(agent: Console, code: str = "unauthorized", close_code: int = 4401,
+                  timeout: float = 10.0) -> None:
+    frame = await agent.recv(timeout)
     assert frame["type"] == "error" and frame["code"] == code, frame
     with pytest.raises(ConnectionClosed):
         await agent.recv()
-    assert agent.ws.close_code == 4401
+    assert agent.ws.close_code == close_code
 
 
 # -- the console's files ------------------------------------------------------
@@ -170,6 +178,76 @@ async def test_logout_revokes_the_token(server: Running) -> None:
     again = await console(server)
     await again.send({"type": "auth", "token": agent.token})
     await refused(again)
+
+
+async def test_sign_in_without_redis_is_unavailable_1013(servers: Servers, tmp_path: Path) -> None:
+    embedded = EmbeddedRedis(tmp_path).start()
+    try:
+        server = await servers.start(redis_url=embedded.url)
+        password = await add_agent(server, "anna")
+        token = (await signed_in(server, "bert")).token
+        embedded.stop()
+        # Refused as retryable (1013), not crashed (1011), whichever way the console signs in.
+        agent = await console(server)
+        await agent.send({"type": "login", "name": "anna", "password": password})
+        await refused(agent, "unavailable", 1013, timeout=30)
+        again = await console(server)
+        await again.send({"type": "auth", "token": token})
+        await refused(again, "unavailable", 1013, timeout=30)
+    finally:
+        embedded.stop()
+
+
+async def test_snapshot_reads_without_redis_are_store_errors(key_prefix: str) -> None:
+    """What a console's `sessions` snapshot reads fails as StoreError (answered
+    `unavailable`), like every other Store read, never as redis-py's own exceptions."""
+    # Nothing listens on the port; no retries, so each call fails at once.
+    client = aioredis.Redis(port=free_port(), decode_responses=True, retry=Retry(NoBackoff(), 0))
+    store = Store(client, prefix=key_prefix)
+    try:
+        with pytest.raises(StoreError):
+            await store.live_sessions()
+        with pytest.raises(StoreError):
+            await store.records(["a-session"])
+    finally:
+        await store.close()
+
+
+def subscribe_fails(server: Running, monkeypatch: pytest.MonkeyPatch, channel: str) -> None:
+    """Make the hub's subscriptions to ``channel`` fail as when its pub/sub connection
+    cannot reach Redis. Injected: a real outage takes the data connection down too, and
+    the token check before every action would fail first."""
+    subscribe = server.app.hub.subscribe
+
+    async def failing(name: str, *args: Any, **kwargs: Any) -> None:
+        if name == channel:
+            raise redis.ConnectionError("Error 111 connecting to redis")
+        await subscribe(name, *args, **kwargs)
+
+    monkeypatch.setattr(server.app.hub, "subscribe", failing)
+
+
+async def test_no_session_updates_refuses_the_sign_in_1013(server: Running,
+                                                           monkeypatch: pytest.MonkeyPatch) -> None:
+    password = await add_agent(server, "anna")
+    subscribe_fails(server, monkeypatch, server.app.store.keys.updates_channel())
+    agent = await console(server)
+    await agent.send({"type": "login", "name": "anna", "password": password})
+    assert (await agent.recv())["type"] == "auth_ok"
+    await refused(agent, "unavailable", 1013)
+
+
+async def test_watch_that_cannot_subscribe_is_unavailable(server: Running,
+                                                          monkeypatch: pytest.MonkeyPatch) -> None:
+    client = await customer(server)
+    sid = client.session_id or ""
+    agent = await signed_in(server, "anna")
+    subscribe_fails(server, monkeypatch, server.app.store.keys.channel(sid))
+    error = await agent.act({"type": "watch", "session_id": sid})
+    assert (error["type"], error["code"], error["action"]) == ("error", "unavailable", "watch")
+    # The console stays open, and the watch works once Redis answers again.
+    monkeypatch.undo()
+    assert [f for f in await agent.watch(sid) if f["type"] == "message"]
 
 
 # -- the session list ---------------------------------------------------------
@@ -367,6 +445,25 @@ async def test_agent_messages_reach_the_customer_once(server: Running, sync_redi
     assert sum('"role":"agent"' in e[1]["data"] for e in events) == 1
 
 
+async def test_agents_reusing_a_client_id_do_not_share_its_ack(server: Running) -> None:
+    client = await customer(server)
+    sid = client.session_id or ""
+    anna, bert = await signed_in(server, "anna"), await signed_in(server, "bert")
+    boss = await signed_in(server, "rita", "admin")
+    await anna.act({"type": "takeover", "session_id": sid})
+    first = await anna.act({"type": "send", "session_id": sid, "client_id": "c1", "text": "anna here"})
+    assert first["type"] == "ack"
+    # Not the owner: refused, not handed anna's ack for a message bert never stored.
+    stolen = await bert.act({"type": "send", "session_id": sid, "client_id": "c1", "text": "bert"})
+    assert stolen["type"] == "error" and stolen["code"] == "owned", stolen
+    # The owner now: bert's message is stored and reaches the customer.
+    await boss.act({"type": "assign", "session_id": sid, "agent": "bert"})
+    own = await bert.act({"type": "send", "session_id": sid, "client_id": "c1", "text": "bert here"})
+    assert own["type"] == "ack" and own["event_id"] != first["event_id"]
+    said = await client.until(lambda f: f["type"] == "message" and f["text"] == "bert here")
+    assert said[-1]["event_id"] == own["event_id"]
+
+
 async def test_notes_never_reach_the_customer(server: Running) -> None:
     client = await customer(server)
     sid = client.session_id or ""
@@ -439,6 +536,15 @@ async def test_two_servers_customer_on_one_agent_on_the_other(servers: Servers) 
     # A second agent on the first server is refused: ownership lives in Redis.
     other = await signed_in(one, "bert")
     assert (await other.act({"type": "takeover", "session_id": sid}))["code"] == "owned"
+
+
+async def test_a_report_since_before_1970_is_a_bad_field(server: Running) -> None:
+    admin = await signed_in(server, "rita", "admin")
+    for since in ("1960-01-01", "9000w"):
+        await admin.send({"type": "report", "since": since})
+        refused = (await admin.until(lambda f: f["type"] in ("report", "error"), timeout=60))[-1]
+        assert (refused["type"], refused.get("code"), refused.get("action")) == (
+            "error", "bad_field", "report"), refused
 
 
 def test_each_console_frame_class_is_named_after_its_type() -> None:

@@ -13,10 +13,14 @@ from collections.abc import AsyncIterator
 import pytest
 import redis
 import redis.asyncio as aioredis
+from redis.asyncio.retry import Retry
+from redis.backoff import NoBackoff
 
 from bot.agents import LOGIN_ATTEMPTS, AgentError, Agents, LoginRefused, check_password, token_digest
+from bot.errors import StoreError
 from bot.keys import Keys
 from tests.conftest import ROOT
+from tests.fakes import free_port
 
 
 @pytest.fixture
@@ -100,6 +104,25 @@ async def test_remove_and_reset_revoke_tokens(agents: Agents) -> None:
         await agents.remove("erin")
 
 
+async def test_a_reset_during_a_login_leaves_no_live_token(
+        agents: Agents, monkeypatch: pytest.MonkeyPatch, sync_redis: redis.Redis, key_prefix: str) -> None:
+    password = await agents.add("ivan")
+    loop = asyncio.get_running_loop()
+
+    def reset_meanwhile(guess: str, stored: str) -> bool:
+        # Runs in the login's thread, after the login read the old hash.
+        right = check_password(guess, stored)
+        asyncio.run_coroutine_threadsafe(agents.reset("ivan"), loop).result(timeout=30)
+        return right
+
+    monkeypatch.setattr("bot.agents.check_password", reset_meanwhile)
+    with pytest.raises(LoginRefused) as refused:
+        await agents.login("ivan", password)
+    assert refused.value.code == "unauthorized"
+    assert not sync_redis.exists(Keys(key_prefix).agent_tokens("ivan"))
+    assert not list(sync_redis.scan_iter(match=Keys(key_prefix).agent_token("*")))
+
+
 async def test_login_attempts_are_throttled_per_name(agents: Agents) -> None:
     password = await agents.add("fred")
     await agents.add("gina")
@@ -114,6 +137,25 @@ async def test_login_attempts_are_throttled_per_name(agents: Agents) -> None:
     with pytest.raises(LoginRefused) as other:
         await agents.login("gina", "guess")
     assert other.value.code == "unauthorized"
+
+
+async def test_redis_down_is_a_store_error(key_prefix: str) -> None:
+    """Every call that reaches Redis raises StoreError (which the sockets answer with
+    ``unavailable``), never redis-py's own exceptions."""
+    # Nothing listens on the port; no retries, so each call fails at once.
+    client = aioredis.Redis(port=free_port(), decode_responses=True, retry=Retry(NoBackoff(), 0))
+    agents = Agents(client, Keys(key_prefix))
+    try:
+        calls = {"login": lambda: agents.login("anna", "secret"),
+                 "expires_at": lambda: agents.expires_at("a-token"),
+                 "logout": lambda: agents.logout("a-token"), "list": agents.list,
+                 "verify": lambda: agents.verify("a-token"), "add": lambda: agents.add("anna")}
+        for name, call in calls.items():
+            with pytest.raises(StoreError):
+                await call()
+                pytest.fail(name)
+    finally:
+        await client.aclose()
 
 
 def cli(redis_url: str, prefix: str, *args: str) -> subprocess.CompletedProcess[str]:

@@ -20,7 +20,10 @@ import pytest
 from bot import cli
 from bot.brain import Brain
 from bot.cli_report import parse_since
+from bot.errors import ConfigError
+from bot.insights import window_events
 from bot.report_html import render
+from bot.store import NewEvent, Store
 from dialogue.engine import DialogueEngine
 from dialogue.insights import ConversationLog, Insights, handoff_category, is_unanswered, resolution
 from model.insights import cluster_questions
@@ -93,6 +96,31 @@ def test_since_accepts_durations_dates_and_all() -> None:
     assert parse_since("all") is None
     with pytest.raises(Exception, match="--since"):
         parse_since("last week")
+
+
+def test_since_before_1970_is_refused(capsys: pytest.CaptureFixture[str]) -> None:
+    # Stream ids start at 0 ms: Redis would refuse the window's first id.
+    assert parse_since("1970-01-01") == 0.0
+    for early in ("1960-01-01", "1969-12-31T23:59:59+00:00"):
+        with pytest.raises(ConfigError, match="before 1970"):
+            parse_since(early)
+    with pytest.raises(ConfigError, match="before 1970"):
+        parse_since("3000w", now=1_750_000_000.0)
+    # The CLI says so before it reads anything (no Redis is reachable at that URL).
+    assert cli.main(["report", "--since", "1960-01-01", "--redis-url", "redis://127.0.0.1:1/0"]) == 2
+    assert "--since: '1960-01-01' is before 1970" in capsys.readouterr().err
+
+
+async def test_events_of_a_window_that_starts_before_1970(redis_url: str, key_prefix: str) -> None:
+    """A window may start before any stream id (a caller other than the CLI): all events."""
+    store = Store.from_url(redis_url, prefix=key_prefix)
+    try:
+        sid, _ = await store.create_session()
+        await store.append(sid, [NewEvent("message", {"role": "user", "text": "hi"})])
+        events = await window_events(store, sid, since=-86400.0)
+        assert [e.data["text"] for e in events] == ["hi"]
+    finally:
+        await store.close()
 
 
 def test_an_empty_period_renders() -> None:

@@ -295,6 +295,38 @@ async def test_without_an_encoder_learning_is_off(server: Running) -> None:
     assert refused["code"] == "learning_off"
 
 
+async def test_a_listing_during_another_one_is_sent_too(server: Running,
+                                                        monkeypatch: pytest.MonkeyPatch) -> None:
+    """A resync (pub/sub reconnected) lists the proposals again in the background, maybe
+    while the console's own `proposals` is still being read: both lists arrive."""
+    learning = server.app.learning
+    # The socket tests' bot has no encoder; listing needs none (nothing here learns).
+    monkeypatch.setattr(learning, "enabled", True)
+    read_pending, reading, release = learning.pending, asyncio.Event(), asyncio.Event()
+
+    async def slow_pending(*args: Any, **kwargs: Any) -> list[Frame]:
+        if not reading.is_set():  # the first listing waits for the test
+            reading.set()
+            await release.wait()
+        return await read_pending(*args, **kwargs)
+
+    monkeypatch.setattr(learning, "pending", slow_pending)
+    channel = server.app.store.keys.knowledge_channel()
+    resynced = asyncio.Event()
+    await server.app.hub.subscribe(channel, lambda f: resynced.set() if f["type"] == "resync" else None)
+    agent = await signed_in(server, "anna")
+    await agent.send({"type": "proposals"})
+    await reading.wait()
+    # What listeners get when the hub's pub/sub connection comes back.
+    await server.app.store.redis.publish(channel, '{"type": "resync"}')
+    await resynced.wait()  # the console's listener had it in the same dispatch: its listing started
+    release.set()
+    listings = [await agent.until(lambda f: f["type"] == "proposals") for _ in range(2)]
+    assert [frames[-1]["proposals"] for frames in listings] == [[], []]
+    await agent.send({"type": "sessions"})  # still open
+    assert (await agent.until(lambda f: f["type"] == "sessions"))[-1]["type"] == "sessions"
+
+
 # -- the insights page -----------------------------------------------------------------
 
 async def test_admins_get_the_insights_report(servers: Servers, shop_brain: Callable[[], Brain]) -> None:
