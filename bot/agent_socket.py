@@ -66,6 +66,7 @@ class Watch:
         self.last_id: tuple[int, int] = (0, 0)
         self.streams: set[str] = set()  # streams this console saw start
         self.held: list[dict[str, Any]] | None = []  # live frames held during the replay
+        self.replayed_streams: set[str] = set()  # streams a replay sent whole (see bot.chat)
 
     def on_live(self, frame: dict[str, Any]) -> None:
         if self.held is not None:
@@ -77,19 +78,29 @@ class Watch:
         """End of the replay: pass on what arrived meanwhile (duplicates are dropped)."""
         held, self.held = self.held, None
         for frame in held or []:
-            self.forward(frame)
+            if self.held is not None:  # one of them started a resync: hold the rest again
+                self.held.append(frame)
+            else:
+                self.forward(frame)
+        self.replayed_streams.clear()
 
     async def resync(self) -> None:
-        """Send stored events missed while the live subscription was down."""
-        after = f"{self.last_id[0]}-{self.last_id[1]}" if self.last_id != (0, 0) else None
-        with contextlib.suppress(StoreError):
-            for event in await self.conn.store.events(self.sid, after):
-                self.forward(event.frame(self.sid))
+        """Send stored events missed while the live subscription was down; live frames are
+        held meanwhile (``forward`` started holding them), or a newer one would move
+        ``last_id`` past the missed ones and they would be skipped as already sent."""
+        try:
+            after = f"{self.last_id[0]}-{self.last_id[1]}" if self.last_id != (0, 0) else None
+            with contextlib.suppress(StoreError):
+                for event in await self.conn.store.events(self.sid, after):
+                    self.forward(event.frame(self.sid))
+        finally:
+            self.release()
 
     def forward(self, frame: dict[str, Any]) -> None:
         kind = frame.get("type")
         send = self.conn.send
         if kind == "resync":
+            self.held = []
             self.conn.spawn(self.resync())
         elif isinstance(frame.get("event_id"), str):  # a stored event
             position = parse_event_id(frame["event_id"])
@@ -102,8 +113,12 @@ class Watch:
                 self.streams.discard(stream_id)
                 send({**frame, "type": "stream_end"})
             else:
+                if kind == "message" and stream_id and self.held is not None:
+                    self.replayed_streams.add(stream_id)
                 send(frame)
         elif kind == "stream_start":
+            if frame.get("stream_id") in self.replayed_streams:
+                return
             self.streams.add(frame["stream_id"])
             send(frame)
         elif kind == "stream_delta":

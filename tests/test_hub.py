@@ -171,3 +171,45 @@ async def test_a_stream_whose_message_was_replayed_is_not_shown_again() -> None:
     conn._on_live({"type": "resync"})
     await until(lambda: conn.held is None and not conn._tasks, "the resync")
     assert [(f["type"], f.get("text")) for f in sent(conn)] == [("message", answer.data["text"])]
+
+
+def watch_of(events: Callable[..., Any]) -> tuple[Any, list[dict[str, Any]]]:
+    """A console's watch of conversation s1, its replay done; and what the console got."""
+    from types import SimpleNamespace
+
+    from bot.agent_socket import Watch
+
+    got: list[dict[str, Any]] = []
+    tasks: set[asyncio.Task[None]] = set()
+
+    def spawn(work: Any) -> None:
+        task = asyncio.ensure_future(work)
+        tasks.add(task)
+        task.add_done_callback(tasks.discard)
+
+    conn = SimpleNamespace(store=SimpleNamespace(events=events), send=got.append, spawn=spawn,
+                           room=lambda: True, tasks=tasks)
+    watch = Watch(conn, "s1")  # type: ignore[arg-type]
+    watch.last_id = (1, 0)
+    watch.release()
+    return watch, got
+
+
+async def test_a_console_resync_skips_nothing_and_shows_no_stream_twice() -> None:
+    missed = message("2-0", "Your parcel left today.", role="bot", stream_id="st1")
+    newer = message("3-0", "sent just now")
+    watch: Any
+
+    async def events(sid: str, after: str | None) -> list[Event]:
+        assert after == "1-0"
+        for frame in ({"type": "stream_start", "stream_id": "st1", "role": "bot"},
+                      {"type": "stream_delta", "stream_id": "st1", "text": "Your parcel left today."},
+                      missed.frame(sid), newer.frame(sid)):
+            watch.on_live(frame)  # published while the stream is being read
+        return [missed, newer]
+
+    watch, got = watch_of(events)
+    watch.on_live({"type": "resync"})
+    await until(lambda: watch.held is None and not watch.conn.tasks, "the resync")
+    assert [(f["type"], f.get("text")) for f in got] == [
+        ("message", missed.data["text"]), ("message", newer.data["text"])]
