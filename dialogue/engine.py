@@ -28,7 +28,7 @@ from dialogue.project import Project
 from dialogue.recommend import Preferences, Profile, Recommender
 from dialogue.responses import Responses
 from dialogue.simple import ExampleMatcher, parse_payload
-from dialogue.slots import coerce, map_slots
+from dialogue.slots import coerce, fill_slots
 from dialogue.tracker import TurnState, apply_events, tracker_state
 from dialogue.types import (
     Button,
@@ -156,12 +156,20 @@ class DialogueEngine:
 
     async def respond(self, conversation: Conversation, message: UserMessage) -> AsyncIterator[Output]:
         u = self.understand(message)
-        turn = TurnState(slots=dict(conversation.slots), state=dict(conversation.state))
+        # Every domain slot, at its initial value until something sets it (as in Rasa).
+        turn = TurnState(slots={**self.initial_slots, **conversation.slots}, state=dict(conversation.state))
         hits = self._retrieve(message)
         decision = Decision()
         loop_before, requested = turn.active_loop, turn.state.get("requested_slot")
-        filled = map_slots(self.project.slots, text=message.text, intent=u.intent, entities=u.entities,
+        found = fill_slots(self.project.slots, text=message.text, intent=u.intent, entities=u.entities,
                            active_loop=loop_before, requested=requested)
+        if (loop_before and requested in found and found[requested][1] == "from_text"
+                and self._leaves_form(u, loop_before) == "stop"):
+            # Any text fills a free-text slot, but "no, never mind" is not the answer. Other
+            # intents are ("wrong size" as a return reason), as in Rasa; a project excludes
+            # them with the mapping's `not_intent`.
+            del found[requested]
+        filled = {name: value for name, (value, _) in found.items()}
         for name, value in filled.items():
             turn.set_slot(name, value)
 
@@ -243,8 +251,8 @@ class DialogueEngine:
             decision.policy, decision.reason = "form", f"{form}: got {requested}"
             await self._form_step(form, conversation, message, u, turn, decision)
             return True
-        triggers = {i for i, acts in self.project.rules.items() if form in acts}
-        if not u.unclear and u.intent in STOP_FORM:
+        leaves = self._leaves_form(u, form)
+        if leaves == "stop":
             self._deactivate(turn)
             decision.policy, decision.reason = "form", f"{form}: stopped by the customer"
             turn.actions.append("action_deactivate_loop")
@@ -253,7 +261,7 @@ class DialogueEngine:
                 turn.replies.append(reply)
                 turn.actions.append("utter_deny")
             return True
-        if not u.unclear and u.intent not in FORM_ANSWERS and u.intent not in triggers:
+        if leaves == "switch":
             # The customer changed the subject: leave the form, answer the new request.
             self._deactivate(turn)
             turn.actions.append("action_deactivate_loop")
@@ -262,13 +270,35 @@ class DialogueEngine:
         await self._form_step(form, conversation, message, u, turn, decision)
         return True
 
+    def _leaves_form(self, u: Understanding, form: str) -> str | None:
+        """"stop" for a confident no, "switch" for a confident request of another kind
+        (changing one's mind), None for anything that may answer the form's question."""
+        if u.unclear:
+            return None
+        if u.intent in STOP_FORM:
+            return "stop"
+        triggers = {i for i, acts in self.project.rules.items() if form in acts}
+        if u.intent not in FORM_ANSWERS and u.intent not in triggers:
+            return "switch"
+        return None
+
     async def _form_step(self, form: str, conversation: Conversation, message: UserMessage,
-                         u: Understanding, turn: TurnState, decision: Decision) -> None:
+                         u: Understanding, turn: TurnState, decision: Decision, *,
+                         activate: bool = False, depth: int = 0) -> None:
         """Validate, then ask for the next missing slot or submit the completed form."""
         turn.state["active_loop"] = form
         validator = f"validate_{form}"
         if validator in self.domain_actions or (self.actions and validator in (self.actions.names() or ())):
-            await self._run_action(validator, conversation, message, u, turn, decision)
+            # What Rasa's form hands its validator: the slots set since the customer spoke
+            # and, when the form starts, the required slots that were filled before.
+            required = self.project.forms.get(form, [])
+            candidates = {name: turn.slots.get(name) for name, _ in turn.slot_events
+                          if name in required or name == turn.state.get("requested_slot")}
+            if activate:
+                candidates = {**{s: turn.slots[s] for s in required if turn.slots.get(s) is not None},
+                              **candidates}
+            await self._custom_action(validator, conversation, message, u, turn, decision, depth,
+                                       candidates=candidates, latest_action=form)
             if turn.active_loop != form:  # the validator ended the form
                 return
         missing = [s for s in self.project.forms.get(form, []) if turn.slots.get(s) is None]
@@ -283,14 +313,14 @@ class DialogueEngine:
                     return
             for ask in (f"action_ask_{form}_{slot}", f"action_ask_{slot}"):
                 if ask in self.domain_actions:
-                    await self._run_action(ask, conversation, message, u, turn, decision)
+                    await self._run_action(ask, conversation, message, u, turn, decision, depth)
                     return
             turn.replies.append(Reply(f"What is your {slot.replace('_', ' ')}?", name=f"ask_{slot}"))
             return
         self._deactivate(turn)
         decision.reason += f"; {form} complete"
         for action in self.project.submits.get(form, []):
-            if not await self._run_action(action, conversation, message, u, turn, decision):
+            if not await self._run_action(action, conversation, message, u, turn, decision, depth):
                 break
 
     def _deactivate(self, turn: TurnState) -> None:
@@ -303,8 +333,11 @@ class DialogueEngine:
         if name == "action_listen":
             return True
         if name in self.project.forms:
+            if turn.active_loop == name and name in turn.actions:
+                return True  # an action already started it this turn, and it has asked
             turn.actions.append(name)
-            await self._form_step(name, conversation, message, u, turn, decision)
+            await self._form_step(name, conversation, message, u, turn, decision,
+                                  activate=turn.active_loop != name, depth=depth)
             return True
         if name.startswith("utter_") and name in self.responses:
             reply = self.responses.render(name, turn.slots, message.event_id)
@@ -335,20 +368,25 @@ class DialogueEngine:
         return await self._custom_action(name, conversation, message, u, turn, decision, depth)
 
     async def _custom_action(self, name: str, conversation: Conversation, message: UserMessage,
-                             u: Understanding, turn: TurnState, decision: Decision, depth: int) -> bool:
+                             u: Understanding, turn: TurnState, decision: Decision, depth: int, *,
+                             candidates: Mapping[str, Any] | None = None,
+                             latest_action: str | None = None) -> bool:
         if self.actions is None:
             log.warning("no action runner for %s (add an actions/ package or an action endpoint)", name)
             turn.replies.append(Reply(ACTION_DOWN, name=name))
             decision.reason += f"; {name}: no action server"
             return True
-        slots = dict(turn.slots)
-        if turn.state.get("requested_slot"):
-            slots["requested_slot"] = turn.state["requested_slot"]
+        # Rasa sends every domain slot, None when unset, and requested_slot where there are forms.
+        slots = {**self.initial_slots, **turn.slots}
+        if self.project.forms or turn.state.get("requested_slot"):
+            slots["requested_slot"] = turn.state.get("requested_slot")
+        loop_before = turn.active_loop
         tracker = tracker_state(
             sender_id=conversation.session_id, slots=slots, text=message.text, intent=u.intent,
             confidence=u.confidence, ranking=u.ranking, entities=u.entities,
-            history=conversation.history, active_loop=turn.active_loop,
-            latest_action=turn.actions[-1] if turn.actions else "action_listen")
+            history=conversation.history, active_loop=loop_before,
+            latest_action=latest_action or (turn.actions[-1] if turn.actions else "action_listen"),
+            candidates=candidates)
         try:
             result = await self.actions.run(name, tracker, self.project.domain)
         except ActionError as exc:
@@ -380,6 +418,16 @@ class DialogueEngine:
                 log.warning("session %s: follow-up chain too long at %s", conversation.session_id, follow)
                 break
             await self._run_action(follow, conversation, message, u, turn, decision, depth + 1)
+        loop = turn.active_loop
+        if loop and loop != loop_before and loop in self.project.forms and "requested_slot" not in turn.state:
+            # The action started a form (ActiveLoop): as in Rasa, the form runs at once and
+            # asks its first question.
+            if depth >= MAX_FOLLOWUPS:
+                log.warning("session %s: too many actions in a row to run %s", conversation.session_id, loop)
+            else:
+                turn.actions.append(loop)
+                await self._form_step(loop, conversation, message, u, turn, decision,
+                                      activate=True, depth=depth + 1)
         return True
 
     # -- knowledge, generation, fallback ------------------------------------------

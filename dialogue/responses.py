@@ -2,8 +2,9 @@
 
 A response has variations; a variation may carry ``condition`` (Rasa 3's
 conditional variations, on slot values), ``buttons``, ``image``, ``custom``
-(``{"cards": [...]}``) and ``{slot}`` placeholders. The choice among matching
-variations is seeded by the message id, so re-running a turn says the same thing.
+(``{"cards": [...]}``) and ``{slot}`` placeholders. The variations whose conditions
+hold are used, or the unconditional ones when none does; the choice among them is
+seeded by the message id, so re-running a turn says the same thing.
 """
 
 from __future__ import annotations
@@ -82,7 +83,11 @@ class Responses:
 
     def render(self, name: str, slots: Mapping[str, Any], seed: str,
                extra: Mapping[str, Any] | None = None) -> Reply | None:
-        variations = [v for v in self.responses.get(name, []) if _matches(v, slots)]
+        variations = self.responses.get(name, [])
+        # As in Rasa: a variation whose conditions hold wins; the unconditional ones are
+        # the default, said only when no conditional variation matches.
+        variations = ([v for v in variations if v.get("condition") and _matches(v, slots)]
+                      or [v for v in variations if not v.get("condition")])
         if not variations:
             return None
         choice = random.Random(f"{seed}:{name}").choice(variations)

@@ -74,7 +74,18 @@ def map_slots(slots: Mapping[str, Mapping[str, Any]], *, text: str, intent: str,
               entities: Sequence[Mapping[str, Any]], active_loop: str | None,
               requested: str | None) -> dict[str, Any]:
     """The slot values this user turn sets, by each slot's mappings."""
-    found: dict[str, Any] = {}
+    found = fill_slots(slots, text=text, intent=intent, entities=entities, active_loop=active_loop,
+                       requested=requested)
+    return {name: value for name, (value, _) in found.items()}
+
+
+def fill_slots(slots: Mapping[str, Mapping[str, Any]], *, text: str, intent: str,
+               entities: Sequence[Mapping[str, Any]], active_loop: str | None,
+               requested: str | None) -> dict[str, tuple[Any, str]]:
+    """Like :func:`map_slots`, with the type of the mapping that filled each slot
+    (``from_entity``, ``from_text``, ``from_intent``): the engine trusts a whole message
+    taken as a value less than an entity found in it."""
+    found: dict[str, tuple[Any, str]] = {}
     for name, spec in slots.items():
         for mapping in spec.get("mappings") or []:
             if not isinstance(mapping, dict) or not _conditions_met(mapping, active_loop, requested):
@@ -104,6 +115,6 @@ def map_slots(slots: Mapping[str, Mapping[str, Any]], *, text: str, intent: str,
                 continue
             ok, value = coerce(spec, value)
             if ok:
-                found[name] = value
+                found[name] = (value, str(kind))
                 break
     return found

@@ -45,9 +45,15 @@ class TurnState:
 def tracker_state(*, sender_id: str, slots: Mapping[str, Any], text: str, intent: str, confidence: float,
                   ranking: Sequence[Mapping[str, Any]], entities: Sequence[Mapping[str, Any]],
                   history: Sequence[HistoryItem], active_loop: str | None, latest_action: str | None,
-                  ) -> dict[str, Any]:
-    """The tracker dict of Rasa's action-server protocol for the current turn."""
+                  candidates: Mapping[str, Any] | None = None) -> dict[str, Any]:
+    """The tracker dict of Rasa's action-server protocol for the current turn.
+
+    ``candidates`` are the slot values a ``validate_<form>`` action is to check. Rasa's
+    form sends them as the very last events, after its own ``action`` event, and
+    rasa-sdk's ``Tracker.slots_to_validate()`` reads only that tail; every other slot
+    event goes before the latest action, so nothing else reads as a candidate."""
     now = time.time()
+    candidates = candidates or {}
     events: list[dict[str, Any]] = []
     for item in history:
         kind = "user" if item.role == "user" else "bot"
@@ -60,10 +66,12 @@ def tracker_state(*, sender_id: str, slots: Mapping[str, Any], text: str, intent
     }
     events.append({"event": "user", "timestamp": now, "text": text, "parse_data": latest})
     for name, value in slots.items():
-        if value is not None:
+        if value is not None and name not in candidates:
             events.append({"event": "slot", "timestamp": now, "name": name, "value": value})
     if latest_action:
         events.append({"event": "action", "timestamp": now, "name": latest_action})
+    for name, value in candidates.items():
+        events.append({"event": "slot", "timestamp": now, "name": name, "value": value})
     return {
         "sender_id": sender_id,
         "slots": dict(slots),
@@ -99,10 +107,10 @@ def apply_events(turn: TurnState, events: Sequence[Any], *, initial_slots: Mappi
         elif kind == "pause":
             turn.handoff = turn.handoff or "an action paused the conversation"
         elif kind in ("active_loop", "form"):
-            loop = event.get("name")
-            turn.state["active_loop"] = loop or None
-            if not loop:
+            loop = event.get("name") or None
+            if loop != turn.active_loop:  # the slot asked for belonged to the form that ended
                 turn.state.pop("requested_slot", None)
+            turn.state["active_loop"] = loop
         elif kind == "bot":
             data = event.get("data") or {}
             turn.replies.append(Reply(str(event.get("text") or ""),

@@ -83,7 +83,8 @@ async def test_reconnect_after_replays_exactly_the_missed_events(server: Running
     history = await reload.quiet(0.7)
     assert [(f["role"], f["text"]) for f in history] == [
         ("user", "hello"), ("bot", "Hello! How can I help you today?"),
-        ("user", "where is my order"), ("bot", "I will look up order {order_id} for you."),
+        # The response names a slot the message did not set: an unset slot reads as nothing.
+        ("user", "where is my order"), ("bot", "I will look up order  for you."),
     ]
     ids = [f["event_id"] for f in history]
     assert ids == sorted(ids, key=lambda x: tuple(map(int, x.split("-"))))

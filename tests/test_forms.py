@@ -1,0 +1,150 @@
+"""Forms, slots and responses as Rasa has them: a rasa-sdk ``FormValidationAction`` sees
+this turn's slots, a free-text slot takes any answer but "no" (or an intent its mapping
+excludes), an action can
+start a form, every domain slot (with its initial value) reaches actions, and conditional
+response variations win over the default ones.
+
+tests/fixtures/formbot's actions run in this process with rasa-sdk's own executor; its
+messages are read by the engine's example matcher (exact training examples, so confident).
+The demo shop's case runs with its trained classifier and actions on the test Redis."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any
+
+from bot.actions import open_action_runner
+from dialogue.convtest import ConversationRunner, Observed
+from dialogue.engine import DialogueEngine
+from dialogue.entities import EntityExtractor
+from dialogue.project import load_project
+from dialogue.responses import Responses
+from dialogue.types import Conversation
+from tests.conftest import ROOT
+
+FORMBOT = ROOT / "tests" / "fixtures" / "formbot"
+
+
+def formbot() -> ConversationRunner:
+    project = load_project(FORMBOT)
+    engine = DialogueEngine(project, entities=EntityExtractor.for_project(project),
+                            actions=open_action_runner(FORMBOT, None))
+    return ConversationRunner(engine)
+
+
+async def chat(runner: ConversationRunner, *texts: str) -> tuple[Conversation, list[Observed]]:
+    conv, seen = Conversation("formbot-test", "bot"), []
+    for text in texts:
+        conv, observed = await runner.turn(conv, text, None)
+        seen.append(observed)
+    return conv, seen
+
+
+# --- validate_<form> ----------------------------------------------------------------------
+
+async def test_the_form_validator_rejects_a_value_and_the_form_asks_again() -> None:
+    runner = formbot()
+    conv, (start, wrong) = await chat(runner, "book a table", "40")
+    assert start.replies == ["How many guests?"]
+    assert wrong.actions[0] == "validate_booking_form"
+    assert wrong.replies == ["We seat at most 10 guests.", "How many guests?"]
+    assert conv.slots["guests"] is None and conv.state["requested_slot"] == "guests"
+    conv, right = await runner.turn(conv, "4", None)
+    assert right.replies == ["Any note for the kitchen?"]
+    assert conv.slots["guests"] == 4.0 and conv.state["requested_slot"] == "note"
+
+
+async def test_the_validator_checks_slots_filled_before_the_form_starts() -> None:
+    runner = formbot()
+    conv = Conversation("formbot-test", "bot", slots={"guests": 40.0})
+    conv, seen = await runner.turn(conv, "book a table", None)
+    assert seen.replies == ["We seat at most 10 guests.", "How many guests?"]
+    assert conv.slots["guests"] is None
+
+
+async def test_validated_values_reach_the_submit_action() -> None:
+    conv, seen = await chat(formbot(), "book a table", "4", "  window seat please")
+    assert seen[-1].actions == ["validate_booking_form", "action_book"]
+    assert seen[-1].replies == ["Booked for 4 guests. Note: Window seat please"]
+    assert conv.state.get("active_loop") is None
+
+
+# --- free text inside a form ----------------------------------------------------------------
+
+async def test_no_stops_a_form_that_asks_for_free_text() -> None:
+    conv, seen = await chat(formbot(), "book a table", "4", "no never mind")
+    assert seen[-1].replies == ["Alright, no booking."]
+    assert "action_book" not in seen[-1].actions
+    assert conv.slots.get("note") is None and conv.state.get("active_loop") is None
+
+
+async def test_a_request_the_mapping_excludes_leaves_a_form_that_asks_for_free_text() -> None:
+    conv, seen = await chat(formbot(), "book a table", "4", "when do you open")
+    assert seen[-1].replies == ["We open at nine."]
+    assert seen[-1].policy == "rules" and "action_book" not in seen[-1].actions
+    assert conv.slots.get("note") is None and conv.state.get("active_loop") is None
+
+
+async def test_the_shop_return_reason_is_not_never_mind(
+        shop_actions_env: None,
+        shop_parts: tuple[DialogueEngine, Callable[[list[str]], list[dict[str, Any]]]]) -> None:
+    runner = ConversationRunner(*shop_parts)
+    conv = Conversation("shop-never-mind", "bot")
+    for text in ("I'd like to return an item", "NW-10236"):
+        conv, _ = await runner.turn(conv, text, None)
+    assert conv.state["requested_slot"] == "return_reason"
+    conv, seen = await runner.turn(conv, "no, never mind", None)
+    assert seen.intent == "deny" and "action_start_return" not in seen.actions
+    assert conv.slots.get("return_reason") is None and conv.state.get("active_loop") is None
+
+
+async def test_the_shop_return_reason_may_read_as_another_intent(
+        shop_actions_env: None,
+        shop_parts: tuple[DialogueEngine, Callable[[list[str]], list[dict[str, Any]]]]) -> None:
+    runner = ConversationRunner(*shop_parts)
+    conv = Conversation("shop-wrong-size", "bot")
+    for text in ("I'd like to return an item", "NW-10236"):
+        conv, _ = await runner.turn(conv, text, None)
+    conv, seen = await runner.turn(conv, "wrong size", None)
+    assert seen.intent != "get_refund"  # read as another request, still the answer asked for
+    assert seen.policy == "form" and "action_start_return" in seen.actions
+    assert conv.state.get("active_loop") is None  # the form is done, not left for size help
+
+
+# --- an action that starts a form --------------------------------------------------------------
+
+async def test_an_action_that_starts_a_form_makes_it_ask_its_first_question() -> None:
+    conv, (seen,) = await chat(formbot(), "start a booking for me")
+    assert seen.actions == ["action_start_booking", "booking_form", "validate_booking_form",
+                            "utter_ask_guests"]
+    assert seen.replies == ["Let's book a table.", "How many guests?"]
+    assert conv.state == {**conv.state, "active_loop": "booking_form", "requested_slot": "guests"}
+
+
+async def test_a_form_started_by_an_action_and_named_by_the_rule_asks_once() -> None:
+    _, (seen,) = await chat(formbot(), "start it and run the form")
+    assert seen.replies == ["Let's book a table.", "How many guests?"]
+
+
+# --- slots actions see ---------------------------------------------------------------------------
+
+async def test_actions_see_every_domain_slot_with_its_initial_value() -> None:
+    _, (seen,) = await chat(formbot(), "show my plan")
+    assert seen.replies == ["Plan: basic; guests: None."]
+
+
+# --- conditional response variations ---------------------------------------------------------
+
+def test_a_matching_conditional_variation_wins_over_the_default() -> None:
+    responses = Responses({"utter_plan": [
+        {"text": "You are on our standard plan."},
+        {"text": "You are on the premium plan.", "condition": [{"type": "slot", "name": "plan",
+                                                                  "value": "premium"}]},
+    ]})
+    said = set()
+    for seed in range(20):
+        premium = responses.render("utter_plan", {"plan": "premium"}, str(seed))
+        basic = responses.render("utter_plan", {"plan": "basic"}, str(seed))
+        assert premium is not None and basic is not None
+        said.add((premium.text, basic.text))
+    assert said == {("You are on the premium plan.", "You are on our standard plan.")}
