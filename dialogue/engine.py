@@ -287,6 +287,7 @@ class DialogueEngine:
                          activate: bool = False, depth: int = 0) -> None:
         """Validate, then ask for the next missing slot or submit the completed form."""
         turn.state["active_loop"] = form
+        chose = False  # the validator set requested_slot
         validator = f"validate_{form}"
         if validator in self.domain_actions or (self.actions and validator in (self.actions.names() or ())):
             # What Rasa's form hands its validator: the slots set since the customer spoke
@@ -297,11 +298,18 @@ class DialogueEngine:
             if activate:
                 candidates = {**{s: turn.slots[s] for s in required if turn.slots.get(s) is not None},
                               **candidates}
+            turn.requested_chosen = False
             await self._custom_action(validator, conversation, message, u, turn, decision, depth,
                                        candidates=candidates, latest_action=form)
             if turn.active_loop != form:  # the validator ended the form
                 return
+            chose = turn.requested_chosen
         missing = [s for s in self.project.forms.get(form, []) if turn.slots.get(s) is None]
+        if chose:
+            # The validator chose the next slot, one the domain's list may not have (its
+            # required_slots), or None: the form is complete (as in Rasa).
+            chosen = turn.state.get("requested_slot")
+            missing = [chosen] if chosen else []
         if missing:
             slot = missing[0]
             turn.state["requested_slot"] = slot
@@ -412,6 +420,7 @@ class DialogueEngine:
         if "requested_slot" in turn.slots:  # Rasa keeps it as a slot; here it is dialogue state
             turn.state["requested_slot"] = turn.slots.pop("requested_slot")
             turn.slot_events = [e for e in turn.slot_events if e[0] != "requested_slot"]
+            turn.requested_chosen = True
         followups, turn.followups = turn.followups, []
         for follow in followups:
             if depth >= MAX_FOLLOWUPS:

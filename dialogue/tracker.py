@@ -30,6 +30,9 @@ class TurnState:
     actions: list[str] = field(default_factory=list)
     followups: list[str] = field(default_factory=list)
     handoff: str | None = None
+    # An action set requested_slot (a form validator choosing the next slot, or None to end
+    # the form early, as rasa-sdk's does when it overrides required_slots).
+    requested_chosen: bool = False
 
     def set_slot(self, name: str, value: Any) -> None:
         if self.slots.get(name) != value or name not in self.slots:

@@ -69,6 +69,13 @@ async def test_validated_values_reach_the_submit_action() -> None:
     assert conv.state.get("active_loop") is None
 
 
+async def test_the_validator_chooses_the_next_slot_beyond_the_domains_list() -> None:
+    conv, seen = await chat(formbot(), "book a table", "9", "window seat", "a birthday")
+    assert seen[2].replies == ["What is the occasion?"]  # asked for by the validator
+    assert conv.state.get("active_loop") is None
+    assert seen[3].replies == ["Booked for 9 guests. Note: Window seat Occasion: a birthday"]
+
+
 # --- free text inside a form ----------------------------------------------------------------
 
 async def test_no_stops_a_form_that_asks_for_free_text() -> None:
