@@ -30,6 +30,7 @@ from model.lm.api import (
     ContextOverflowError,
     EngineClosedError,
     FinishReason,
+    InvalidRequestError,
     Message,
     QueueItem,
     SamplingParams,
@@ -148,6 +149,9 @@ class Engine:
                          if self.lean is not None and self.config.prefix_cache_mb > 0 else None)
         self._pending: deque[_Request] = deque()
         self._active: list[_Request] = []        # index == KV row
+        # Taken off _pending this step and not yet in _active (engine thread only): if the
+        # prefill raises, _run must still end them, and they are in neither list.
+        self._admitting: list[_Request] = []
         self._cv = threading.Condition()
         self._closed = False
         self._thread = threading.Thread(target=self._run, name="deskmate-lm", daemon=True)
@@ -177,8 +181,16 @@ class Engine:
         return len(self.encode_chat(check_messages(messages)))
 
     def encode_chat(self, messages: list[Message]) -> list[int]:
-        text = self.tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
-        return list(self.tokenizer(text, add_special_tokens=False)["input_ids"])
+        """Prompt token ids of ``messages`` with the model's chat template (blocking).
+
+        A template that refuses the messages (its ``raise_exception``: "roles must alternate")
+        or a tokenizer that fails on them is the caller's error: :class:`InvalidRequestError`,
+        which the HTTP edge answers with 400."""
+        try:
+            text = self.tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
+            return list(self.tokenizer(text, add_special_tokens=False)["input_ids"])
+        except Exception as exc:  # noqa: BLE001 - jinja2.TemplateError and whatever a tokenizer raises
+            raise InvalidRequestError(f"the chat template refused the messages: {exc}") from exc
 
     def submit(self, messages: Sequence[Message], params: SamplingParams,
                usage: Usage | None = None) -> _Request:
@@ -242,7 +254,7 @@ class Engine:
             error.__cause__ = exc
         with self._cv:
             self._closed = True
-            waiting = list(self._pending) + self._active
+            waiting = list(self._pending) + self._admitting + self._active
             self._pending.clear()
         for req in waiting:
             self._finish(req, "error", error)
@@ -255,13 +267,16 @@ class Engine:
                 return False
             room = self.config.max_batch - len(self._active)
             candidates = [self._pending.popleft() for _ in range(min(room, len(self._pending)))]
+            self._admitting = candidates
         for req in [r for r in self._active if r.cancelled]:
             self._remove(req, "cancelled")
         admitted, rest = self._admit(candidates)
         if rest:
             with self._cv:
                 self._pending.extendleft(reversed(rest))
+        self._admitting = admitted
         computed = self._prefill(admitted) if admitted else 0
+        self._admitting = []
         if self._active:
             self._decode_step()
         if computed >= 512:

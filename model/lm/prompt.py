@@ -2,7 +2,8 @@
 
 Parts, in order of priority (what is cut last comes first):
 
-1. persona + policy (the bot project's config) — never cut; if they alone overflow,
+1. persona + policy (the bot project's config) and the caller's running summary — never
+   cut; if they leave no room even for the newest message trimmed to "…",
    :class:`ContextOverflowError` is raised, since that is a configuration error;
 2. the newest message (the customer's turn) — kept, its *beginning* trimmed if it alone
    would overflow (the end of a long paste is usually the question);
@@ -79,27 +80,33 @@ class PromptBuilder:
                 text += "\n\n" + note
             return {"role": "system", "content": text}
 
-        base = self.count([system([], self.budget.omitted_note)])
+        # The longest note the prompt may carry: the summary is always sent; the omitted-turns
+        # note only when earlier turns exist (and are dropped).
+        note = summary or (self.budget.omitted_note if earlier else None)
+        bare = system([], note)
+        base = self.count([bare])
         if base >= self.limit:
             raise ContextOverflowError(base, self.limit)
         newest_msg: Message = {"role": newest["role"], "content": newest["content"]}
         truncated = False
         if base + self.count([newest_msg]) > self.limit:
             newest_msg, truncated = self._trim_start(newest_msg, self.limit - base), True
+        fixed = self.count([bare, newest_msg])
+        if fixed > self.limit:
+            # Not even "…" fits beside persona, policy and the note: a configuration error.
+            raise ContextOverflowError(fixed, self.limit)
 
         # Knowledge: most relevant first, within its share of the free space.
-        fixed = self.count([system([], self.budget.omitted_note), newest_msg])
         knowledge_room = int((self.limit - fixed) * self.budget.knowledge_share)
         kept: list[str] = []
         for passage in knowledge:
-            trial = self.count([system(kept + [passage], self.budget.omitted_note), newest_msg])
+            trial = self.count([system(kept + [passage], note), newest_msg])
             if trial - fixed > knowledge_room:
                 break
             kept.append(passage)
 
         # History: newest first, until the next older turn does not fit.
         turns: list[Message] = []
-        note = summary or self.budget.omitted_note
         for msg in reversed(earlier):
             candidate = [{"role": msg["role"], "content": msg["content"]}, *turns]
             trial = self.count([system(kept, note), *candidate, newest_msg])  # type: ignore[list-item]
@@ -109,12 +116,14 @@ class PromptBuilder:
         dropped = len(earlier) - len(turns)
         messages = [system(kept, note if dropped else summary), *turns, newest_msg]
         tokens = self.count(messages)
-        assert tokens <= self.limit, (tokens, self.limit)
+        if tokens > self.limit:         # a counter that is not monotone in the text's length
+            raise ContextOverflowError(tokens, self.limit)
         return Prompt(messages=messages, tokens=tokens, dropped_turns=dropped,
                       dropped_knowledge=len(knowledge) - len(kept), truncated_last=truncated)
 
     def _trim_start(self, msg: Message, room: int) -> Message:
-        """Cut the beginning of ``msg`` (binary search on characters) until it fits ``room``."""
+        """Cut the beginning of ``msg`` (binary search on characters) until it fits ``room``;
+        at worst only "…" is left, which the caller checks."""
         text = msg["content"]
         lo, hi = 0, len(text)              # keep text[cut:]; find the smallest cut that fits
         while lo < hi:

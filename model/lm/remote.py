@@ -130,6 +130,8 @@ class RemoteChatModel:
                     if isinstance(exc, RemoteError) and status is not None and status not in RETRYABLE:
                         raise
                     if delivered:
+                        if isinstance(exc, RemoteStreamError):
+                            raise                   # the server's own in-stream error
                         raise RemoteStreamError(f"stream broke after text was sent: {exc!r}",
                                                 url=self.url) from exc
                     if attempt >= self.config.retries:
@@ -158,9 +160,7 @@ class RemoteChatModel:
                 if data == "[DONE]":
                     finished = True
                     break
-                obj = json.loads(data)
-                if "error" in obj:
-                    raise RemoteStreamError(str(obj["error"].get("message", obj["error"])), url=self.url)
+                obj = _event(data, self.url)
                 if obj.get("usage"):
                     usage.prompt_tokens = obj["usage"].get("prompt_tokens", 0)
                     usage.completion_tokens = obj["usage"].get("completion_tokens", 0)
@@ -173,6 +173,23 @@ class RemoteChatModel:
             if not finished:
                 raise aiohttp.ClientPayloadError("stream ended without [DONE]")
         # (leaving the block early - consumer gone - closes the connection: the body is unread)
+
+
+def _event(data: str, url: str) -> dict[str, Any]:
+    """One SSE ``data:`` payload as a JSON object; an error event, or a line that is not
+    a JSON object, is a :class:`RemoteStreamError` carrying the server's message."""
+    try:
+        obj = json.loads(data)
+    except ValueError:
+        obj = None
+    if not isinstance(obj, dict):
+        raise RemoteStreamError(f"malformed stream event: {data[:200]!r}", url=url)
+    if "error" in obj:
+        # OpenAI and vLLM send {"error": {"message": ...}}; TGI sends {"error": "...", "error_type": ...}.
+        err = obj["error"]
+        message = err.get("message", err) if isinstance(err, dict) else err
+        raise RemoteStreamError(str(message), url=url)
+    return obj
 
 
 def _http_error(status: int, text: str, url: str) -> LMError:

@@ -35,7 +35,9 @@ log = logging.getLogger(__name__)
 MODEL_KEY: web.AppKey[ChatModel] = web.AppKey("model", ChatModel)
 
 
-def _error(status: int, message: str, code: str, kind: str = "invalid_request_error") -> web.Response:
+def _error(status: int, message: str, code: str) -> web.Response:
+    # OpenAI's error types: the client's fault (4xx) or the server's (5xx).
+    kind = "server_error" if status >= 500 else "invalid_request_error"
     return web.json_response({"error": {"message": message, "type": kind, "code": code}}, status=status)
 
 
@@ -85,7 +87,7 @@ async def chat_completions(request: web.Request) -> web.StreamResponse:
     except (ValueError, LMError) as exc:  # JSONDecodeError is a ValueError
         return _error(400, str(exc), getattr(exc, "code", "invalid_json"))
     usage = Usage()
-    deltas = model.stream(messages, usage=usage, **kwargs)
+    deltas = _guarded(model.stream(messages, usage=usage, **kwargs))
     rid, created = f"chatcmpl-{uuid.uuid4().hex[:24]}", int(time.time())
     try:
         # Wait for the first delta before answering, so errors (context overflow) get a status.
@@ -107,6 +109,22 @@ async def chat_completions(request: web.Request) -> web.StreamResponse:
         "choices": [{"index": 0, "message": {"role": "assistant", "content": text},
                      "finish_reason": usage.finish_reason or "stop"}],
         "usage": _usage(usage)})
+
+
+async def _guarded(deltas: AsyncIterator[str]) -> AsyncIterator[str]:
+    """``deltas``, with an unexpected failure (a bug, not an :class:`LMError`) logged and
+    turned into an :class:`LMError`, so the client still gets OpenAI's error shape (JSON 500,
+    or the in-band event) rather than aiohttp's plain-text 500 or a cut stream."""
+    try:
+        async for delta in deltas:
+            yield delta
+    except LMError:
+        raise
+    except Exception as exc:
+        log.exception("chat completion failed")
+        raise LMError(f"internal error: {exc!r}") from exc
+    finally:
+        await deltas.aclose()  # type: ignore[attr-defined]
 
 
 def _usage(usage: Usage) -> dict[str, Any]:

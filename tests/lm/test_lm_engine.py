@@ -6,7 +6,7 @@ import asyncio
 
 import pytest
 
-from model.lm.api import ContextOverflowError, InvalidRequestError, Usage, complete
+from model.lm.api import ContextOverflowError, EngineClosedError, InvalidRequestError, Usage, complete
 from model.lm.engine import Engine, EngineConfig
 
 
@@ -138,6 +138,25 @@ async def test_queue_beyond_max_batch(loaded) -> None:  # type: ignore[no-untype
         assert all(outs)
     finally:
         tiny.close()
+
+
+async def test_a_crash_in_prefill_ends_the_requests_being_admitted(loaded, monkeypatch) -> None:  # type: ignore[no-untyped-def]
+    """A prefill that raises (an allocation failure, a torch error) kills the engine; the
+    requests it had taken off the queue must hear so, not wait forever."""
+    doomed = Engine(loaded)
+
+    def fail(reqs: object) -> int:
+        raise RuntimeError("cannot allocate memory")
+
+    monkeypatch.setattr(doomed, "_prefill", fail)
+    try:
+        async with asyncio.timeout(30):        # the bug was a hang
+            results = await asyncio.gather(*[complete(doomed, user(p), max_tokens=4) for p in PROMPTS[:3]],
+                                           return_exceptions=True)
+        assert all(isinstance(r, EngineClosedError) and "cannot allocate memory" in str(r)
+                   for r in results), results
+    finally:
+        doomed.close()
 
 
 async def test_bad_parameters(engine) -> None:  # type: ignore[no-untyped-def]

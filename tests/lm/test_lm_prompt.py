@@ -79,3 +79,34 @@ def test_approx_counter_overestimates(engine) -> None:  # type: ignore[no-untype
     p = PromptBuilder(approx_tokens, PromptBudget(context=300, reply_tokens=50)).build(
         persona=PERSONA, history=history(20))
     assert engine.count_tokens(p.messages) <= 300
+
+
+def test_summary_counts_against_the_budget() -> None:
+    """The running summary is always sent, so it takes room from the newest message."""
+    b = PromptBuilder(approx_tokens, PromptBudget(context=300, reply_tokens=100))
+    summary = "The customer ordered a blue teapot and asked twice about delivery. " * 6   # ~400 chars
+    paste = "my order number and the details again " * 13 + "where is it?"
+    p = b.build(persona=PERSONA, history=[{"role": "user", "content": paste}], summary=summary)
+    assert summary in p.messages[0]["content"] and p.truncated_last
+    assert p.messages[-1]["content"].endswith("where is it?")
+    assert p.tokens == approx_tokens(p.messages) <= 200
+    # A summary that leaves no room at all is refused like an oversized persona.
+    with pytest.raises(ContextOverflowError):
+        b.build(persona=PERSONA, history=[{"role": "user", "content": "hi"}], summary="x" * 1000)
+
+
+def test_no_room_even_for_a_trimmed_newest_message() -> None:
+    """Persona and note fit, but not beside even "…": refused, never a prompt over the limit."""
+    b = PromptBuilder(approx_tokens, PromptBudget(context=300, reply_tokens=100))
+    earlier = {"role": "assistant", "content": "Hello! How can I help?"}
+    refused = 0
+    for size in range(560, 600, 2):
+        persona = ("Be kind. " * 70)[:size]
+        try:
+            p = b.build(persona=persona, history=[earlier, {"role": "user", "content": "hi"}])
+        except ContextOverflowError as exc:
+            assert exc.context == 200
+            refused += 1
+        else:
+            assert p.tokens <= 200 and p.truncated_last, size
+    assert 0 < refused < 20

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import os
 import subprocess
@@ -12,6 +13,7 @@ from pathlib import Path
 
 import aiohttp
 import pytest
+from aiohttp import web
 
 from model.lm.api import InvalidRequestError, Usage, complete
 from model.lm.remote import RemoteChatModel, RemoteConfig, RemoteError, RemoteStreamError
@@ -66,6 +68,68 @@ async def test_errors_map_to_statuses(base_url) -> None:  # type: ignore[no-unty
     assert err.value.status == 400 and err.value.code == "context_length_exceeded"
     with pytest.raises(InvalidRequestError):
         await complete(remote(base_url), user("hi"), max_tokens=0)
+
+
+# A template that refuses a conversation the way many models' templates do ("roles must
+# alternate"): the real jinja ``raise_exception`` path of apply_chat_template.
+STRICT_TEMPLATE = (
+    "{% for m in messages %}{% if loop.index0 > 0 and m['role'] == messages[loop.index0 - 1]['role'] %}"
+    "{{ raise_exception('Conversation roles must alternate user/assistant/user/assistant/...') }}"
+    "{% endif %}<|im_start|>{{ m['role'] }}\n{{ m['content'] }}<|im_end|>\n{% endfor %}"
+    "{% if add_generation_prompt %}<|im_start|>assistant\n{% endif %}")
+
+
+async def test_template_refusal_is_a_400_json_error(engine, base_url, monkeypatch) -> None:  # type: ignore[no-untyped-def]
+    monkeypatch.setattr(engine.tokenizer, "chat_template", STRICT_TEMPLATE)
+    body = {"messages": user("hi") + user("hello?"), "max_tokens": 4}
+    async with aiohttp.ClientSession() as s:
+        for stream in (False, True):
+            async with s.post(base_url + "/chat/completions", json={**body, "stream": stream}) as r:
+                assert r.status == 400 and r.content_type == "application/json"
+                err = (await r.json())["error"]
+        assert err["type"] == "invalid_request_error" and err["code"] == "invalid_request"
+        assert "roles must alternate" in err["message"]
+        # The template itself still works for a conversation it accepts.
+        async with s.post(base_url + "/chat/completions", json={**body, "messages": user("hi")}) as r:
+            assert r.status == 200
+
+
+async def test_closed_engine_is_a_503_server_error(loaded) -> None:  # type: ignore[no-untyped-def]
+    from model.lm.engine import Engine
+
+    closed = Engine(loaded)
+    closed.close()
+    async with running(closed, port=0) as port, aiohttp.ClientSession() as s:
+        async with s.post(f"http://127.0.0.1:{port}/v1/chat/completions",
+                          json={"messages": user("hi"), "max_tokens": 4}) as r:
+            assert r.status == 503
+            err = (await r.json())["error"]
+    assert err["type"] == "server_error" and err["code"] == "engine_closed"
+
+
+class BrokenModel:
+    """Stands in for a model with a bug (no real one fails this way on purpose)."""
+
+    name = "broken"
+
+    async def stream(self, messages, **kwargs):  # type: ignore[no-untyped-def]
+        if kwargs.get("max_tokens") == 2:
+            yield "partial"
+        raise KeyError("bug")
+
+
+async def test_unexpected_failure_is_a_json_500_or_an_in_band_error() -> None:
+    async with running(BrokenModel(), port=0) as port, aiohttp.ClientSession() as s:  # type: ignore[arg-type]
+        url = f"http://127.0.0.1:{port}/v1/chat/completions"
+        async with s.post(url, json={"messages": user("hi"), "max_tokens": 4}) as r:
+            assert r.status == 500
+            err = (await r.json())["error"]
+        assert err["type"] == "server_error" and "KeyError" in err["message"]
+        async with s.post(url, json={"messages": user("hi"), "max_tokens": 2, "stream": True}) as r:
+            assert r.status == 200
+            events = [line[6:] for line in (await r.text()).splitlines() if line.startswith("data: ")]
+        assert json.loads(events[-1])["error"]["type"] == "server_error"
+        assert json.loads(events[1])["choices"][0]["delta"]["content"] == "partial"
 
 
 async def test_unreachable_server_retries_then_fails() -> None:
@@ -125,6 +189,50 @@ async def test_server_gone_mid_stream(tmp_path: Path) -> None:
         if proc.returncode is None:
             proc.kill()
         await proc.wait()
+
+
+@contextlib.asynccontextmanager
+async def sse_server(events: list[str]) -> AsyncIterator[str]:
+    """A fake OpenAI-compatible server (port 0) that streams ``events`` as ``data:`` lines:
+    it stands in for TGI and for a broken server, which cannot run here."""
+    async def chat(request: web.Request) -> web.StreamResponse:
+        response = web.StreamResponse(headers={"Content-Type": "text/event-stream"})
+        await response.prepare(request)
+        for event in events:
+            await response.write(f"data: {event}\n\n".encode())
+        await response.write_eof()
+        return response
+
+    app = web.Application()
+    app.router.add_post("/v1/chat/completions", chat)
+    runner = web.AppRunner(app)
+    await runner.setup()
+    site = web.TCPSite(runner, "127.0.0.1", 0)
+    await site.start()
+    try:
+        yield f"http://127.0.0.1:{runner.addresses[0][1]}/v1"
+    finally:
+        await runner.cleanup()
+
+
+TEXT_EVENT = json.dumps({"choices": [{"index": 0, "delta": {"content": "Hello"}}]})
+TGI_ERROR = json.dumps({"error": "Input validation error: too many tokens", "error_type": "validation"})
+
+
+@pytest.mark.parametrize("text_first", [False, True])
+async def test_in_stream_error_as_a_string_tgi(text_first: bool) -> None:
+    async with sse_server([TEXT_EVENT] * text_first + [TGI_ERROR]) as url:
+        got: list[str] = []
+        with pytest.raises(RemoteStreamError, match="Input validation error: too many tokens"):
+            async for delta in remote(url, retries=0).stream(user("hi"), max_tokens=4):
+                got.append(delta)
+        assert got == ["Hello"] * text_first
+
+
+async def test_malformed_event_is_a_stream_error() -> None:
+    async with sse_server([TEXT_EVENT, "{not json", "[DONE]"]) as url:
+        with pytest.raises(RemoteStreamError, match="malformed stream event: '{not json'"):
+            await complete(remote(url, retries=0), user("hi"), max_tokens=4)
 
 
 def test_config_from_env_fails_loudly() -> None:
