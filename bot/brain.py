@@ -115,8 +115,14 @@ class EmbeddingCache:
                 else:
                     log.info("%s was made by another encoder (%s, not %s): embedding again",
                              path, made_by or "unnamed", embedding_id)
-        except (OSError, ValueError, KeyError):
-            pass  # no cache yet, or an unreadable one: embed again
+        except FileNotFoundError:
+            pass  # no cache yet
+        except Exception as exc:  # a cache that cannot be read costs only the time to embed again
+            # np.load of a damaged file raises whatever its reader meets: EOFError (empty),
+            # zipfile.BadZipFile (truncated), ValueError, KeyError, pickle errors...
+            log.warning("cannot read the embedding cache %s (%s: %s): embedding again",
+                        path, type(exc).__name__, exc)
+            self.vectors, self.stored = {}, set()
 
     def __call__(self, texts: list[str]) -> np.ndarray:
         keys = [hashlib.sha1(t.encode("utf-8")).hexdigest() for t in texts]
@@ -145,6 +151,8 @@ class EmbeddingCache:
             with os.fdopen(fd, "wb") as out:
                 np.savez(out, keys=np.asarray(list(kept)), vectors=np.stack(list(kept.values())),
                          encoder=np.asarray(self.embedding_id))
+                out.flush()
+                os.fsync(out.fileno())  # the data is on disk before the name points at it
             os.replace(tmp, self.path)  # readers never see half a file
             tmp = None
             self.stored = set(kept)

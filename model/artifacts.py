@@ -7,9 +7,11 @@ different encoder is refused instead of silently giving wrong answers.
 
 from __future__ import annotations
 
+import ctypes
 import json
 import os
 import shutil
+import sys
 import tempfile
 import time
 from dataclasses import dataclass, field
@@ -97,7 +99,8 @@ class Meta:
 
 
 def save(folder: Path, model: TaskModel, meta: Meta, lexical: LexicalHead | None = None) -> None:
-    """Write ``folder`` atomically: a reader sees the old artifact or the new one."""
+    """Write ``folder`` atomically: a reader sees the old artifact or the new one, and a
+    crash at any point leaves one of the two in place (on Linux; see :func:`_exchange`)."""
     folder.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{folder.name}.", dir=folder.parent))
     try:
@@ -110,6 +113,10 @@ def save(folder: Path, model: TaskModel, meta: Meta, lexical: LexicalHead | None
             (tmp / GRAMS).write_text(json.dumps(grams, ensure_ascii=False))
         for path in tmp.iterdir():
             path.chmod(0o644)
+        if folder.exists() and _exchange(tmp, folder):
+            return  # tmp now holds the old artifact; the finally below removes it
+        # No atomic swap here (not Linux, or a file system without it): a folder cannot be
+        # renamed over a folder, so for a moment between these two renames there is none.
         old = folder.with_name(folder.name + ".old")
         if folder.exists():
             if old.exists():
@@ -121,6 +128,18 @@ def save(folder: Path, model: TaskModel, meta: Meta, lexical: LexicalHead | None
     finally:
         if tmp.exists():
             shutil.rmtree(tmp)
+
+
+def _exchange(a: Path, b: Path) -> bool:
+    """Swap two folders in one step (Linux ``renameat2(RENAME_EXCHANGE)``, 3.15+), so
+    ``b`` is never missing; False where the system or file system cannot."""
+    if not sys.platform.startswith("linux"):
+        return False
+    renameat2 = getattr(ctypes.CDLL(None, use_errno=True), "renameat2", None)
+    if renameat2 is None:  # a C library older than glibc 2.28
+        return False
+    at_fdcwd, rename_exchange = -100, 2
+    return bool(renameat2(at_fdcwd, os.fsencode(a), at_fdcwd, os.fsencode(b), rename_exchange) == 0)
 
 
 def read_meta(folder: Path) -> Meta:

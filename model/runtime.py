@@ -414,6 +414,10 @@ def main(argv: list[str] | None = None) -> int:
         os.unlink(tmp)
         raise
     os.chmod(tmp, 0o644)
+    # The bytes reach the disk before the name points at them: after a power cut the
+    # cache holds the whole graph or none, never an empty or partial file.
+    with open(tmp, "rb") as written:
+        os.fsync(written.fileno())
     os.replace(tmp, args.out)  # readers see the whole file or none
     return 0
 

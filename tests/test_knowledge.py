@@ -448,3 +448,52 @@ def test_instances_writing_the_embedding_cache_at_once_each_write_a_whole_file(
     with np.load(path) as data:
         assert len(data["keys"]) == 2                     # the last rename's whole file
     assert list(tmp_path.iterdir()) == [path]
+
+
+@pytest.mark.parametrize("damage", ["empty", "truncated"])
+def test_a_damaged_embedding_cache_is_embedded_again(tmp_path: Path, damage: str,
+                                                      caplog: pytest.LogCaptureFixture) -> None:
+    """A cache file cut short (a full disk, a power cut) is embedded again with a warning,
+    not a server that cannot start: an empty file made np.load raise EOFError and a
+    truncated one zipfile.BadZipFile, neither of which the loader caught."""
+    from bot.brain import EmbeddingCache
+
+    def embed(texts: list[str]) -> np.ndarray:
+        return np.asarray([[float(len(t)), 1.0] for t in texts], dtype=np.float32)
+
+    path = tmp_path / "embeddings.npz"
+    EmbeddingCache(embed, path, "minilm fp32")(["shipping", "returns"])
+    whole = path.read_bytes()
+    path.write_bytes(b"" if damage == "empty" else whole[: len(whole) // 2])
+    with caplog.at_level(logging.WARNING, logger="deskmate.brain"):
+        cache = EmbeddingCache(embed, path, "minilm fp32")
+    assert cache.vectors == {} and cache.stored == set()
+    assert "cannot read the embedding cache" in caplog.text
+    assert cache(["shipping"]).tolist() == [[8.0, 1.0]]
+    with np.load(path) as data:                               # and the file is whole again
+        assert len(data["keys"]) == 1
+
+
+def test_the_embedding_cache_reaches_the_disk_before_its_name(tmp_path: Path,
+                                                              monkeypatch: pytest.MonkeyPatch) -> None:
+    """The temporary file is fsynced before it is renamed over the cache: otherwise a power
+    cut can leave the new name pointing at an empty file."""
+    import bot.brain
+    from bot.brain import EmbeddingCache
+
+    calls: list[str] = []
+    real_fsync, real_replace = os.fsync, os.replace
+
+    def fsync(fd: int) -> None:
+        calls.append("fsync")
+        real_fsync(fd)
+
+    def replace(src: str, dst: str) -> None:
+        calls.append("replace")
+        real_replace(src, dst)
+
+    monkeypatch.setattr(bot.brain.os, "fsync", fsync)
+    monkeypatch.setattr(bot.brain.os, "replace", replace)
+    EmbeddingCache(lambda texts: np.ones((len(texts), 2), np.float32),
+                   tmp_path / "embeddings.npz", "minilm fp32")(["shipping"])
+    assert calls == ["fsync", "replace"]

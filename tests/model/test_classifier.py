@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import threading
@@ -177,3 +178,52 @@ def test_unknown_runtime_is_refused(monkeypatch: pytest.MonkeyPatch, trained_sho
 
     with pytest.raises(DeskmateError, match="DESKMATE_NLU_RUNTIME"):
         load_project_classifier(trained_shopbot)
+
+
+def _save_twice(folder: Path, encoder, crash: bool, monkeypatch: pytest.MonkeyPatch) -> None:  # type: ignore[no-untyped-def]
+    from model import artifacts
+    from model.adapter import AdapterConfig, TaskModel
+
+    config = AdapterConfig(top_layers=1, rank=2)
+    model = TaskModel(config, encoder, 2)
+
+    def meta(data_hash: str) -> artifacts.Meta:
+        return artifacts.Meta(task="intent", labels=["a", "b"], adapter=config, encoder=encoder.name,
+                              data_hash=data_hash)
+
+    artifacts.save(folder, model, meta("first"))
+    real_replace = os.replace
+
+    def replace_then_die(src: str | os.PathLike[str], dst: str | os.PathLike[str]) -> None:
+        real_replace(src, dst)
+        if crash:
+            raise KeyboardInterrupt  # the process dies right after its first rename
+
+    monkeypatch.setattr(artifacts.os, "replace", replace_then_die)
+    with contextlib.suppress(KeyboardInterrupt):
+        artifacts.save(folder, model, meta("second"))
+
+
+def test_a_crash_while_saving_leaves_a_model(
+        tmp_path: Path, encoder, monkeypatch: pytest.MonkeyPatch) -> None:  # type: ignore[no-untyped-def]
+    """Retraining swaps the new folder in with the old one in one step: it renamed
+    intent -> intent.old, then the new folder -> intent, and a crash between the two left
+    no intent model, so the server refused to start."""
+    from model import artifacts
+
+    folder = tmp_path / "models" / "intent"
+    _save_twice(folder, encoder, True, monkeypatch)
+    assert artifacts.read_meta(folder).data_hash == "second"
+    assert [p.name for p in folder.parent.iterdir()] == ["intent"]  # nothing left beside it
+
+
+def test_saving_without_an_atomic_swap_still_replaces_the_model(
+        tmp_path: Path, encoder, monkeypatch: pytest.MonkeyPatch) -> None:  # type: ignore[no-untyped-def]
+    """Where the system cannot swap two folders (not Linux), the two renames remain."""
+    from model import artifacts
+
+    monkeypatch.setattr(artifacts, "_exchange", lambda a, b: False)
+    folder = tmp_path / "models" / "intent"
+    _save_twice(folder, encoder, False, monkeypatch)
+    assert artifacts.read_meta(folder).data_hash == "second"
+    assert [p.name for p in folder.parent.iterdir()] == ["intent"]
