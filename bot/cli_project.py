@@ -163,6 +163,10 @@ def _test(args: argparse.Namespace) -> int:
     if not files:
         raise ProjectError(str(root / "tests"), "no conversation tests found (tests/*.yml)")
     tests = load_tests(files)
+    if not tests:  # "0 passed, 0 failed" and exit 0 would read as a green run
+        where = str(files[0]) if len(files) == 1 else ", ".join(str(f) for f in files)
+        raise ProjectError(where, "no conversations to run (expected 'stories:' or 'conversations:' "
+                           "with '- story: ...' entries and their steps)")
     config.configure_logging("WARNING")
     with _actions_redis():
         engine, understand = _offline_engine(root, lm=args.lm)

@@ -11,6 +11,7 @@ fatal: a Rasa project loads unchanged wherever the feature exists here.
 from __future__ import annotations
 
 import logging
+import re
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -86,9 +87,29 @@ class Project:
         return default if value is None else value
 
 
+_BOOL = "tag:yaml.org,2002:bool"
+
+
+def yaml_12_booleans(base: type[yaml.SafeLoader]) -> type[yaml.SafeLoader]:
+    """``base`` with booleans as YAML 1.2 (and so Rasa) reads them: only true/false.
+
+    PyYAML follows YAML 1.1, where yes/no/on/off are booleans too, so ``- intent: on``
+    trained a label "True" and ``- text: yes`` was refused. Tags are resolved in Python
+    for both parsers, so libyaml keeps its speed; the subclass has its own resolver
+    table, and PyYAML's loaders are left as they were."""
+    loader: type[yaml.SafeLoader] = type(base.__name__ + "12", (base,), {})
+    loader.yaml_implicit_resolvers = {
+        first: [(tag, regexp) for tag, regexp in resolvers if tag != _BOOL]
+        for first, resolvers in base.yaml_implicit_resolvers.items()
+    }
+    loader.add_implicit_resolver(_BOOL, re.compile(r"^(?:true|True|TRUE|false|False|FALSE)$"),
+                                 list("tTfF"))
+    return loader
+
+
 # libyaml's parser where PyYAML was built with it (ten times faster on the demo shop's
 # files), else PyYAML's own; both build the same safe types and keep every node's line.
-YamlLoader: type[yaml.SafeLoader] = getattr(yaml, "CSafeLoader", yaml.SafeLoader)
+YamlLoader = yaml_12_booleans(getattr(yaml, "CSafeLoader", yaml.SafeLoader))
 
 
 def parse_yaml(text: str) -> Any:
@@ -109,6 +130,8 @@ def read_yaml(path: Path) -> dict[str, Any]:
         raise ProjectError(str(path), f"invalid YAML: {exc}", None if line is None else line + 1) from exc
     except OSError as exc:
         raise ProjectError(str(path), f"cannot read: {exc.strerror}") from exc
+    except UnicodeDecodeError as exc:  # a file saved as Latin-1 or UTF-16, say
+        raise ProjectError(str(path), f"not UTF-8: {exc}") from None
     if data is None:
         return {}
     if not isinstance(data, dict):

@@ -68,7 +68,9 @@ def load_rasa_yaml(path: Path) -> list[Example]:
 def load_csv(path: Path) -> list[Example]:
     """Rows of a CSV whose first columns are ``text,label`` (more may follow)."""
     try:
-        with path.open(newline="", encoding="utf-8") as fh:
+        # utf-8-sig: Excel's "CSV UTF-8" starts the file with a byte-order mark, which
+        # would otherwise become part of the first column's name ("\ufefftext").
+        with path.open(newline="", encoding="utf-8-sig") as fh:
             reader = csv.DictReader(fh)
             if not reader.fieldnames or not {"text", "label"} <= set(reader.fieldnames):
                 raise ProjectError(str(path), "a CSV needs a header with 'text' and 'label'")

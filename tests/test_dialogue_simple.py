@@ -67,3 +67,43 @@ async def test_pipeline_answers_from_rules_and_falls_back() -> None:
     slot, reply, analysis = await run(pipeline, "Track", '/track_order{"order_id": "NW-9"}')
     assert slot == SlotSet("order_id", "NW-9")
     assert reply.text == "I will look up order NW-9 for you."  # type: ignore[union-attr]
+
+
+def _yaml_11_project(root: Path) -> Path:
+    (root / "data").mkdir(parents=True)
+    (root / "domain.yml").write_text(
+        "version: '3.1'\nintents: [on, greet]\n"
+        "slots:\n  subscribed:\n    type: bool\n    initial_value: false\n    mappings: []\n"
+        "session_config:\n  carry_over_slots_to_new_session: true\n"
+        "responses:\n  utter_greet:\n  - text: Hi!\n", encoding="utf-8")
+    (root / "data" / "nlu.yml").write_text(
+        "version: '3.1'\nnlu:\n"
+        "- intent: on\n  examples: |\n    - turn it on\n"
+        "- intent: greet\n  examples:\n  - text: yes\n  - text: hello\n    metadata: {sentiment: neutral}\n"
+        "rules:\n- rule: greet\n  steps:\n  - intent: greet\n  - action: utter_greet\n", encoding="utf-8")
+    (root / "config.yml").write_text("generative:\n  knowledge_glue: TRUE\n", encoding="utf-8")
+    return root
+
+
+def test_yes_no_on_off_are_text_as_in_rasa(tmp_path: Path) -> None:
+    """Rasa reads YAML 1.2, where only true/false are booleans; PyYAML's YAML 1.1 read
+    "- text: yes" as True (refused as a bad example) and "- intent: on" as a label "True"."""
+    project = load_project(_yaml_11_project(tmp_path))
+    assert project.examples == {"on": ["turn it on"], "greet": ["yes", "hello"]}
+    assert project.intents == ["on", "greet"]
+    # true/false stay booleans where a setting expects one
+    assert project.slots["subscribed"]["initial_value"] is False
+    assert project.session_config["carry_over_slots_to_new_session"] is True
+    assert project.setting("generative", "knowledge_glue", False) is True
+
+
+def test_only_true_and_false_are_booleans_in_every_project_file() -> None:
+    from dialogue.project import compose_yaml, parse_yaml
+
+    text = "[yes, no, on, off, y, n, Yes, OFF, true, false, True, FALSE, null, ~, 3]"
+    assert parse_yaml(text) == ["yes", "no", "on", "off", "y", "n", "Yes", "OFF",
+                                True, False, True, False, None, None, 3]
+    node = compose_yaml("- on\n- true\n")
+    assert node is not None and [n.tag.rsplit(":", 1)[-1] for n in node.value] == ["str", "bool"]
+    import yaml
+    assert yaml.safe_load("on") is True  # PyYAML's own loaders are left as they were

@@ -97,9 +97,10 @@ def test_projects_read_the_same_with_either_yaml_parser() -> None:
     fixtures reads the same with both, node lines included."""
     import yaml
 
-    from dialogue.project import YamlLoader, compose_yaml, parse_yaml
+    from dialogue.project import YamlLoader, compose_yaml, parse_yaml, yaml_12_booleans
 
-    assert YamlLoader is (yaml.CSafeLoader if yaml.__with_libyaml__ else yaml.SafeLoader)
+    assert YamlLoader.__bases__ == ((yaml.CSafeLoader if yaml.__with_libyaml__ else yaml.SafeLoader),)
+    pure = yaml_12_booleans(yaml.SafeLoader)
     files = [p for folder in (SHOP, ROOT / "dialogue" / "starter", ROOT / "tests" / "fixtures")
              for p in sorted(folder.rglob("*.y*ml"))]
     assert len(files) > 10
@@ -115,8 +116,8 @@ def test_projects_read_the_same_with_either_yaml_parser() -> None:
 
     for path in files:
         text = path.read_text(encoding="utf-8")
-        assert parse_yaml(text) == yaml.load(text, Loader=yaml.SafeLoader), path  # noqa: S506
-        assert lines(compose_yaml(text)) == lines(yaml.compose(text, Loader=yaml.SafeLoader)), path
+        assert parse_yaml(text) == yaml.load(text, Loader=pure), path  # noqa: S506
+        assert lines(compose_yaml(text)) == lines(yaml.compose(text, Loader=pure)), path
 
 
 def test_a_rasa_project_loads_with_warnings_not_errors(tmp_path: Path) -> None:
@@ -131,3 +132,28 @@ def test_a_rasa_project_loads_with_warnings_not_errors(tmp_path: Path) -> None:
     problems = validate(project)
     assert not [p for p in problems if p.severity == "error"], [str(p) for p in problems]
     assert any("stories" in p.message for p in problems)
+
+
+def test_a_file_not_in_utf8_is_a_problem_naming_it(tmp_path: Path) -> None:
+    """A data file saved as Latin-1 is reported by `deskmate validate` with its name,
+    not a traceback (UnicodeDecodeError escaped read_yaml)."""
+    project = tmp_path / "bot"
+    (project / "data").mkdir(parents=True)
+    (project / "domain.yml").write_text("version: '3.1'\nintents: [greet]\n", encoding="utf-8")
+    nlu = project / "data" / "nlu.yml"
+    nlu.write_bytes("nlu:\n- intent: greet\n  examples: |\n    - grüß dich\n".encode("latin-1"))
+    assert [(p.file, p.message.split(":")[0]) for p in validate(project)] == [(str(nlu), "not UTF-8")]
+    result = deskmate("validate", "--project", str(project))
+    assert result.returncode == 1 and "Traceback" not in result.stderr, result.stderr
+    assert f"{nlu}: error: not UTF-8" in result.stdout
+
+
+def test_a_test_run_without_conversations_is_an_error(tmp_path: Path, trained_shop: Path,
+                                                      redis_url: str) -> None:
+    """Test files holding no conversations (a typo in 'stories:', an empty file) used to
+    print "0 passed, 0 failed" and exit 0, a green run that tested nothing."""
+    empty = tmp_path / "empty.yml"
+    empty.write_text("version: '3.1'\nstorys:\n- story: typo in the key\n")
+    result = deskmate("test", "--project", str(trained_shop), str(empty), env={"REDIS_URL": redis_url})
+    assert result.returncode == 1, result.stdout + result.stderr
+    assert f"{empty}: no conversations to run" in result.stderr

@@ -78,3 +78,39 @@ def test_csv_and_hash(tmp_path: Path) -> None:
     with pytest.raises(ProjectError, match="header"):
         (tmp_path / "bad.csv").write_text("sentence,intent\nhi,greet\n")
         load_csv(tmp_path / "bad.csv")
+
+
+def test_csv_saved_by_excel_with_a_byte_order_mark(tmp_path: Path) -> None:
+    """Excel's "CSV UTF-8" starts the file with a BOM; read as plain UTF-8 it became part
+    of the first column's name and the file was refused for want of a 'text' column."""
+    path = tmp_path / "excel.csv"
+    path.write_text("text,label\nwhere is my parcel,order_status\n", encoding="utf-8-sig")
+    assert path.read_bytes().startswith(b"\xef\xbb\xbf")
+    assert [(e.text, e.label) for e in load_csv(path)] == [("where is my parcel", "order_status")]
+
+
+def test_yaml_11_booleans_are_intents_and_examples(tmp_path: Path) -> None:
+    """"- intent: on" trained a label "True" and "- text: yes" was refused ("bad example
+    {'text': True}"): Rasa reads both as text (YAML 1.2)."""
+    path = tmp_path / "nlu.yml"
+    path.write_text('version: "3.1"\nnlu:\n- intent: on\n  examples: |\n    - switch it on\n'
+                    "- intent: affirm\n  examples:\n  - text: yes\n  - text: no problem\n",
+                    encoding="utf-8")
+    assert [(e.text, e.label) for e in load_rasa_yaml(path)] == [
+        ("switch it on", "on"), ("yes", "affirm"), ("no problem", "affirm")]
+
+
+def test_the_documented_training_data_trains_what_it_says() -> None:
+    """docs/nlu.md's example once ended an example line with a "# note": inside an
+    ``examples: |`` block that is not a YAML comment but part of the text trained on."""
+    import re
+
+    from dialogue.project import parse_yaml
+    from dialogue.rasa_nlu import section_examples
+
+    doc = (Path(__file__).parents[2] / "docs" / "nlu.md").read_text(encoding="utf-8")
+    blocks = re.findall(r"```yaml\n(.*?)```", doc, re.DOTALL)
+    sections = [s for b in blocks for s in (parse_yaml(b) or {}).get("nlu") or [] if "intent" in s]
+    texts = [t for s in sections for t in section_examples("docs/nlu.md", s)]
+    assert "has order 4711 shipped" in texts
+    assert not [t for t in texts if "#" in t]
