@@ -13,7 +13,9 @@ import asyncio
 import contextlib
 import json
 import math
+import os
 import sys
+import tempfile
 import time
 from collections.abc import AsyncIterator, Callable, Iterator, Sequence
 from dataclasses import dataclass, field
@@ -507,13 +509,28 @@ def _draft(args: argparse.Namespace) -> int:
     progress = not args.quiet and not (sys.stdout.isatty() and sys.stderr.isatty())
     with contextlib.ExitStack() as stack:
         outs: list[TextIO] = [sys.stdout]
+        saved: TextIO | None = None
         if args.out:
-            outs.append(stack.enter_context(args.out.open("w", encoding="utf-8")))
+            # Written beside the file and renamed over it once the draft is done: a model that
+            # fails to load, or a Ctrl-C, leaves yesterday's draft as it was (opening the file
+            # itself truncated it before the model was even loaded).
+            fd, name = tempfile.mkstemp(prefix=f".{args.out.name}-", suffix=".tmp", dir=args.out.parent)
+            tmp = Path(name)
+            stack.callback(tmp.unlink, missing_ok=True)  # a no-op once renamed
+            saved = stack.enter_context(os.fdopen(fd, "w", encoding="utf-8"))
+            outs.append(saved)
         lm = stack.enter_context(open_model(shop))
         bar = stack.enter_context(_bar(progress, OUTLINE_TOKENS, "draft"))
         report = asyncio.run(write_draft(lm, plan, outs, banned=shop.banned, seed=args.seed,
                                          max_tokens=args.max_tokens, model_outline=not args.fixed_outline,
                                          bar=bar))
+        if saved is not None:
+            saved.flush()
+            os.fsync(saved.fileno())
+            saved.close()
+            # mkstemp makes the file private; a draft is read like any file the user saves
+            os.chmod(tmp, args.out.stat().st_mode & 0o777 if args.out.exists() else 0o644)
+            os.replace(tmp, args.out)
     print(f"outline: {report.outline.source}"
           + (f" (the model's was unusable: {report.outline.rejected[0][1]})"
              if report.outline.source == "fixed" and report.outline.rejected else ""), file=sys.stderr)

@@ -9,6 +9,7 @@ that names it.
 from __future__ import annotations
 
 import dataclasses
+import math
 import os
 import re
 from collections.abc import Mapping
@@ -57,6 +58,11 @@ class Settings:
     log_format: str = "text"  # text (one line, key=value context) | json (one object a line)
 
     def __post_init__(self) -> None:
+        for f in dataclasses.fields(self):
+            value = getattr(self, f.name)
+            # float("inf") parses, and an infinite TTL raised OverflowError on every turn
+            if isinstance(value, float):
+                _check(math.isfinite(value), f.name, f"must be a finite number, got {value}")
         _check(0 <= self.port <= 65535, "port", f"must be 0..65535, got {self.port}")
         _check(self.max_frame_bytes >= 256, "max_frame_bytes", "must be at least 256")
         _check(self.max_text_chars >= 1, "max_text_chars", "must be at least 1")

@@ -88,16 +88,26 @@ class EmbeddedRedis:
             args, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
             start_new_session=True,  # Ctrl-C in a terminal reaches us, and we stop it in order
         )
+        try:
+            self._wait_ready(self.process, timeout)
+        except BaseException:
+            # Ctrl-C or any error while waiting: in its own session the server never sees
+            # the terminal's SIGINT, and __exit__ does not run for a start that failed, so
+            # it would outlive us unless stopped here.
+            self.stop()
+            raise
+        return self
+
+    def _wait_ready(self, process: subprocess.Popen[bytes], timeout: float) -> None:
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
-            if self.process.poll() is not None:
-                err = self.process.stderr.read().decode(errors="replace") if self.process.stderr else ""
+            if process.poll() is not None:
+                err = process.stderr.read().decode(errors="replace") if process.stderr else ""
                 detail = err or f"see {self.dir / 'redis.log'}"
                 raise DeskmateError(f"embedded redis-server exited at start: {detail}")
             if self.socket.exists() and self._ping():
-                return self
+                return
             time.sleep(0.05)
-        self.stop()
         raise DeskmateError(f"embedded redis-server did not answer within {timeout:.0f}s")
 
     def _ping(self) -> bool:
@@ -113,14 +123,15 @@ class EmbeddedRedis:
     def stop(self, timeout: float = 10.0) -> None:
         """Stop the server; SIGTERM makes Redis flush its append-only file first."""
         proc, self.process = self.process, None
-        if proc is None or proc.poll() is not None:
+        if proc is None:
             return
-        proc.send_signal(signal.SIGTERM)
-        try:
-            proc.wait(timeout)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait()
+        if proc.poll() is None:
+            proc.send_signal(signal.SIGTERM)
+            try:
+                proc.wait(timeout)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+                proc.wait()
         if proc.stderr:
             proc.stderr.close()
 

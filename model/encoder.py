@@ -69,7 +69,7 @@ def configure_threads() -> None:
 
     The product targets 2 CPU cores; more threads than cores only adds contention.
     """
-    raw = os.environ.get("DESKMATE_TORCH_THREADS", "2")
+    raw = os.environ.get("DESKMATE_TORCH_THREADS") or "2"  # empty is unset, as for every setting
     try:
         threads = int(raw)
     except ValueError:

@@ -44,3 +44,16 @@ def test_cli_reports_config_errors(monkeypatch: pytest.MonkeyPatch,
     monkeypatch.setenv("DESKMATE_PORT", "8081")
     assert main(["config"]) == 0
     assert "8081" in capsys.readouterr().out
+
+
+@pytest.mark.parametrize("name", ["DESKMATE_TURN_LOCK_TTL", "DESKMATE_RATE_WINDOW",
+                                  "DESKMATE_RATE_IP_WINDOW", "DESKMATE_SHUTDOWN_GRACE"])
+@pytest.mark.parametrize("raw", ["inf", "-inf", "nan", "Infinity"])
+def test_float_settings_must_be_finite(name: str, raw: str) -> None:
+    """float() reads "inf" and "nan": DESKMATE_TURN_LOCK_TTL=inf started a server whose
+    every turn then raised OverflowError (an infinite TTL in milliseconds)."""
+    with pytest.raises(ConfigError, match="finite") as info:
+        from_env({name: raw})
+    assert name in str(info.value)
+    with pytest.raises(ConfigError, match=name):                # a CLI flag is checked too
+        Settings().replace(**{name.removeprefix("DESKMATE_").lower(): float(raw)})

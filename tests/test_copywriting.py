@@ -380,3 +380,34 @@ def test_facts_files_as_text_or_a_catalog_object(tmp_path: Path) -> None:
                                "description": "A stoneware mug."}), encoding="utf-8")
     name, facts, shown = cm._read_facts(obj)
     assert name == "Tide Mug" and "€12.50" in facts and shown == "A stoneware mug."
+
+
+class _SameReply(ScriptedModel):
+    """Stands in for the model (see ScriptedModel): the same sentence for every prompt."""
+
+    def __init__(self) -> None:
+        super().__init__({})
+
+    async def stream(self, messages: Sequence[Any], **_: Any) -> AsyncIterator[str]:
+        yield "The Harbor Runner costs €89.95."
+
+
+def test_draft_out_keeps_the_old_file_until_the_new_draft_is_whole(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """`draft --out` used to open (and so empty) the file before the model was loaded: a
+    model that failed to start lost yesterday's draft. The draft is now written beside the
+    file and renamed over it when done."""
+    out = tmp_path / "draft.md"
+    out.write_text("yesterday's draft\n", encoding="utf-8")
+    args = ["draft", "product-description", "--product", "P1001", "--fixed-outline", "--quiet",
+            "--project", str(SHOP), "--out", str(out)]
+    monkeypatch.setenv("DESKMATE_LM_BACKEND", "none")          # the model cannot be opened
+    assert main(args) == 2
+    assert out.read_text(encoding="utf-8") == "yesterday's draft\n"
+    assert list(tmp_path.iterdir()) == [out]                    # no temporary file left behind
+
+    monkeypatch.setattr(cm, "open_model", lambda shop: _nullcontext(_SameReply()))
+    assert main(args) == 0
+    draft = out.read_text(encoding="utf-8")
+    assert "Harbor Runner" in draft and "## Facts used" in draft
+    assert list(tmp_path.iterdir()) == [out] and out.stat().st_mode & 0o777 == 0o644

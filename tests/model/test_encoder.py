@@ -72,3 +72,17 @@ def test_length_groups_is_the_cheapest_cut() -> None:
     # a greeting is not run at the length of a long message that came with it
     assert length_groups([4, 60, 5, 3], 64) == [[3, 0, 2], [1]]
     assert length_groups([4, 5, 3, 6], 64) == [[2, 0, 1, 3]]   # close lengths: one batch
+
+
+def test_an_empty_thread_setting_is_the_default(monkeypatch) -> None:  # type: ignore[no-untyped-def]
+    """DESKMATE_TORCH_THREADS="" means unset, as an empty value does for every other
+    setting (it was "not an integer: ''")."""
+    from model.encoder import configure_threads
+
+    before = torch.get_num_threads()
+    monkeypatch.setenv("DESKMATE_TORCH_THREADS", "")
+    try:
+        configure_threads()
+        assert torch.get_num_threads() == 2
+    finally:
+        torch.set_num_threads(before)
