@@ -9,6 +9,7 @@ import os
 import shutil
 import subprocess
 import sys
+import time
 import uuid
 from collections.abc import AsyncIterator, Callable, Iterator
 from contextlib import AsyncExitStack
@@ -20,11 +21,12 @@ import redis
 from websockets.asyncio.client import ClientConnection, connect
 
 from bot.config import Settings
-from bot.embedded_redis import EmbeddedRedis
+from bot.embedded_redis import EmbeddedRedis, find_redis_server
 from bot.server import App, Brain, bound_port, running
 from dialogue.engine import DialogueEngine
 from dialogue.entities import EntityExtractor
 from dialogue.project import load_project
+from tests.fakes import free_port
 
 ROOT = Path(__file__).resolve().parent.parent
 TINYBOT = ROOT / "tests" / "fixtures" / "tinybot"
@@ -222,3 +224,70 @@ def shop_actions_env(redis_url: str, key_prefix: str, monkeypatch: pytest.Monkey
     """The demo shop's order actions keep their orders under this test's key prefix."""
     monkeypatch.setenv("DESKMATE_ACTIONS_REDIS_URL", redis_url)
     monkeypatch.setenv("DESKMATE_ACTIONS_PREFIX", f"{key_prefix}shop:")
+
+
+class RedisProcess:
+    """A redis-server on a free TCP port with an append-only file in ``folder``, as
+    deployed (``appendfsync everysec``, like the Compose file and EmbeddedRedis)."""
+
+    def __init__(self, folder: Path) -> None:
+        self.folder = folder
+        self.port = free_port()
+        self.proc: subprocess.Popen[bytes] | None = None
+
+    @property
+    def url(self) -> str:
+        return f"redis://127.0.0.1:{self.port}/0"
+
+    def start(self) -> None:
+        self.proc = subprocess.Popen(
+            [find_redis_server(), "--port", str(self.port), "--bind", "127.0.0.1", "--dir", str(self.folder),
+             "--appendonly", "yes", "--appendfsync", "everysec", "--save", "",
+             "--logfile", str(self.folder / "redis.log")],
+            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        client = redis.Redis(port=self.port, socket_timeout=1)
+        try:
+            for _ in range(100):
+                try:
+                    if client.ping():
+                        return
+                except redis.RedisError:
+                    time.sleep(0.05)
+        finally:
+            client.close()
+        pytest.fail(f"redis-server did not start:\n{(self.folder / 'redis.log').read_text()}")
+
+    def kill(self) -> None:
+        """SIGKILL: nothing flushed on the way out; only what Redis wrote before replying."""
+        if self.proc is not None and self.proc.poll() is None:
+            self.proc.kill()
+            self.proc.wait()
+
+
+@pytest.fixture
+def own_redis(tmp_path: Path) -> Iterator[RedisProcess]:
+    """A redis-server of the test's own, which it may kill and start again."""
+    server = RedisProcess(tmp_path)
+    server.start()
+    yield server
+    server.kill()
+
+
+@pytest.fixture
+def disk_writes(monkeypatch: pytest.MonkeyPatch) -> list[str]:
+    """The order of ``os.fsync`` and ``os.replace`` calls from here on (both still run):
+    a file must reach the disk before it takes its final name."""
+    calls: list[str] = []
+    real_fsync, real_replace = os.fsync, os.replace
+
+    def fsync(fd: int) -> None:
+        calls.append("fsync")
+        real_fsync(fd)
+
+    def replace(src: str, dst: str) -> None:
+        calls.append("replace")
+        real_replace(src, dst)
+
+    monkeypatch.setattr(os, "fsync", fsync)
+    monkeypatch.setattr(os, "replace", replace)
+    return calls

@@ -26,12 +26,11 @@ from aiohttp import web
 from websockets.asyncio.client import connect
 from websockets.exceptions import ConnectionClosed
 
-from bot.embedded_redis import find_redis_server
 from bot.keys import Keys
 from bot.store import TURN_MARK_CLEARED, LockLost, NewEvent, StaleTurn, StartedTurn, Store, TurnContext
 from bot.turns import INTERRUPTED_TEXT
 from dialogue.engine import ACTION_DOWN
-from tests.conftest import Client, Servers, delete_prefix
+from tests.conftest import Client, RedisProcess, Servers, delete_prefix
 from tests.fakes import (
     FAULTBOT,
     ROOT,
@@ -317,44 +316,6 @@ async def test_a_holder_that_lost_the_turn_cannot_store_its_result(redis_url: st
 
 # -- Redis killed and restarted ------------------------------------------------------------
 
-class RedisProcess:
-    """A redis-server on a free TCP port with an append-only file in ``folder``, as
-    deployed (``appendfsync everysec``, like the Compose file and EmbeddedRedis)."""
-
-    def __init__(self, folder: Path) -> None:
-        self.folder = folder
-        self.port = free_port()
-        self.proc: subprocess.Popen[bytes] | None = None
-
-    @property
-    def url(self) -> str:
-        return f"redis://127.0.0.1:{self.port}/0"
-
-    def start(self) -> None:
-        self.proc = subprocess.Popen(
-            [find_redis_server(), "--port", str(self.port), "--bind", "127.0.0.1", "--dir", str(self.folder),
-             "--appendonly", "yes", "--appendfsync", "everysec", "--save", "",
-             "--logfile", str(self.folder / "redis.log")],
-            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-        client = redis.Redis(port=self.port, socket_timeout=1)
-        try:
-            for _ in range(100):
-                try:
-                    if client.ping():
-                        return
-                except redis.RedisError:
-                    time.sleep(0.05)
-        finally:
-            client.close()
-        pytest.fail(f"redis-server did not start:\n{(self.folder / 'redis.log').read_text()}")
-
-    def kill(self) -> None:
-        """SIGKILL: nothing flushed on the way out; only what Redis wrote before replying."""
-        if self.proc is not None and self.proc.poll() is None:
-            self.proc.kill()
-            self.proc.wait()
-
-
 class SlowActions:
     """An action server (rasa-sdk's webhook protocol) whose answer waits for the test."""
 
@@ -383,14 +344,6 @@ async def slow_actions() -> AsyncIterator[SlowActions]:
     yield actions
     actions.release.set()
     await runner.cleanup()
-
-
-@pytest.fixture
-def own_redis(tmp_path: Path) -> Iterator[RedisProcess]:
-    store = RedisProcess(tmp_path)
-    store.start()
-    yield store
-    store.kill()
 
 
 # own_redis comes first: it is torn down after the server that uses it.

@@ -9,8 +9,7 @@ from __future__ import annotations
 import asyncio
 import json
 import uuid
-from collections.abc import AsyncIterator, Callable, Iterator
-from pathlib import Path
+from collections.abc import AsyncIterator, Callable
 from typing import Any
 
 import pytest
@@ -18,7 +17,7 @@ import redis.asyncio as aioredis
 
 from bot.hub import Hub
 from bot.store import Event, Store
-from tests.test_faults import RedisProcess
+from tests.conftest import RedisProcess
 
 RESYNC = {"type": "resync"}
 
@@ -43,14 +42,6 @@ async def admin(redis_url: str) -> AsyncIterator[aioredis.Redis]:
     client = aioredis.Redis.from_url(redis_url, decode_responses=True)
     yield client
     await client.aclose()
-
-
-@pytest.fixture
-def own_redis(tmp_path: Path) -> Iterator[RedisProcess]:
-    server = RedisProcess(tmp_path)
-    server.start()
-    yield server
-    server.kill()
 
 
 async def started_hub(url: str) -> tuple[Store, Hub]:

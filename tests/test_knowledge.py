@@ -475,25 +475,11 @@ def test_a_damaged_embedding_cache_is_embedded_again(tmp_path: Path, damage: str
 
 
 def test_the_embedding_cache_reaches_the_disk_before_its_name(tmp_path: Path,
-                                                              monkeypatch: pytest.MonkeyPatch) -> None:
+                                                              disk_writes: list[str]) -> None:
     """The temporary file is fsynced before it is renamed over the cache: otherwise a power
     cut can leave the new name pointing at an empty file."""
-    import bot.brain
     from bot.brain import EmbeddingCache
 
-    calls: list[str] = []
-    real_fsync, real_replace = os.fsync, os.replace
-
-    def fsync(fd: int) -> None:
-        calls.append("fsync")
-        real_fsync(fd)
-
-    def replace(src: str, dst: str) -> None:
-        calls.append("replace")
-        real_replace(src, dst)
-
-    monkeypatch.setattr(bot.brain.os, "fsync", fsync)
-    monkeypatch.setattr(bot.brain.os, "replace", replace)
     EmbeddingCache(lambda texts: np.ones((len(texts), 2), np.float32),
                    tmp_path / "embeddings.npz", "minilm fp32")(["shipping"])
-    assert calls == ["fsync", "replace"]
+    assert disk_writes == ["fsync", "replace"]

@@ -167,23 +167,12 @@ def test_unwritable_cache_is_a_clear_error(encoder: SharedEncoder, tmp_path) -> 
         compile_graph(encoder, None, _task(encoder, 2, 3, seed=5), cache=blocker / "graphs")
 
 
-def test_the_cached_graph_reaches_the_disk_before_its_name(tmp_path, monkeypatch) -> None:  # type: ignore[no-untyped-def]
+def test_the_cached_graph_reaches_the_disk_before_its_name(tmp_path, monkeypatch, disk_writes) -> None:  # type: ignore[no-untyped-def]
     """The exporting child fsyncs the graph before renaming it into the cache: otherwise a
     power cut can leave a cache file of the right name and no bytes, which every later
     start would load. (The encoder and the exporter are stubbed: only the write is tested.)"""
     import model.encoder
     import model.runtime
-
-    calls: list[str] = []
-    real_fsync, real_replace = os.fsync, os.replace
-
-    def fsync(fd: int) -> None:
-        calls.append("fsync")
-        real_fsync(fd)
-
-    def replace(src: str, dst: str) -> None:
-        calls.append("replace")
-        real_replace(src, dst)
 
     def export(graph: object, path: str) -> None:
         with open(path, "wb") as out:
@@ -192,8 +181,6 @@ def test_the_cached_graph_reaches_the_disk_before_its_name(tmp_path, monkeypatch
     monkeypatch.setattr(model.encoder, "load_encoder", lambda: None)
     monkeypatch.setattr(model.runtime, "InferenceGraph", lambda *args: None)
     monkeypatch.setattr(model.runtime, "export", export)
-    monkeypatch.setattr(model.runtime.os, "fsync", fsync)
-    monkeypatch.setattr(model.runtime.os, "replace", replace)
     out = tmp_path / "graph.onnx"
     assert model.runtime.main(["--out", str(out)]) == 0
-    assert calls == ["fsync", "replace"] and out.read_bytes() == b"graph"
+    assert disk_writes == ["fsync", "replace"] and out.read_bytes() == b"graph"
