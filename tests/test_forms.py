@@ -92,27 +92,29 @@ async def test_a_request_the_mapping_excludes_leaves_a_form_that_asks_for_free_t
     assert conv.slots.get("note") is None and conv.state.get("active_loop") is None
 
 
-async def test_the_shop_return_reason_is_not_never_mind(
-        shop_actions_env: None,
-        shop_parts: tuple[DialogueEngine, Callable[[list[str]], list[dict[str, Any]]]]) -> None:
+ShopParts = tuple[DialogueEngine, Callable[[list[str]], list[dict[str, Any]]]]
+
+
+async def shop_return_reason(shop_parts: ShopParts, answer: str) -> tuple[Conversation, Observed]:
+    """The demo shop's return form asking for the reason, then ``answer`` to it."""
     runner = ConversationRunner(*shop_parts)
-    conv = Conversation("shop-never-mind", "bot")
+    conv = Conversation("shop-return-reason", "bot")
     for text in ("I'd like to return an item", "NW-10236"):
         conv, _ = await runner.turn(conv, text, None)
     assert conv.state["requested_slot"] == "return_reason"
-    conv, seen = await runner.turn(conv, "no, never mind", None)
+    return await runner.turn(conv, answer, None)
+
+
+async def test_the_shop_return_reason_is_not_never_mind(shop_actions_env: None,
+                                                        shop_parts: ShopParts) -> None:
+    conv, seen = await shop_return_reason(shop_parts, "no, never mind")
     assert seen.intent == "deny" and "action_start_return" not in seen.actions
     assert conv.slots.get("return_reason") is None and conv.state.get("active_loop") is None
 
 
-async def test_the_shop_return_reason_may_read_as_another_intent(
-        shop_actions_env: None,
-        shop_parts: tuple[DialogueEngine, Callable[[list[str]], list[dict[str, Any]]]]) -> None:
-    runner = ConversationRunner(*shop_parts)
-    conv = Conversation("shop-wrong-size", "bot")
-    for text in ("I'd like to return an item", "NW-10236"):
-        conv, _ = await runner.turn(conv, text, None)
-    conv, seen = await runner.turn(conv, "wrong size", None)
+async def test_the_shop_return_reason_may_read_as_another_intent(shop_actions_env: None,
+                                                                shop_parts: ShopParts) -> None:
+    conv, seen = await shop_return_reason(shop_parts, "wrong size")
     assert seen.intent != "get_refund"  # read as another request, still the answer asked for
     assert seen.policy == "form" and "action_start_return" in seen.actions
     assert conv.state.get("active_loop") is None  # the form is done, not left for size help
