@@ -142,6 +142,16 @@ def _exchange(a: Path, b: Path) -> bool:
     return bool(renameat2(at_fdcwd, os.fsencode(a), at_fdcwd, os.fsencode(b), rename_exchange) == 0)
 
 
+def current(folder: Path) -> Path:
+    """The folder to read an artifact from: ``folder``, or the ``<folder>.old`` that a
+    save without an atomic swap (see :func:`save`) leaves alone when it dies between its
+    two renames; ``folder`` itself when neither holds an artifact."""
+    old = folder.with_name(folder.name + ".old")
+    if not (folder / META).is_file() and (old / META).is_file():
+        return old
+    return folder
+
+
 def read_meta(folder: Path) -> Meta:
     """The metadata of an artifact folder."""
     path = folder / META

@@ -229,7 +229,7 @@ def _serving_encoder() -> SharedEncoder:
 
 def check_fresh(project: Path) -> Meta:
     """The intent artifact's metadata, or a ProjectError that says what to run."""
-    folder = intent_dir(project)
+    folder = artifacts.current(intent_dir(project))
     fix = f"run: deskmate train --project {project}"
     if not (folder / artifacts.META).is_file():
         raise ProjectError(str(folder), f"no trained intent model; {fix}")
@@ -257,7 +257,7 @@ def load_project_classifier(
     project = Path(project)
     encoder = encoder or _serving_encoder()
     check_fresh(project)
-    folder = intent_dir(project)
+    folder = artifacts.current(intent_dir(project))
     model, meta = artifacts.load(folder, encoder)
     intent = IntentModel(model, meta, artifacts.load_lexical(folder))
     return Classifier(encoder, intent, load_sentiment(project, encoder=encoder),

@@ -60,8 +60,10 @@ def load_sentiment(
     """``<project>/models/sentiment`` if it exists, else the shipped default."""
     encoder = encoder or load_encoder()
     folder = DEFAULT_DIR
-    if project is not None and (project / "models" / "sentiment" / artifacts.META).is_file():
-        folder = project / "models" / "sentiment"
+    if project is not None:
+        own = artifacts.current(project / "models" / "sentiment")
+        if (own / artifacts.META).is_file():
+            folder = own
     if not (folder / artifacts.META).is_file():
         raise DeskmateError(
             f"{folder}: default sentiment model missing; "

@@ -5,6 +5,7 @@ from __future__ import annotations
 import contextlib
 import json
 import os
+import shutil
 import threading
 import time
 from pathlib import Path
@@ -227,3 +228,36 @@ def test_saving_without_an_atomic_swap_still_replaces_the_model(
     _save_twice(folder, encoder, False, monkeypatch)
     assert artifacts.read_meta(folder).data_hash == "second"
     assert [p.name for p in folder.parent.iterdir()] == ["intent"]
+
+
+def test_a_crash_between_the_two_renames_still_serves_the_old_model(
+        tmp_path: Path, encoder, monkeypatch: pytest.MonkeyPatch) -> None:  # type: ignore[no-untyped-def]
+    """Without an atomic swap a save renames intent -> intent.old, then the new folder ->
+    intent; a crash between the two left only intent.old, and the server said "run
+    deskmate train" although a whole model was on disk."""
+    from model import artifacts
+
+    monkeypatch.setattr(artifacts, "_exchange", lambda a, b: False)
+    folder = tmp_path / "models" / "intent"
+    _save_twice(folder, encoder, True, monkeypatch)
+    assert not folder.exists()
+    assert artifacts.current(folder) == folder.with_name("intent.old")
+    assert artifacts.read_meta(artifacts.current(folder)).data_hash == "first"
+    monkeypatch.undo()
+    _save_twice(folder, encoder, False, monkeypatch)  # the next save tidies up
+    assert artifacts.current(folder) == folder
+    assert [p.name for p in folder.parent.iterdir()] == ["intent"]
+
+
+def test_a_project_whose_model_was_left_as_intent_old_loads(
+        tmp_path: Path, trained_shopbot: Path) -> None:
+    """check_fresh and load_project_classifier read what a crashed save left behind."""
+    from model.classifier import check_fresh, intent_dir
+
+    project = tmp_path / "shopbot"
+    shutil.copytree(trained_shopbot, project)
+    folder = intent_dir(project)
+    folder.rename(folder.with_name("intent.old"))
+    assert check_fresh(project).task == "intent"
+    classifier = load_project_classifier(project)
+    assert classifier.parse("where is my order")["intent"] in classifier.intent_labels
