@@ -30,10 +30,11 @@ from websockets.exceptions import ConnectionClosed
 from bot import agent_actions as actions
 from bot import agent_frames as frames
 from bot.agents import Agent, Agents, LoginRefused
+from bot.catchup import CatchUp
 from bot.chat import MAX_QUEUED, RateLimiter
 from bot.errors import ConfigError, FrameError, StoreError
 from bot.learning import ReviewError
-from bot.store import Conflict, parse_event_id
+from bot.store import Conflict, Event
 
 if TYPE_CHECKING:
     from bot.server import App
@@ -53,79 +54,29 @@ class _Closed(Exception):
     """This connection closed itself (signed out, token revoked); stop serving."""
 
 
-class Watch:
-    """One watched conversation on one console: the replay, then live frames, each once.
+class Watch(CatchUp):
+    """One watched conversation on one console: :class:`CatchUp`'s feed with every kind
+    passed on: turn analyses, notes, tracking and slot events are what agents watch for."""
 
-    Stored events are sent in stream order and deduplicated by event id, exactly
-    as ``bot.chat`` does for customers, but every kind is passed on: turn analyses,
-    notes, tracking and slot events are what agents watch for."""
+    sid: str  # a watch is always of one conversation
 
     def __init__(self, conn: AgentConnection, sid: str) -> None:
+        super().__init__()
         self.conn = conn
         self.sid = sid
-        self.last_id: tuple[int, int] = (0, 0)
-        self.streams: set[str] = set()  # streams this console saw start
-        self.held: list[dict[str, Any]] | None = []  # live frames held during the replay
-        self.replayed_streams: set[str] = set()  # streams a replay sent whole (see bot.chat)
+        self.hold()  # until the first replay is sent
 
-    def on_live(self, frame: dict[str, Any]) -> None:
-        if self.held is not None:
-            self.held.append(frame)
-        elif self.conn.room():
-            self.forward(frame)
+    def send(self, frame: dict[str, Any]) -> None:
+        self.conn.send(frame)
 
-    def release(self) -> None:
-        """End of the replay: pass on what arrived meanwhile (duplicates are dropped)."""
-        held, self.held = self.held, None
-        for frame in held or []:
-            if self.held is not None:  # one of them started a resync: hold the rest again
-                self.held.append(frame)
-            else:
-                self.forward(frame)
-        self.replayed_streams.clear()
+    def room(self) -> bool:
+        return self.conn.room()
 
-    async def resync(self) -> None:
-        """Send stored events missed while the live subscription was down; live frames are
-        held meanwhile (``forward`` started holding them), or a newer one would move
-        ``last_id`` past the missed ones and they would be skipped as already sent."""
-        try:
-            after = f"{self.last_id[0]}-{self.last_id[1]}" if self.last_id != (0, 0) else None
-            with contextlib.suppress(StoreError):
-                for event in await self.conn.store.events(self.sid, after):
-                    self.forward(event.frame(self.sid))
-        finally:
-            self.release()
+    def spawn(self, work: Coroutine[Any, Any, None]) -> None:
+        self.conn.spawn(work)
 
-    def forward(self, frame: dict[str, Any]) -> None:
-        kind = frame.get("type")
-        send = self.conn.send
-        if kind == "resync":
-            self.held = []
-            self.conn.spawn(self.resync())
-        elif isinstance(frame.get("event_id"), str):  # a stored event
-            position = parse_event_id(frame["event_id"])
-            if position <= self.last_id:
-                return
-            self.last_id = position
-            stream_id = frame.get("stream_id")
-            if kind == "message" and stream_id in self.streams:
-                # The console has the text already; close its stream with the stored id.
-                self.streams.discard(stream_id)
-                send({**frame, "type": "stream_end"})
-            else:
-                if kind == "message" and stream_id and self.held is not None:
-                    self.replayed_streams.add(stream_id)
-                send(frame)
-        elif kind == "stream_start":
-            if frame.get("stream_id") in self.replayed_streams:
-                return
-            self.streams.add(frame["stream_id"])
-            send(frame)
-        elif kind == "stream_delta":
-            if frame.get("stream_id") in self.streams:
-                send(frame)
-        elif kind == "typing":
-            send(frame)
+    async def stored(self, after: str | None) -> list[Event]:
+        return await self.conn.store.events(self.sid, after)
 
 
 class AgentConnection:
@@ -569,15 +520,16 @@ class AgentConnection:
         except (TimeoutError, RedisError, OSError):
             del self.watches[sid]
             raise StoreError("could not subscribe") from None
+        try:
+            replay = await self.store.events(sid, after)
+        except StoreError:
+            # Live frames past a gap would move the console beyond the missing events: no
+            # watch, and the console is told `unavailable` instead of `watching`.
+            await self._unwatch(sid)
+            raise
         self.send({"type": "watching", "session_id": sid, "session": actions.summary(sid, record),
                    "after": after})
-        if after:
-            watch.last_id = parse_event_id(after)
-        try:
-            for event in await self.store.events(sid, after):
-                watch.forward(event.frame(sid))
-        finally:
-            watch.release()
+        watch.replay(after, replay)
 
     async def _unwatch(self, sid: str) -> None:
         watch = self.watches.pop(sid, None)

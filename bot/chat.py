@@ -25,10 +25,11 @@ from websockets.asyncio.server import ServerConnection
 from websockets.exceptions import ConnectionClosed
 
 from bot import frames
+from bot.catchup import CatchUp
 from bot.errors import FrameError, StoreError
 from bot.logs import bind_session
 from bot.security import RateLimiter
-from bot.store import CUSTOMER_KINDS, NewEvent, parse_event_id
+from bot.store import CUSTOMER_KINDS, Event, NewEvent
 
 if TYPE_CHECKING:
     from bot.server import App
@@ -45,20 +46,19 @@ MESSAGE_FIELDS = ("type", "session_id", "event_id", "ts", "role", "text", "butto
 __all__ = ["MAX_QUEUED", "ChatConnection", "RateLimiter"]  # RateLimiter: bot.agent_socket uses it
 
 
-class ChatConnection:
+class ChatConnection(CatchUp):
+    """One customer's socket; what it is shown of the conversation is :class:`CatchUp`'s
+    feed, limited to the customer's kinds (messages and handoffs)."""
+
+    kinds = CUSTOMER_KINDS
+
     def __init__(self, ws: ServerConnection, app: App) -> None:
+        super().__init__()
         self.ws = ws
         self.app = app
         self.settings = app.settings
         self.store = app.store
-        self.sid: str | None = None
         self.status = "bot"
-        self.last_id: tuple[int, int] = (0, 0)  # newest stored event this client has
-        self.streams: set[str] = set()  # streams this client saw start
-        # Streams whose stored message a replay sent whole: their frames held meanwhile are
-        # stale (the client would show the answer twice, one copy never finished).
-        self.replayed_streams: set[str] = set()
-        self.held: list[dict[str, Any]] | None = None  # live frames held during replay
         self.out: asyncio.Queue[dict[str, Any]] = asyncio.Queue()
         self._tasks: set[asyncio.Future[None]] = set()
         self._dropping = False  # a close for a too-slow client is under way
@@ -76,7 +76,7 @@ class ChatConnection:
         finally:
             if self.sid:
                 self.app.metrics.active_sessions.dec()
-                await self.app.hub.unsubscribe(self.store.keys.channel(self.sid), self._on_live)
+                await self.app.hub.unsubscribe(self.store.keys.channel(self.sid), self.on_live)
             for task in [writer, *self._tasks]:
                 task.cancel()
             with contextlib.suppress(asyncio.CancelledError):
@@ -103,7 +103,7 @@ class ChatConnection:
             log.warning("session %s: client too slow, dropping it", self.sid,
                         extra={"session_id": self.sid})
             self._dropping = True
-            self._spawn(self.ws.close(1013, "too slow; reconnect to resume"))
+            self.spawn(self.ws.close(1013, "too slow; reconnect to resume"))
 
     async def _write(self) -> None:
         # One writer per connection: a slow client delays only its own queue.
@@ -112,86 +112,49 @@ class ChatConnection:
                 frame = await self.out.get()
                 await self.ws.send(self.app.encode(frame))
 
-    def _on_live(self, frame: dict[str, Any]) -> None:
-        if self.held is not None:
-            self.held.append(frame)
-            return
+    def room(self) -> bool:
         if self.out.qsize() > MAX_QUEUED:
-            self._drop()
-            return
-        self._forward(frame)
+            self._drop()  # not reading: its frames would pile up here (it can resume)
+            return False
+        return True
 
-    def _spawn(self, work: Coroutine[Any, Any, None]) -> None:
+    def spawn(self, work: Coroutine[Any, Any, None]) -> None:
         """Run ``work`` in the background, owned by this connection (cancelled with it)."""
         task = asyncio.ensure_future(work)
         self._tasks.add(task)
         task.add_done_callback(self._tasks.discard)
 
-    async def _resync(self) -> None:
-        """Send stored events missed while the live subscription was down; live frames are
-        held meanwhile (``_forward`` started holding them), or a newer one would move
-        ``last_id`` past the missed ones and they would be skipped as already sent."""
-        try:
-            if self.sid is None:
-                return
-            after = f"{self.last_id[0]}-{self.last_id[1]}" if self.last_id != (0, 0) else None
-            with contextlib.suppress(StoreError):
-                for event in await self.store.events(self.sid, after, kinds=CUSTOMER_KINDS):
-                    self._forward(event.frame(self.sid))
-        finally:
-            held, self.held = self.held, None
-            for live in held or []:
-                self._on_live(live)  # held again if one of them starts a resync
-            self.replayed_streams.clear()
+    async def stored(self, after: str | None) -> list[Event]:
+        assert self.sid is not None
+        return await self.store.events(self.sid, after, kinds=CUSTOMER_KINDS)
 
-    def _forward(self, frame: dict[str, Any]) -> None:
-        """Send one live or replayed frame if the customer should see it."""
-        kind = frame.get("type")
-        if kind == "resync":
-            self.held = []
-            self._spawn(self._resync())
+    def deliver(self, frame: dict[str, Any]) -> None:
+        if frame["type"] != "message":
+            self.send(frame)
+            if frame["type"] == "handoff":
+                self.awaiting_reply = None  # a person answers from here: not a bot latency
+                self.status = {"requested": "waiting", "agent_joined": "agent",
+                               "agent_left": "bot"}.get(frame.get("state", ""), self.status)
             return
-        if kind in CUSTOMER_KINDS:
-            position = parse_event_id(frame["event_id"])
-            if position <= self.last_id:
-                return  # already replayed
-            self.last_id = position
-            if kind == "message":
-                if frame.get("role") == "bot":
-                    self._replied()
-                message = {k: frame[k] for k in MESSAGE_FIELDS if k in frame}
-                message.setdefault("buttons", [])
-                message.setdefault("cards", [])
-                message.setdefault("agent", None)
-                stream_id = frame.get("stream_id")
-                if stream_id in self.streams:
-                    # The client has the text already; close its stream with the stored id.
-                    self.streams.discard(stream_id)
-                    self.send({"type": "stream_end", "session_id": self.sid,
-                               "stream_id": stream_id, "event_id": frame["event_id"],
-                               "text": message.get("text", ""), "buttons": message["buttons"],
-                               "cards": message["cards"], "sources": message.get("sources", [])})
-                    return
-                if stream_id and self.held is not None:
-                    self.replayed_streams.add(stream_id)
-                self.send(message)
-            else:
-                self.send(frame)
-                if kind == "handoff":
-                    self.awaiting_reply = None  # a person answers from here: not a bot latency
-                    self.status = {"requested": "waiting", "agent_joined": "agent",
-                                   "agent_left": "bot"}.get(frame.get("state", ""), self.status)
-        elif kind == "stream_start":
-            if frame.get("stream_id") in self.replayed_streams:
-                return
-            self.streams.add(frame["stream_id"])
-            self.send(frame)
-        elif kind == "stream_delta":
-            if frame.get("stream_id") in self.streams:
-                self._replied()
-                self.send(frame)
-        elif kind == "typing":
-            self.send(frame)
+        if frame.get("role") == "bot":
+            self._replied()
+        message = {k: frame[k] for k in MESSAGE_FIELDS if k in frame}
+        message.setdefault("buttons", [])
+        message.setdefault("cards", [])
+        message.setdefault("agent", None)
+        self.send(message)
+
+    def end_stream(self, frame: dict[str, Any]) -> None:
+        if frame.get("role") == "bot":
+            self._replied()
+        self.send({"type": "stream_end", "session_id": self.sid, "stream_id": frame["stream_id"],
+                   "event_id": frame["event_id"], "text": frame.get("text", ""),
+                   "buttons": frame.get("buttons", []), "cards": frame.get("cards", []),
+                   "sources": frame.get("sources", [])})
+
+    def on_delta(self, frame: dict[str, Any]) -> None:
+        self._replied()
+        self.send(frame)
 
     def _replied(self) -> None:
         """The first text of an answer reached this customer: observe the wait."""
@@ -249,13 +212,13 @@ class ChatConnection:
         else:
             self.app.metrics.sessions_started.labels("resumed").inc()
         assert sid is not None and token is not None
-        self.held = []
+        self.hold()
         self.sid = sid
         bind_session(sid)  # this task's log lines, and the turns it starts, name the session
         self.app.metrics.active_sessions.inc()
         self.status = record.get("status", "bot")
         try:
-            await self.app.hub.subscribe(self.store.keys.channel(sid), self._on_live)
+            await self.app.hub.subscribe(self.store.keys.channel(sid), self.on_live)
             self.send({"type": "session", "session_id": sid, "token": token, "status": self.status})
             replay = await self.store.events(sid, after, kinds=CUSTOMER_KINDS)
         except (StoreError, RedisError, OSError, TimeoutError) as exc:
@@ -264,19 +227,10 @@ class ChatConnection:
             # what it has once Redis answers.
             log.warning("session %s: could not subscribe or replay (%s); closing so the client resumes",
                         sid, exc)
-            self.held = None
-            self._spawn(self.ws.close(1013, "try again: the conversation is briefly unavailable"))
+            self.held = None  # nothing to release: the socket closes
+            self.spawn(self.ws.close(1013, "try again: the conversation is briefly unavailable"))
             return
-        if after:
-            self.last_id = parse_event_id(after)
-        try:
-            for event in replay:
-                self._forward(event.frame(sid))
-        finally:
-            held, self.held = self.held, None
-            for live in held or []:
-                self._on_live(live)  # held again if one of them starts a resync
-            self.replayed_streams.clear()
+        self.replay(after, replay)
         log.info("session %s %s", sid, "resumed" if frame.session_id == sid else "started")
         self.app.runner.kick(sid)  # answers anything left pending by a crashed instance
 

@@ -250,6 +250,34 @@ async def test_watch_that_cannot_subscribe_is_unavailable(server: Running,
     assert [f for f in await agent.watch(sid) if f["type"] == "message"]
 
 
+async def test_watch_whose_history_cannot_be_read_is_dropped(server: Running,
+                                                             monkeypatch: pytest.MonkeyPatch) -> None:
+    """A watch whose replay failed used to answer `watching`, then `unavailable`, and stay
+    subscribed: live frames past the unread history moved the console beyond it."""
+    client = await customer(server)
+    sid = client.session_id or ""
+    agent = await signed_in(server, "anna")
+    events = server.app.store.events
+
+    async def failing(session: str, *args: Any, **kwargs: Any) -> Any:
+        if session == sid:
+            raise StoreError("could not read events: Error 111 connecting to redis")
+        return await events(session, *args, **kwargs)
+
+    monkeypatch.setattr(server.app.store, "events", failing)
+    await agent.send({"type": "watch", "session_id": sid})
+    got = await agent.until(lambda f: f["type"] == "error")
+    assert (got[-1]["code"], got[-1]["action"]) == ("unavailable", "watch")
+    assert "watching" not in [f["type"] for f in got]
+    # Not watching: the customer's next words do not reach this console.
+    await client.send({"type": "message", "client_id": "c-after", "text": "anyone there?"})
+    await client.until(lambda f: f["type"] == "ack")
+    later = await agent.quiet(1.0)
+    assert not [f for f in later if f.get("session_id") == sid and f["type"] != "session_update"]
+    monkeypatch.undo()
+    assert [f for f in await agent.watch(sid) if f["type"] == "message"]
+
+
 # -- the session list ---------------------------------------------------------
 
 async def test_snapshot_and_live_session_updates(server: Running) -> None:

@@ -138,11 +138,11 @@ async def test_a_resync_sends_missed_events_even_when_a_newer_one_arrives_during
 
     async def events(sid: str, after: str | None, kinds: Any = None) -> list[Event]:
         assert after == "1-0"
-        conn._on_live(newer.frame(sid))  # published while the stream is being read
+        conn.on_live(newer.frame(sid))  # published while the stream is being read
         return [missed, newer]
 
     conn = chat_connection(events)
-    conn._on_live({"type": "resync"})
+    conn.on_live({"type": "resync"})
     await until(lambda: conn.out.qsize() >= 2 and conn.held is None, "the missed and the newer event")
     assert [f["text"] for f in sent(conn)] == [missed.data["text"], newer.data["text"]]
 
@@ -155,11 +155,11 @@ async def test_a_stream_whose_message_was_replayed_is_not_shown_again() -> None:
         for frame in ({"type": "stream_start", "stream_id": "st1", "role": "bot"},
                       {"type": "stream_delta", "stream_id": "st1", "text": "Your parcel left today."},
                       answer.frame(sid)):
-            conn._on_live(frame)
+            conn.on_live(frame)
         return [answer]
 
     conn = chat_connection(events)
-    conn._on_live({"type": "resync"})
+    conn.on_live({"type": "resync"})
     await until(lambda: conn.held is None and not conn._tasks, "the resync")
     assert [(f["type"], f.get("text")) for f in sent(conn)] == [("message", answer.data["text"])]
 
