@@ -284,7 +284,17 @@ if redis.call('HGET', KEYS[1], 'status') == 'waiting' then
 else
   redis.call('HDEL', KEYS[1], 'waiting_since')
 end
-if ARGV[7] ~= '' then redis.call('HSET', KEYS[1], 'cursor', ARGV[7]) end
+if ARGV[7] ~= '' then
+  -- The cursor only moves forward: a holder that lost the lock while it stalled must not
+  -- move it back past turns its successor answered (they would be answered again).
+  local current = redis.call('HGET', KEYS[1], 'cursor') or ''
+  local cm, cs = string.match(current, '^(%d+)-(%d+)$')
+  local nm, ns = string.match(ARGV[7], '^(%d+)-(%d+)$')
+  if cm == nil or tonumber(nm) > tonumber(cm)
+      or (tonumber(nm) == tonumber(cm) and tonumber(ns) > tonumber(cs)) then
+    redis.call('HSET', KEYS[1], 'cursor', ARGV[7])
+  end
+end
 redis.call('HSET', KEYS[1], 'updated_at', now)
 redis.call('EXPIRE', KEYS[1], ttl)
 redis.call('EXPIRE', KEYS[2], ttl)

@@ -141,6 +141,22 @@ async def test_claim_takes_the_lock_only_when_a_message_is_pending(store: Store)
         await store.claim_turns(sid, 5, mode="grab")
 
 
+async def test_the_turn_cursor_never_moves_back(store: Store) -> None:
+    """A holder that stalled past its lock while a successor answered later messages used
+    to write its older cursor over the newer one, and those turns were answered again."""
+    sid, _ = await store.create_session()
+    first, second = (await store.append(sid, [NewEvent("message", {"role": "user", "text": t})
+                                              for t in ("one", "two")])).event_ids
+    await store.append(sid, [], cursor=second)  # the successor answered both
+    await store.append(sid, [], cursor=first)   # the stalled holder, late
+    record = await store.session(sid)
+    assert record is not None and record["cursor"] == second
+    assert (await store.claim_turns(sid, 5, mode="peek")).pending == []
+    third = (await store.append(sid, [NewEvent("message", {"role": "user", "text": "three"})])).event_ids[0]
+    await store.append(sid, [], cursor=third)
+    assert (await store.session(sid) or {})["cursor"] == third
+
+
 async def test_turn_frames_ride_on_the_writes(store: Store) -> None:
     """The typing indicator goes out with the turn marker and ends with the result's write;
     frames published together (a turn's stored events and the typing end, or a written
