@@ -201,6 +201,8 @@ class AgentConnection:
 
     def error(self, code: str, message: str, **context: Any) -> None:
         self.app.metrics.errors.labels(code).inc()
+        if not self.room():
+            return  # flooding without reading: dropped rather than buffered
         self.send({"type": "error", "code": code, "message": message,
                    **{k: v for k, v in context.items() if v is not None}})
 
@@ -275,15 +277,21 @@ class AgentConnection:
 
     async def _on_frame(self, raw: str | bytes) -> None:
         sid = action = client_id = pid = None
+        allowed = self.limiter.allow()  # bad frames count too: answering them costs as much
         try:
-            frame = frames.parse(raw, max_bytes=self.settings.max_frame_bytes,
-                                 max_text=self.settings.max_text_chars)
+            try:
+                frame = frames.parse(raw, max_bytes=self.settings.max_frame_bytes,
+                                     max_text=self.settings.max_text_chars)
+            except FrameError:
+                if not allowed:
+                    raise FrameError("rate_limited", "too many frames; slow down") from None
+                raise
             # What an error names, so the console knows which action or message failed.
             sid = getattr(frame, "session_id", None)
             action = type(frame).__name__.lower()  # the frame's `type` (each class is named after it)
             client_id = getattr(frame, "client_id", None)
             pid = getattr(frame, "proposal_id", None)
-            if not self.limiter.allow():
+            if not allowed:
                 raise FrameError("rate_limited", "too many frames; slow down")
             agent = await self._current_agent()
             await self._dispatch(agent, frame)

@@ -6,9 +6,9 @@ published in between is missed, and duplicates are dropped by event id);
 then store each message, ``ack`` it once Redis has it, and hand the turn to
 the :class:`~bot.turns.TurnRunner`.
 
-Every frame, good or bad, spends one token of the client address's budget
-(shared by all its connections to this instance) and, once the session is
-open, one of the connection's own; a spent budget is answered ``rate_limited``.
+Every frame, good or bad, ``start`` included, spends one token of the client
+address's budget (shared by all its connections to this instance) and one of the
+connection's own; a spent budget is answered ``rate_limited``.
 """
 
 from __future__ import annotations
@@ -169,7 +169,7 @@ class ChatConnection(CatchUp):
             # Bad frames count too: answering garbage costs as much as answering messages.
             if not self.app.limits.allow(self.address):
                 raise FrameError("rate_limited", "too many messages from your network; slow down")
-            if self.sid is not None and not self.limiter.allow():
+            if not self.limiter.allow():
                 raise FrameError("rate_limited", "too many messages; slow down")
             frame = frames.parse(raw, max_bytes=self.settings.max_frame_bytes,
                                  max_text=self.settings.max_text_chars)
@@ -249,7 +249,9 @@ class ChatConnection(CatchUp):
         self.send({"type": "ack", "client_id": client_id, "event_id": result.event_ids[0]})
         self.app.metrics.messages.labels(str(result.duplicate).lower()).inc()
         self.app.metrics.ack_seconds.observe(time.perf_counter() - started)
-        if not result.duplicate:
-            if self.awaiting_reply is None and self.status == "bot":
-                self.awaiting_reply = time.perf_counter()
-            self.app.runner.kick(self.sid)
+        if not result.duplicate and self.awaiting_reply is None and self.status == "bot":
+            self.awaiting_reply = time.perf_counter()
+        # A duplicate too: its first write may have landed with the reply lost (redis-py's
+        # retry after a dropped connection, or a resend after `unavailable`), so nothing
+        # kicked its turn. A kick with nothing pending costs one claim that finds nothing.
+        self.app.runner.kick(self.sid)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import re
 import typing
@@ -276,6 +277,52 @@ async def test_watch_whose_history_cannot_be_read_is_dropped(server: Running,
     assert not [f for f in later if f.get("session_id") == sid and f["type"] != "session_update"]
     monkeypatch.undo()
     assert [f for f in await agent.watch(sid) if f["type"] == "message"]
+
+
+async def test_bad_frames_count_against_the_console_budget(server: Running) -> None:
+    """The budget was spent only by frames that parsed: a console could send garbage
+    without limit, each answered `bad_json`."""
+    from bot.agent_socket import RATE_FRAMES
+
+    agent = await signed_in(server, "anna")
+    for _ in range(RATE_FRAMES + 20):
+        await agent.send("not json")
+    codes = [f.get("code") for f in await agent.quiet(1.0) if f["type"] == "error"]
+    assert codes.count("bad_json") <= RATE_FRAMES and "rate_limited" in codes
+    assert agent.ws.close_code is None
+
+
+async def test_a_console_flooding_without_reading_is_dropped(
+        server: Running, caplog: pytest.LogCaptureFixture) -> None:
+    """Error answers to a console that sends and never reads used to pile up in the
+    server without bound; past MAX_QUEUED it is dropped, like a slow customer."""
+    import socket
+
+    password = await add_agent(server, "anna")
+    sock = socket.socket()
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)  # a small window: the server blocks
+    sock.connect(("127.0.0.1", server.port))
+    ws = await server.stack.enter_async_context(
+        connect(f"ws://127.0.0.1:{server.port}/ws/agent", sock=sock, max_queue=1))  # reads nothing
+    await ws.send(json.dumps({"type": "login", "name": "anna", "password": password}))
+
+    def open_consoles() -> float | None:
+        return server.app.metrics.registry.get_sample_value("deskmate_connections", {"socket": "agent"})
+
+    sent = 0
+    with contextlib.suppress(ConnectionClosed):
+        # How many frames it takes depends on the kernel's socket buffers: send until dropped.
+        while sent < 60_000 and open_consoles() != 0:
+            await asyncio.gather(*(ws.send("not json") for _ in range(200)))
+            sent += 200
+    for _ in range(1200):  # the close handshake times out (the console is not reading)
+        if open_consoles() == 0:
+            break
+        await asyncio.sleep(0.05)
+    assert open_consoles() == 0, sent
+    # Dropped for its queue, not by the keepalive timeout much later.
+    assert "console too slow, dropping it" in caplog.text
+    ws.transport.abort()  # no close handshake with a server that is gone
 
 
 # -- the session list ---------------------------------------------------------

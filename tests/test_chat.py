@@ -242,3 +242,34 @@ async def test_a_history_that_cannot_be_read_closes_the_socket_and_the_client_re
     await again.start(first.session_id, first.token)
     history = await again.quiet(0.7)
     assert [f["role"] for f in history if f["type"] == "message"] == ["user", "bot"]
+
+
+async def test_frames_before_start_count_against_the_socket_budget(servers: Servers) -> None:
+    """Only frames after `start` used to count against a socket's own budget: with the
+    address budget off, a socket that never started could send garbage without limit."""
+    server = await servers.start(rate_messages=3, rate_window=60.0, rate_ip_messages=0)
+    client = await server.client()
+    for _ in range(5):
+        await client.send("not json")
+    codes = [f["code"] for f in await client.quiet(0.5)]
+    assert codes == ["bad_json"] * 3 + ["rate_limited"] * 2
+    assert client.ws.close_code is None
+
+
+async def test_a_resent_message_whose_first_write_landed_unanswered_is_answered(
+        server: Running) -> None:
+    """A message stored with its reply lost (redis-py retried the append after the
+    connection dropped, or the client resent after `unavailable`) was acked as a
+    duplicate on resend, and nothing ever answered it."""
+    from bot.store import NewEvent
+
+    client = await server.client()
+    await client.start()
+    sid = client.session_id or ""
+    # The first write, as _store_message makes it, without the kick that never came.
+    await server.app.store.append(
+        sid, [NewEvent("message", {"role": "user", "text": "hello", "buttons": [], "cards": [],
+                                   "agent": None, "client_id": "c-lost"})],
+        client_id="c-lost", fields={"last_message": "hello", "last_role": "user"}, reopen=True)
+    ack, frames = await client.say("hello", client_id="c-lost")
+    assert [f for f in frames if f["type"] in ("message", "stream_end") and f.get("role", "bot") == "bot"]
