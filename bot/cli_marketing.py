@@ -13,9 +13,7 @@ import asyncio
 import contextlib
 import json
 import math
-import os
 import sys
-import tempfile
 import time
 from collections.abc import AsyncIterator, Callable, Iterator, Sequence
 from dataclasses import dataclass, field
@@ -23,7 +21,8 @@ from pathlib import Path
 from typing import Any, TextIO, cast
 
 from bot import config
-from bot.errors import ConfigError, ProjectError
+from bot.errors import ConfigError, DeskmateError, ProjectError
+from bot.files import check_out, replaced
 from dialogue import copywriting as cw
 from dialogue import drafting as dr
 from dialogue.grounding import Evidence, GroundedStream
@@ -99,6 +98,9 @@ class ShopData:
         words = self.settings.get("banned_words") or []
         if not isinstance(words, list) or not all(isinstance(w, str) for w in words):
             raise ProjectError(str(self.root / "config.yml"), "banned_words must be a list of words")
+        if empty := cw.wordless(words):
+            raise ProjectError(str(self.root / "config.yml"), f"banned_words: {empty[0]!r} has no "
+                                                              "letters or digits, so it would match nothing")
         return words
 
     def product(self, product_id: str) -> Product:
@@ -159,8 +161,13 @@ def _context(lm: Any) -> tuple[Callable[[Sequence[Any]], int], int]:
     return getattr(lm, "count_tokens", None) or approx_tokens, int(getattr(lm, "context", 0) or 2048)
 
 
-def _words(csv: str) -> tuple[str, ...]:
-    return tuple(w.strip() for w in csv.split(",") if w.strip())
+def _words(csv: str, flag: str) -> tuple[str, ...]:
+    """A comma-separated word list; an entry with no letter or digit (``--banned '!!'``) is
+    refused, as it would match nothing and the check would pass unseen."""
+    words = tuple(w.strip() for w in csv.split(",") if w.strip())
+    if empty := cw.wordless(words):
+        raise ConfigError(flag, f"{empty[0]!r} has no letters or digits, so it would match nothing")
+    return words
 
 
 # ------------------------------------------------------------------ copy
@@ -172,8 +179,8 @@ def ad_brief(args: argparse.Namespace, shop: ShopData) -> cw.AdBrief:
     else:
         name, facts, shown = _read_facts(args.facts)
     knowledge = tuple(text for _, _, text, _ in shop.knowledge()) if args.with_knowledge else ()
-    return cw.AdBrief(name, facts, args.audience, _words(args.keywords), tone=args.tone,
-                      max_chars=args.max_chars, banned=tuple(shop.banned) + _words(args.banned),
+    return cw.AdBrief(name, facts, args.audience, _words(args.keywords, "--keywords"), tone=args.tone,
+                      max_chars=args.max_chars, banned=tuple(shop.banned) + _words(args.banned, "--banned"),
                       shown=shown, knowledge=knowledge)
 
 
@@ -184,9 +191,11 @@ def product_facts(product: Product) -> tuple[str, str, str]:
 
 def _read_facts(path: Path) -> tuple[str, str, str]:
     try:
-        text = path.read_text(encoding="utf-8")
+        text = path.read_text(encoding="utf-8-sig")  # Notepad and PowerShell save with a BOM
     except OSError as exc:
         raise ProjectError(str(path), f"cannot read: {exc.strerror}") from exc
+    except UnicodeDecodeError as exc:
+        raise ProjectError(str(path), f"not UTF-8 text ({exc.reason} at byte {exc.start})") from exc
     if text.lstrip().startswith("{"):
         import tempfile
 
@@ -282,6 +291,8 @@ def run_copy(lm: Any, brief: cw.AdBrief, *, n: int, candidates: int, rounds: int
 def _copy(args: argparse.Namespace) -> int:
     if args.n < 1:
         raise ConfigError("--n", "must be at least 1")
+    if args.max_chars < cw.MIN_CHARS:
+        raise ConfigError("--max-chars", f"must be at least {cw.MIN_CHARS}")
     shop = load_shop(args.project)
     brief = ad_brief(args, shop)
     candidates = args.candidates or 3 * args.n
@@ -346,8 +357,18 @@ class DraftReport:
 
 
 class _Done:
-    def __init__(self, blocked: list[str]) -> None:
+    """The end of one attempt at a section: the facts that stopped it, or why it failed."""
+
+    def __init__(self, blocked: list[str], error: Exception | None = None) -> None:
         self.blocked = blocked
+        self.error = error
+
+
+def _failed(what: str, exc: Exception) -> DeskmateError:
+    """The error a draft stops with when the model fails: the model is unreachable or broke
+    mid-stream; that is not "it wrote nothing usable", which a fallback would hide."""
+    detail = str(exc) if isinstance(exc, DeskmateError) else f"{type(exc).__name__}: {exc}"
+    return DeskmateError(f"writing {what} failed: {detail}")
 
 
 def plan_from_args(kind: str, product_ids: Sequence[str], topic: str, shop: ShopData) -> dr.DraftPlan:
@@ -385,8 +406,11 @@ async def write_draft(lm: Any, plan: dr.DraftPlan, out: Sequence[TextIO], *, ban
 
     names = plan.names
     if model_outline:
-        reply = await complete(lm, cast(Any, dr.outline_messages(plan)),
-                               max_tokens=OUTLINE_TOKENS, temperature=0.3, seed=seed)
+        try:
+            reply = await complete(lm, cast(Any, dr.outline_messages(plan)),
+                                   max_tokens=OUTLINE_TOKENS, temperature=0.3, seed=seed)
+        except Exception as exc:
+            raise _failed("the outline", exc) from exc
         if bar is not None:
             bar.update(OUTLINE_TOKENS)
         outline = dr.validate_outline(dr.parse_outline(reply), plan)
@@ -445,6 +469,8 @@ async def write_draft(lm: Any, plan: dr.DraftPlan, out: Sequence[TextIO], *, ban
                             emit(("" if report.kept == 0 else " ") + text)
                             report.kept += 1
                         held = []
+                if item.error is not None:
+                    raise _failed(f"the section {report.heading!r}", item.error) from item.error
                 report.dropped += [(text, "states none of the section's facts") for text in held]
                 gate.forget(held)
                 report.blocked += item.blocked
@@ -480,8 +506,10 @@ async def write_draft(lm: Any, plan: dr.DraftPlan, out: Sequence[TextIO], *, ban
 async def _attempt(lm: Any, messages: list[dict[str, str]], evidence: Evidence,
                    queue: asyncio.Queue[str | _Done], *, seed: int, temperature: float, max_tokens: int,
                    bar: Any) -> None:
-    """One generation of one section: its grounded sentences onto ``queue``, then a _Done."""
+    """One generation of one section: its grounded sentences onto ``queue``, then a _Done
+    (carrying the model's error, if it failed)."""
     used = 0
+    error: Exception | None = None
 
     async def counted(chunks: AsyncIterator[str]) -> AsyncIterator[str]:
         nonlocal used
@@ -496,41 +524,33 @@ async def _attempt(lm: Any, messages: list[dict[str, str]], evidence: Evidence,
     try:
         async for sentence in grounded:
             queue.put_nowait(sentence)
+    except Exception as exc:  # the reader raises it, in section order
+        error = exc
     finally:
         if bar is not None:
             bar.update(max(0, max_tokens - used))
-        queue.put_nowait(_Done([f"{f.kind} {f.text!r}" for f in grounded.blocked]))
+        queue.put_nowait(_Done([f"{f.kind} {f.text!r}" for f in grounded.blocked], error))
 
 
 def _draft(args: argparse.Namespace) -> int:
+    if args.out is not None:
+        check_out(args.out, "--out")
     shop = load_shop(args.project)
     plan = plan_from_args(args.kind, args.product, args.topic, shop)
     # The bar would tear the streamed text apart when both go to the same terminal.
     progress = not args.quiet and not (sys.stdout.isatty() and sys.stderr.isatty())
     with contextlib.ExitStack() as stack:
         outs: list[TextIO] = [sys.stdout]
-        saved: TextIO | None = None
         if args.out:
             # Written beside the file and renamed over it once the draft is done: a model that
             # fails to load, or a Ctrl-C, leaves yesterday's draft as it was (opening the file
             # itself truncated it before the model was even loaded).
-            fd, name = tempfile.mkstemp(prefix=f".{args.out.name}-", suffix=".tmp", dir=args.out.parent)
-            tmp = Path(name)
-            stack.callback(tmp.unlink, missing_ok=True)  # a no-op once renamed
-            saved = stack.enter_context(os.fdopen(fd, "w", encoding="utf-8"))
-            outs.append(saved)
+            outs.append(stack.enter_context(replaced(args.out)))
         lm = stack.enter_context(open_model(shop))
         bar = stack.enter_context(_bar(progress, OUTLINE_TOKENS, "draft"))
         report = asyncio.run(write_draft(lm, plan, outs, banned=shop.banned, seed=args.seed,
                                          max_tokens=args.max_tokens, model_outline=not args.fixed_outline,
                                          bar=bar))
-        if saved is not None:
-            saved.flush()
-            os.fsync(saved.fileno())
-            saved.close()
-            # mkstemp makes the file private; a draft is read like any file the user saves
-            os.chmod(tmp, args.out.stat().st_mode & 0o777 if args.out.exists() else 0o644)
-            os.replace(tmp, args.out)
     print(f"outline: {report.outline.source}"
           + (f" (the model's was unusable: {report.outline.rejected[0][1]})"
              if report.outline.source == "fixed" and report.outline.rejected else ""), file=sys.stderr)

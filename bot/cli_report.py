@@ -19,6 +19,7 @@ from typing import Any
 
 from bot import config
 from bot.errors import ConfigError, ProjectError
+from bot.files import check_out, replaced
 
 _RELATIVE = re.compile(r"^(\d+(?:\.\d+)?)\s*([mhdw])$")
 _UNITS = {"m": 60, "h": 3600, "d": 86400, "w": 7 * 86400}
@@ -97,12 +98,18 @@ def _run(args: argparse.Namespace) -> int:
         raise ConfigError("--clusters", "must be 0 or more")
     if args.cluster_distance is not None and not 0 < args.cluster_distance <= 2:
         raise ConfigError("--cluster-distance", "must be a cosine distance in (0, 2]")
+    # Before the work (reading every conversation, clustering), not after it.
+    check_out(args.out, "--out")
+    if args.json:
+        check_out(args.json, "--json")
     threshold = _intent_threshold(settings.project)
     with _redis_url(settings) as url:
         report = asyncio.run(_report(url, settings.key_prefix, since, threshold, args))
-    args.out.write_text(render(report), encoding="utf-8")
+    with replaced(args.out) as html:
+        html.write(render(report))
     if args.json:
-        args.json.write_text(json.dumps(report, indent=2, ensure_ascii=False) + "\n", encoding="utf-8")
+        with replaced(args.json) as out:
+            out.write(json.dumps(report, indent=2, ensure_ascii=False) + "\n")
     t, res = report["totals"], report["resolution"]
     print(f"{t['conversations']} conversations, {t['customer_messages']} customer messages "
           f"since {report['since'] or 'the start'}; resolved by the bot {res['bot']}, by an agent "

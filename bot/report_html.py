@@ -15,6 +15,7 @@ from __future__ import annotations
 import base64
 import html
 import io
+import re
 from collections.abc import Mapping, Sequence
 from typing import Any
 
@@ -57,8 +58,16 @@ def render(report: Mapping[str, Any]) -> str:
             "</head>\n<body>\n" + "\n".join(body) + "\n</body>\n</html>\n")
 
 
+# Characters XML 1.0 does not allow (C0 controls but tab, newline and return; U+FFFE,
+# U+FFFF; lone surrogates, which bot.frames already refuses at the edge) and those HTML
+# calls parse errors (DEL, C1 controls). A customer can paste any of the controls.
+_NOT_TEXT = re.compile(r"[\x00-\x08\x0b\x0c\x0e-\x1f\x7f-\x9f\ud800-\udfff\ufffe\uffff]")
+
+
 def _e(value: Any) -> str:
-    return html.escape(str(value), quote=True)
+    """``value`` as text for an element or attribute: escaped, and every character that
+    cannot appear in a well-formed page replaced with U+FFFD."""
+    return html.escape(_NOT_TEXT.sub("\ufffd", str(value)), quote=True)
 
 
 def _period(report: Mapping[str, Any]) -> str:

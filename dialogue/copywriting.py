@@ -19,6 +19,7 @@ import re
 import unicodedata
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
+from itertools import pairwise
 
 from dialogue.grounding import Evidence
 from dialogue.recommend import Product
@@ -26,7 +27,11 @@ from dialogue.recommend import Product
 Message = dict[str, str]
 
 # ------------------------------------------------------------------ words
-_TOKEN = re.compile(r"[a-z0-9]+")
+# Letters and digits of any script: "тёплая" and "café" are words too (an ASCII pattern
+# dropped them, and with them the keywords and banned words written in them).
+_TOKEN = re.compile(r"[^\W_]+")
+# What may separate the halves of a word written in two: a hyphen or a space, nothing else.
+_SPLIT = re.compile(r"\s*[-‐‑]\s*|\s+")
 STOPWORDS = frozenset("""a an and are as at be but by for from has have in into is it its it's
     of on or our so that the their this to was with you your yours we us all any every
     will can just more than then them they what when where which who how not no""".split())
@@ -36,7 +41,7 @@ def stem(word: str) -> str:
     """A crude English stem, the same on both sides of every comparison: ``cushioned``,
     ``cushions`` and ``cushioning`` -> ``cushion``; ``lighter`` -> ``light``; ``running``
     -> ``run``. Enough to tolerate plurals and inflections; not a lemmatiser."""
-    w = word.lower()
+    w = word.casefold()
     if len(w) > 3 and w.endswith("ies"):
         w = w[:-3] + "y"
     elif len(w) > 4 and w.endswith("es") and w[-3] in "sxz" or w.endswith(("ches", "shes")):
@@ -57,11 +62,28 @@ def stem(word: str) -> str:
 
 
 def tokens(text: str) -> list[str]:
-    return _TOKEN.findall(text.lower())
+    """The words of ``text``, case-folded (NFC first, so that a decomposed "é" stays one word)."""
+    return _TOKEN.findall(unicodedata.normalize("NFC", text).casefold())
 
 
 def stems(text: str) -> list[str]:
     return [stem(t) for t in tokens(text)]
+
+
+def wordless(words: Iterable[str]) -> list[str]:
+    """The entries of a word list (keywords, banned words) with no letter or digit in any
+    script: nothing can match them, so a check built on them would silently pass."""
+    return [w for w in words if not tokens(w)]
+
+
+def _split_words(text: str) -> list[tuple[int, str]]:
+    """``(index, stem)`` of every two adjacent words of ``text`` joined into one, where
+    only a hyphen or a space separates them: ``water-proof`` -> ``(i, "waterproof")``, so
+    that a claim word split in two is still that claim. ``index`` counts :func:`tokens`."""
+    folded = unicodedata.normalize("NFC", text).casefold()
+    spans = [m.span() for m in _TOKEN.finditer(folded)]
+    return [(i, stem(folded[a:b] + folded[c:d])) for i, ((a, b), (c, d)) in enumerate(pairwise(spans))
+            if _SPLIT.fullmatch(folded[b:c])]
 
 
 def find_phrase(haystack: Sequence[str], phrase: Sequence[str]) -> int:
@@ -157,6 +179,9 @@ CLAIMS: dict[str, tuple[str, ...]] = {
 # Longest first, so that "best seller" claims its words before "best" is looked at.
 _CLAIM_PHRASES = sorted(((kind, term, stems(term)) for kind, terms in CLAIMS.items() for term in terms),
                         key=lambda c: -len(c[2]))
+# One-word claims, by stem: also found written as two words ("water-proof", "hand crafted").
+_ONE_WORD_CLAIMS = {phrase[0]: (kind, term) for kind, term, phrase in reversed(_CLAIM_PHRASES)
+                    if len(phrase) == 1}
 # Words ending in -est that are not superlatives ("interest", "harvest").
 _NOT_SUPERLATIVE = frozenset("""interest forest honest modest harvest request suggest digest protest
     contest manifest arrest invest attest priest conquest inquest unrest earnest tempest behest
@@ -169,6 +194,7 @@ _TITLE_WORDS = STOPWORDS | frozenset("""meet say hello get go grab try step why 
 # Scoring. Weights sum to 1; each part is 0..1 (see docs/marketing.md).
 WEIGHTS: dict[str, float] = {"keywords": 0.30, "length": 0.20, "tone": 0.15, "readability": 0.20,
                              "novelty": 0.15}
+MIN_CHARS = 20  # the shortest line length a brief may ask for (--max-chars)
 TARGET_SHARE = 0.75  # an ad of about 3/4 of the allowed length reads complete yet not cramped
 DUPLICATE = 0.6  # content-word overlap at or above this with a better line: a near-duplicate
 TONES: dict[str, tuple[str, ...]] = {
@@ -205,29 +231,55 @@ class ClaimGuard:
                  foreign: Iterable[str] = ()) -> None:
         texts = list(evidence)
         self.stems = [stems(t) for t in texts]
+        self.joined = {joined for t in texts for _, joined in _split_words(t)}  # "water-proof": "waterproof"
         self.words = {t for text in texts for t in tokens(text)}
         self.known = self.words | {t for text in allowed for t in tokens(text)}
         known_stems = {stem(t) for t in self.known}
         self.foreign = {stem(t) for text in foreign for t in tokens(text) if t not in STOPWORDS} - known_stems
 
     def _stated(self, phrase: Sequence[str]) -> bool:
-        """Whether the evidence says ``phrase``, also written as one word ("bestseller")."""
+        """Whether the evidence says ``phrase``, also written as one word ("bestseller") or,
+        for a one-word claim, as two ("water-proof")."""
         return any(find_phrase(s, phrase) >= 0 for s in self.stems) or (
-            len(phrase) > 1 and any(stem("".join(phrase)) in s for s in self.stems))
+            len(phrase) > 1 and any(stem("".join(phrase)) in s for s in self.stems)) or (
+            len(phrase) == 1 and phrase[0] in self.joined)
 
-    def problems(self, text: str) -> list[Problem]:
-        out: list[Problem] = []
-        have = stems(text)
-        taken: set[int] = set()  # words a longer claim phrase already covers ("best seller": not "best")
+    def _claims(self, text: str) -> list[tuple[str, str, list[str]]]:
+        """The claim terms ``(kind, term, stems)`` that ``text`` uses, each once. Every
+        occurrence counts, except the words a longer claim already covers: "best seller"
+        (a claim of its own, allowed or not) is not also the superlative "best", but a
+        later "the best one" is."""
+        words = tokens(text)
+        have = [stem(w) for w in words]
+        matches: list[tuple[int, int, str, str, list[str]]] = []  # (start, end, kind, term, stems)
         for kind, term, phrase in _CLAIM_PHRASES:
-            at = find_phrase(have, phrase)
-            span = set(range(at, at + len(phrase)))
-            if at < 0 or span & taken:
+            n = len(phrase)
+            for at in range(len(have) - n + 1):
+                if have[at:at + n] != phrase:
+                    continue
+                # "mostly" stems to "most", "ultimately" to "ultimate": adverbs, not superlatives.
+                if kind == "superlative" and words[at].endswith("ly") and not term.endswith("ly"):
+                    continue
+                matches.append((at, at + n, kind, term, phrase))
+        for at, joined in _split_words(text):  # "water-proof", "hand crafted"
+            if joined in _ONE_WORD_CLAIMS:
+                kind, term = _ONE_WORD_CLAIMS[joined]
+                matches.append((at, at + 2, kind, term, [joined]))
+        taken: set[int] = set()
+        out: list[tuple[str, str, list[str]]] = []
+        for start, end, kind, term, phrase in sorted(matches, key=lambda m: (m[0] - m[1], m[0])):
+            span = set(range(start, end))
+            if span & taken:
                 continue
             taken |= span
-            if not self._stated(phrase):
-                out.append(Problem("claim", f"{kind} {term!r} is not in the product data"))
-        lower = text.lower()
+            if (kind, term, phrase) not in out:
+                out.append((kind, term, phrase))
+        return out
+
+    def problems(self, text: str) -> list[Problem]:
+        out = [Problem("claim", f"{kind} {term!r} is not in the product data")
+               for kind, term, phrase in self._claims(text) if not self._stated(phrase)]
+        lower = unicodedata.normalize("NFC", text).casefold()
         for m in _SUPERLATIVE.finditer(lower):
             word = m.group(0)
             if word not in _NOT_SUPERLATIVE and word not in self.words and word not in CLAIMS["superlative"]:
@@ -236,7 +288,7 @@ class ClaimGuard:
         if copied:
             out.append(Problem("example", f"copies the prompt's example ({', '.join(copied)})"))
         for name in self._names(text):
-            if stem(name.lower()) not in self.foreign:
+            if stem(name) not in self.foreign:
                 out.append(Problem("name", f"{name!r} is not in the product data"))
         return out
 
@@ -269,7 +321,7 @@ class AdBrief:
     audience: str
     keywords: tuple[str, ...] = ()
     tone: str = "friendly"  # friendly | premium | urgent
-    max_chars: int = 90
+    max_chars: int = 90  # at least MIN_CHARS
     banned: tuple[str, ...] = ()  # config.yml banned_words plus --banned
     shown: str = ""  # the facts as the model sees them (default: ``facts``)
     knowledge: tuple[str, ...] = ()  # shop-wide facts an ad may also state (opt-in)
@@ -277,8 +329,11 @@ class AdBrief:
     def __post_init__(self) -> None:
         if self.tone not in TONES:
             raise ValueError(f"tone must be one of {', '.join(TONES)}, not {self.tone!r}")
-        if self.max_chars < 20:
-            raise ValueError(f"max_chars must be at least 20, not {self.max_chars}")
+        if self.max_chars < MIN_CHARS:
+            raise ValueError(f"max_chars must be at least {MIN_CHARS}, not {self.max_chars}")
+        for what, words in (("keyword", self.keywords), ("banned word", self.banned)):
+            if empty := wordless(words):
+                raise ValueError(f"{what} {empty[0]!r} has no letters or digits to match")
 
 
 def product_summary(product: Product) -> str:
@@ -348,7 +403,15 @@ def ad_messages(brief: AdBrief, k: int = 3) -> list[Message]:
 
 _NUMBERING = re.compile(r"^\s*(?:(?:ad|option|variant|line)\s*\d+\s*[:.)-]\s*|\d+\s*[.):-]\s+|[-*•·>]+\s*)",
                         re.I)
-_LABEL = re.compile(r"^(?:product|facts?|audience|keywords?|tone|here (?:are|is)|sure)\b", re.I)
+# The model's own framing, not an ad: an echoed field ("Tone: friendly"), "Sure!", "Here are
+# three ads". Ads may begin with the same words ("Sure-footed on wet roads", "Tone up your
+# runs", "Here is your new everyday sneaker"), so the label must look like one.
+_LABEL = re.compile(r"^(?:(?:product|facts?|audience|keywords?|tone)\s*:|sure\s*(?:[!,.]|$)|"
+                    r"here(?:'s|’s|\s+(?:are|is))\s+(?:(?:some|a\s+few|the|your|my|more|\d+|two|three|"
+                    r"four|five|six|seven|eight|nine|ten)\s+)*(?:\w+\s+)?"
+                    r"(?:ads?|ad\s+lines?|lines?|options?|variants?|versions?|taglines?|slogans?)\b)", re.I)
+# Quotes by family (double, single); the curly ones say whether they open or close.
+_QUOTE_FAMILY = {"\"": "\"", "“": "\"", "”": "\"", "'": "'", "‘": "'", "’": "'"}
 
 
 def clean_line(line: str) -> str:
@@ -358,11 +421,38 @@ def clean_line(line: str) -> str:
     text = _NUMBERING.sub("", text.strip())
     text = text.replace("**", "").replace("__", "")
     text = " ".join(text.split())
-    for _ in range(2):
-        if len(text) > 1 and text[0] in "\"'“‘" and text[-1] in "\"'”’":
+    for _ in range(3):
+        pairs, unpaired = _quote_pairs(text)
+        if len(text) > 1 and pairs.get(0) == len(text) - 1:  # "…" around the whole line
             text = text[1:-1].strip()
-        text = text.strip("\"“”")
+        elif stray := [i for i in unpaired if i in (0, len(text) - 1) and text[i] in "\"“”"]:
+            text = "".join(c for i, c in enumerate(text) if i not in stray).strip()  # a quote left open
+        else:
+            break
     return text
+
+
+def _quote_pairs(text: str) -> tuple[dict[int, int], list[int]]:
+    """The quotes of ``text`` paired up, ``({opening index: closing index}, [unpaired
+    indexes])``. Curly quotes say which they are; a straight one opens at the start or
+    after a space or bracket and closes elsewhere; one between two letters ("it's") is an
+    apostrophe, not a quote."""
+    pairs: dict[int, int] = {}
+    unpaired: list[int] = []
+    open_at: dict[str, list[int]] = {"\"": [], "'": []}  # by family, innermost last
+    for i, c in enumerate(text):
+        family = _QUOTE_FAMILY.get(c)
+        before, after = text[i - 1:i], text[i + 1:i + 2]
+        if family is None or family == "'" and before.isalnum() and after.isalnum():
+            continue
+        if c in "“‘" or c in "\"'" and (not before or before.isspace() or before in "([{—–-"):
+            open_at[family].append(i)
+        elif open_at[family]:
+            pairs[open_at[family].pop()] = i
+        else:
+            unpaired.append(i)
+    unpaired += [i for stack in open_at.values() for i in stack]
+    return pairs, sorted(unpaired)
 
 
 def parse_ad_lines(text: str, *, complete: bool = True) -> list[str]:
@@ -389,8 +479,8 @@ class AdChecker:
         self.claims = ClaimGuard([brief.facts, *brief.knowledge],
                                  allowed=[brief.product, brief.audience, *brief.keywords],
                                  foreign=EXAMPLE_WORDS)
-        self.keywords = [(k, stems(k)) for k in brief.keywords if stems(k)]
-        self.banned = [(b, stems(b)) for b in brief.banned if stems(b)]
+        self.keywords = [(k, stems(k)) for k in brief.keywords]  # AdBrief refuses word-less ones
+        self.banned = [(b, stems(b)) for b in brief.banned]
 
     def keyword_position(self, text: str, phrase: Sequence[str]) -> float | None:
         """Where the keyword starts, as a share of the line (None: absent)."""

@@ -30,6 +30,7 @@ from dialogue.copywriting import (
     stem,
     stems,
     tokens,
+    wordless,
 )
 from dialogue.grounding import Evidence, extract_facts
 from dialogue.recommend import Product
@@ -92,7 +93,8 @@ def product_pieces(product: Product) -> list[Piece]:
     """A product cut into single facts, each a sentence built only from catalog data and
     naming the product (a draft may feature several)."""
     name, pid = product.name, product.id
-    facts = [("name", "what it is", f"The {name} is one of our {product.category} ({product.subcategory})."),
+    kind = f"{product.category} ({product.subcategory})" if product.subcategory else product.category
+    facts = [("name", "what it is", f"The {name} is one of our {kind}."),
              ("price", "price", f"The {name} costs {product.price_text}.")]
     if product.colors:
         facts.append(("colours", "colours", f"The {name} comes in {_join(product.colors)}."))
@@ -232,7 +234,8 @@ def section_messages(plan: DraftPlan, heading: str, pieces: Sequence[Piece]) -> 
             {"role": "user", "content": ask(plan.spec.label, plan.subject, heading, pieces)}]
 
 
-_HEADING_LABEL = re.compile(r"^(?:here (?:are|is)|sure|outline|headings?|sections?)\b", re.I)
+_HEADING_LABEL = re.compile(r"^(?:(?:here (?:are|is)|outline|headings?|sections?)\b|sure\s*(?:[!,.]|$))",
+                            re.I)
 _PLACEHOLDER = re.compile(r"^(?:section|heading|header|part|title|chapter)s?(?:\s+(?:\d+|[ivx]+))?$", re.I)
 
 
@@ -326,7 +329,9 @@ class SentenceGate:
     def __init__(self, guard: ClaimGuard, *, banned: Sequence[str] = (), names: Sequence[str] = ()) -> None:
         self.guard = guard
         self.names = " ".join(names)  # product names: said everywhere, not what makes a repeat
-        self.banned = [(b, stems(b)) for b in banned if stems(b)]
+        if empty := wordless(banned):  # it would match nothing: the word would pass unseen
+            raise ValueError(f"banned word {empty[0]!r} has no letters or digits to match")
+        self.banned = [(b, stems(b)) for b in banned]
         self.kept: list[str] = []
 
     def check(self, raw: str) -> tuple[str, Problem | None]:

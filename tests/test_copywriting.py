@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import io
 import json
 from collections.abc import AsyncIterator, Sequence
@@ -16,6 +17,7 @@ import pytest
 
 from bot import cli_marketing as cm
 from bot.cli import main
+from bot.errors import ProjectError
 from dialogue import copywriting as cw
 from dialogue import drafting as dr
 from dialogue.grounding import unsupported
@@ -71,6 +73,35 @@ def test_banned_words_from_config_and_flag_catch_inflections() -> None:
     assert "banned" not in checks("Light and cushioned: the Harbor Runner for you.")
 
 
+def test_keywords_and_banned_words_in_any_script() -> None:
+    """Words were [a-z0-9]+: a Cyrillic keyword or banned word matched nothing and was
+    silently dropped, so every line passed both checks."""
+    facts = "Шапка Тепло. Тёплая шерстяная шапка для прогулок."
+    checker = cw.AdChecker(cw.AdBrief("Шапка Тепло", facts, "туристы", ("тёплая",), banned=("дешёвая",)))
+    assert [str(p) for p in checker.problems("Шерстяная шапка для прогулок, всегда с вами.")] == [
+        "keyword: missing 'тёплая'"]
+    assert [str(p) for p in checker.problems("ТЁПЛАЯ шерстяная шапка, и совсем дешёвая.")] == [
+        "banned: uses 'дешёвая'"]
+    assert checker.problems("Тёплая шерстяная шапка для прогулок с вами.") == []
+    gate = dr.SentenceGate(cw.ClaimGuard([facts]), banned=("дешёвая",))
+    assert gate.check("Это тёплая и дешёвая шерстяная шапка.")[1] == cw.Problem("banned", "uses 'дешёвая'")
+
+
+def test_a_word_list_entry_with_no_letters_is_refused(tmp_path: Path,
+                                                       capsys: pytest.CaptureFixture[str]) -> None:
+    with pytest.raises(ValueError, match="keyword '!!'"):
+        brief(keywords=("light", "!!"))
+    with pytest.raises(ValueError, match="banned word '—'"):
+        dr.SentenceGate(plan().guard(), banned=("—",))
+    args = ["copy", "--product", "P1001", "--audience", "x", "--project", str(SHOP)]
+    assert main([*args, "--keywords", "light, ++"]) == 2
+    assert "--keywords: '++' has no letters or digits" in capsys.readouterr().err
+    assert main([*args, "--keywords", "light", "--banned", "cheap,!"]) == 2
+    assert "--banned: '!' has no letters or digits" in capsys.readouterr().err
+    with pytest.raises(ProjectError, match="banned_words: '\\*\\*' has no letters"):
+        _ = cm.ShopData(tmp_path, {"banned_words": ["cheap", "**"]}).banned
+
+
 @pytest.mark.parametrize(("line", "check"), [
     ("Light and cushioned, now only €79: the Harbor Runner.", "fact"),            # invented price
     ("Light and cushioned, in 12 colours: the Harbor Runner.", "fact"),           # invented number
@@ -92,6 +123,35 @@ def test_claims_the_data_makes_are_allowed() -> None:
     # mesh (material), navy (colour), "bestseller" (a tag) written as two words.
     assert checks("Light, cushioned, breathable mesh in navy: our best seller.") == []
     assert checks("Light, cushioned and waterproof.", knowledge=("Every shoe is waterproof.",)) == []
+
+
+def test_every_occurrence_of_a_claim_word_is_checked() -> None:
+    """The tag "bestseller" allows "best seller"; it used to let the line's later "best" go
+    unchecked too, as only a claim word's first occurrence was looked at."""
+    guard = cw.ClaimGuard([RUNNER.facts_text()])
+    assert guard.problems("A best seller for your runs.") == []
+    for line in ["A best seller and the best running sneaker for you.",
+                 "A best-selling sneaker, and the best one for you."]:
+        assert [str(p) for p in guard.problems(line)] == [
+            "claim: superlative 'best' is not in the product data"], line
+
+
+@pytest.mark.parametrize(("line", "claim"), [
+    ("Light, cushioned and water-proof: the Harbor Runner.", "property 'waterproof'"),
+    ("Light, cushioned and water proof: the Harbor Runner.", "property 'waterproof'"),
+    ("Light, cushioned and hand-crafted: the Harbor Runner.", "origin 'handcrafted'"),
+    ("Light, cushioned and wind proof: the Harbor Runner.", "property 'windproof'"),
+])
+def test_a_claim_word_split_in_two_is_still_a_claim(line: str, claim: str) -> None:
+    assert [str(p) for p in cw.AdChecker(brief()).problems(line)] == [
+        f"claim: {claim} is not in the product data"]
+
+
+def test_split_claims_in_the_data_allow_the_word_and_adverbs_are_not_superlatives() -> None:
+    assert checks("Light and cushioned, and waterproof for you.",
+                  knowledge=("Every shoe is water-proof.",)) == []
+    assert checks("Light and cushioned, mostly mesh: the Harbor Runner.") == []  # not "most"
+    assert "claim" in checks("Light and cushioned: the most comfy Harbor Runner.")
 
 
 def test_knowledge_is_evidence_only_when_given() -> None:
@@ -118,6 +178,32 @@ def test_model_clutter_is_stripped_from_candidates() -> None:
     assert cw.parse_ad_lines(reply, complete=False) == [
         "Light and cushioned: run on!", "Cushioned and light, for you", "Light, cushioned, ready."]
     assert cw.parse_ad_lines(reply)[-1] == "and a fourth that was cut"
+
+
+@pytest.mark.parametrize(("raw", "clean"), [
+    ('"Light and cushioned: run on!"', "Light and cushioned: run on!"),
+    ("“Light and cushioned.”", "Light and cushioned."),
+    ("'It's light and cushioned'", "It's light and cushioned"),
+    ('"Light and cushioned, for you', "Light and cushioned, for you"),           # left open
+    # Quotes inside the line stay, balanced: the closing one was stripped on its own.
+    *((line, line) for line in ['Light and cushioned: say hello to the "Harbor Runner"',
+                                '"Light and cushioned, it is ready" for you', '"Light" and "cushioned"']),
+    ('"Meet the "Harbor Runner""', 'Meet the "Harbor Runner"'),
+])
+def test_only_quotes_around_the_whole_line_are_stripped(raw: str, clean: str) -> None:
+    assert cw.clean_line(raw) == clean
+
+
+def test_lines_that_start_like_a_label_are_still_ads() -> None:
+    reply = ("Sure! Here are three ads:\nTone: friendly\n"
+             "Sure-footed, light and cushioned: made for your runs.\n"
+             "Tone up your runs with a light, cushioned sneaker.\n"
+             "Here is your new light, cushioned sneaker.\n")
+    assert cw.parse_ad_lines(reply) == ["Sure-footed, light and cushioned: made for your runs.",
+                                        "Tone up your runs with a light, cushioned sneaker.",
+                                        "Here is your new light, cushioned sneaker."]
+    assert dr.parse_outline("Sure.\nSure-footed on every run\nLight and cushioned") == [
+        "Sure-footed on every run", "Light and cushioned"]
 
 
 def test_score_parts_follow_the_documented_formula() -> None:
@@ -173,6 +259,16 @@ def test_product_pieces_state_only_catalog_facts() -> None:
     assert "The Harbor Runner is available in sizes 36–46." in [p.text for p in pieces]
     for piece in pieces:
         assert not unsupported(piece.text, [RUNNER.facts_text()]), piece
+
+
+def test_a_product_without_a_subcategory_has_no_empty_brackets() -> None:
+    mug = dataclasses.replace(RUNNER, name="Tide Mug", category="mugs", subcategory="")
+    pieces = dr.product_pieces(mug)
+    assert pieces[0].text == "The Tide Mug is one of our mugs."
+    assert dr.fallback_text("Overview", pieces) == ("The Tide Mug is one of our mugs. "
+                                                    "The Tide Mug costs €89.95.")
+    assert "()" not in dr.facts_markdown(pieces, [False] * len(pieces))
+    assert dr.product_pieces(RUNNER)[0].text == "The Harbor Runner is one of our sneakers (running)."
 
 
 def test_outline_parser_strips_numbering_markdown_and_descriptions() -> None:
@@ -411,3 +507,66 @@ def test_draft_out_keeps_the_old_file_until_the_new_draft_is_whole(
     draft = out.read_text(encoding="utf-8")
     assert "Harbor Runner" in draft and "## Facts used" in draft
     assert list(tmp_path.iterdir()) == [out] and out.stat().st_mode & 0o777 == 0o644
+
+
+class _Unreachable(ScriptedModel):
+    """Stands in for a remote model server that cannot be reached (none runs here)."""
+
+    def __init__(self) -> None:
+        super().__init__({})
+
+    async def stream(self, messages: Sequence[Any], **_: Any) -> AsyncIterator[str]:
+        raise ConnectionError("remote LM unreachable")
+        yield ""  # an async generator, as the real stream is
+
+
+@pytest.mark.parametrize("outline", [["--fixed-outline"], []])  # fails in a section / in the outline
+def test_draft_stops_with_an_error_when_the_model_fails(
+        outline: list[str], tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+        capsys: pytest.CaptureFixture[str]) -> None:
+    """A model that raised used to read as "it wrote nothing usable": every section fell
+    back to the plain facts and the command exited 0."""
+    out = tmp_path / "draft.md"
+    out.write_text("yesterday's draft\n", encoding="utf-8")
+    monkeypatch.setattr(cm, "open_model", lambda shop: _nullcontext(_Unreachable()))
+    code = main(["draft", "product-description", "--product", "P1001", *outline, "--quiet",
+                 "--project", str(SHOP), "--out", str(out)])
+    captured = capsys.readouterr()
+    assert code == 1
+    what = "the section 'Overview'" if outline else "the outline"
+    assert f"deskmate: writing {what} failed: ConnectionError: remote LM unreachable" in captured.err
+    assert "## Facts used" not in captured.out
+    assert out.read_text(encoding="utf-8") == "yesterday's draft\n" and list(tmp_path.iterdir()) == [out]
+
+
+def test_out_of_range_flags_and_missing_folders_are_refused_up_front(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]) -> None:
+    opened: list[str] = []
+    monkeypatch.setattr(cm, "open_model", lambda shop: opened.append("model") or _nullcontext(_SameReply()))
+    assert main(["copy", "--product", "P1001", "--audience", "x", "--keywords", "light", "--max-chars", "15",
+                 "--project", str(SHOP)]) == 2
+    assert "configuration error: --max-chars: must be at least 20" in capsys.readouterr().err
+    missing = tmp_path / "nope" / "d.md"
+    assert main(["draft", "product-description", "--product", "P1001", "--quiet", "--project", str(SHOP),
+                 "--out", str(missing)]) == 2
+    assert f"configuration error: --out: {missing.parent}: no such folder" in capsys.readouterr().err
+    assert main(["draft", "product-description", "--product", "P1001", "--quiet", "--project", str(SHOP),
+                 "--out", str(tmp_path)]) == 2
+    assert "is a folder" in capsys.readouterr().err
+    assert opened == []  # refused before the model was loaded
+
+
+def test_facts_files_with_a_byte_order_mark(tmp_path: Path) -> None:
+    """Notepad saves UTF-8 with a BOM: the JSON object was then read as plain text."""
+    obj = tmp_path / "p.json"
+    obj.write_text(json.dumps({"id": "X1", "name": "Tide Mug", "category": "home", "price": 12.5,
+                               "description": "A stoneware mug."}), encoding="utf-8-sig")
+    assert cm._read_facts(obj)[0::2] == ("Tide Mug", "A stoneware mug.")
+    text = tmp_path / "mug.txt"
+    text.write_text("name: Tide Mug\nA stoneware mug.\n", encoding="utf-8-sig")
+    name, facts, _ = cm._read_facts(text)
+    assert name == "Tide Mug" and not facts.startswith("\ufeff")
+    latin1 = tmp_path / "latin1.txt"
+    latin1.write_bytes("name: Café Mug\n".encode("latin-1"))
+    with pytest.raises(ProjectError, match="not UTF-8"):
+        cm._read_facts(latin1)

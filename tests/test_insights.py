@@ -139,6 +139,48 @@ def test_an_empty_period_renders() -> None:
     assert "<img" not in page and "None in this period" in page
 
 
+def test_control_characters_a_customer_pasted_keep_the_page_well_formed() -> None:
+    """Escaping left "\\x1b" and "\\x0c" in the page: not XML, an HTML parse error."""
+    question = "where is my order\x1b[31m ?\x0c\x7f"
+    insights = Insights(intent_threshold=0.3, since=1_749_990_000.0, until=1_750_010_000.0)
+    insights.add(ConversationLog("s1", "bot", [
+        Ev("message", {"role": "user", "text": question}, event_id="1-0"),
+        Ev("turn", {"reply_to": "1-0", "intent": "out_of_scope", "policy": "fallback", "confidence": 0.1},
+           event_id="2-0")]))
+    report = {**insights.summary(), "since": "x", "until": "y", "generated_at": "now", "prefix": "dm:\x00",
+              "unanswered": {"turns": 1, "distinct_questions": 1, "intent_threshold": 0.3,
+                             "cluster_distance": 0.65, "clustered": 1, "left_out": 0, "more_clusters": 0,
+                             "clusters": [{"size": 1, "distinct": 1, "examples": [question]}]}}
+    page = render(report)
+    ET.fromstring(page.split("\n", 1)[1])
+    assert "where is my order\ufffd[31m ?\ufffd\ufffd" in page and "dm:\ufffd" in page
+
+
+def test_report_files_are_checked_before_the_work_and_replaced_whole(
+        tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    from bot.files import replaced
+
+    common = ["report", "--redis-url", "redis://127.0.0.1:1/0", "--since", "all"]  # never reached
+    missing = tmp_path / "nope"
+    assert cli.main([*common, "--out", str(missing / "r.html")]) == 2
+    assert f"configuration error: --out: {missing}: no such folder" in capsys.readouterr().err
+    assert cli.main([*common, "--out", str(tmp_path / "r.html"), "--json", str(missing / "r.json")]) == 2
+    assert f"configuration error: --json: {missing}: no such folder" in capsys.readouterr().err
+    assert list(tmp_path.iterdir()) == []  # the page was not written without its JSON
+
+    page = tmp_path / "r.html"
+    page.write_text("last week\n", encoding="utf-8")
+    page.chmod(0o640)
+    with pytest.raises(KeyboardInterrupt), replaced(page) as out:
+        out.write("this we")
+        raise KeyboardInterrupt  # half-way: the old page stays whole, nothing is left beside it
+    assert page.read_text(encoding="utf-8") == "last week\n" and list(tmp_path.iterdir()) == [page]
+    with replaced(page) as out:
+        out.write("this week\n")
+    assert page.read_text(encoding="utf-8") == "this week\n" and list(tmp_path.iterdir()) == [page]
+    assert page.stat().st_mode & 0o777 == 0o640
+
+
 # -- end to end ----------------------------------------------------------------------
 
 async def chat(server: Running, *texts: str) -> Client:
