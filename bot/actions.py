@@ -224,7 +224,10 @@ class RemoteActions:
             try:
                 async with self._client().post(
                         self.url, data=payload, headers={"Content-Type": "application/json"}) as resp:
-                    status, text = resp.status, await resp.text()
+                    # Bytes, not resp.text(): that raises UnicodeDecodeError, which is no
+                    # ClientError, on a body that is not in its charset (a proxy's error page).
+                    status, body = resp.status, await resp.read()
+                    encoding = resp.get_encoding()
             except (aiohttp.ClientConnectorError, aiohttp.ConnectionTimeoutError) as exc:
                 why = f"cannot connect: {exc}"  # nothing was sent: safe to try again
                 log.warning("action %r: %s (attempt %d)", name, why, attempt + 1)
@@ -238,15 +241,17 @@ class RemoteActions:
                 why = f"HTTP {status}"
                 log.warning("action %r: %s from %s (attempt %d)", name, why, self.url, attempt + 1)
                 continue
-            return _answer(name, status, text)
+            return _answer(name, status, body, encoding)
         raise ActionError(name, "unavailable", f"{self.url}: {why} ({self.retries + 1} attempts)")
 
 
-def _answer(name: str, status: int, text: str) -> ActionResult:
-    """Turn an action server's HTTP answer into a result or an :class:`ActionError`."""
+def _answer(name: str, status: int, raw: bytes, encoding: str) -> ActionResult:
+    """Turn an action server's HTTP answer (the body's bytes and the charset it declares,
+    else UTF-8) into a result or an :class:`ActionError`."""
+    text = _decode(raw, encoding, errors="replace")  # only to quote in an error
     try:
-        body: Any = json.loads(text)
-    except ValueError:
+        body: Any = json.loads(_decode(raw, encoding))
+    except ValueError:  # UnicodeDecodeError is one: bytes that are not in the charset
         body = None
     if status == 200:
         if body is None:
@@ -261,6 +266,13 @@ def _answer(name: str, status: int, text: str) -> ActionResult:
     if kind == "failed":
         log.warning("action %r: HTTP %d: %s", name, status, message)
     raise ActionError(name, kind, message if status in (400, 404) else f"HTTP {status}: {message}")
+
+
+def _decode(raw: bytes, encoding: str, *, errors: str = "strict") -> str:
+    try:
+        return raw.decode(encoding, errors)
+    except LookupError:  # a codec Python knows that is not a text encoding (charset=rot13)
+        return raw.decode("utf-8", errors)
 
 
 def open_action_runner(project_dir: Path, url: str | None) -> ActionRunner | None:

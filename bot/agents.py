@@ -1,10 +1,13 @@
 """Support-agent accounts and console logins, in Redis next to the conversations.
 
-An account is a hash (role, salted scrypt hash of the password, created_at);
-the password itself is never stored and is shown once, when it is made. A
-login hands out a random token; Redis keeps only its SHA-256, with a TTL, so
-a copy of the database cannot be replayed as a login. Removing an agent or
-resetting its password revokes every token it holds. Key layout: ``bot.keys``.
+An account is a hash (role, salted scrypt hash of the password, created_at,
+generation); the password itself is never stored and is shown once, when it is
+made. A login hands out a random token; Redis keeps only its SHA-256, with a
+TTL, so a copy of the database cannot be replayed as a login. Removing an agent
+or resetting its password revokes every token it holds, and a token opens only
+the account generation it was granted for: never a later account of the same
+name. Each change to an account is one Lua script (``bot.lua``). Key layout:
+``bot.keys``.
 """
 
 from __future__ import annotations
@@ -26,6 +29,7 @@ from redis.exceptions import RedisError
 
 from bot.errors import DeskmateError, StoreError
 from bot.keys import Keys
+from bot.lua import ADD_AGENT, GRANT, REMOVE_AGENT, RESET_AGENT
 
 ROLES = ("agent", "admin")
 NAME = re.compile(r"^[\w.-]{1,64}$")  # no ':' and no spaces: names are parts of keys
@@ -34,20 +38,6 @@ SCRYPT_N, SCRYPT_R, SCRYPT_P = 2**14, 8, 1
 SALT_BYTES = 16
 LOGIN_ATTEMPTS = 5  # per name per LOGIN_WINDOW, counted before the password is checked
 LOGIN_WINDOW = 60  # seconds
-
-# KEYS: agent, token, agent's token set; ARGV: the password hash the login checked, name,
-# ttl, token digest. Stores the token only if the account still has that hash: a reset
-# (or removal) while the password was being checked revokes this login too.
-GRANT = r"""
-if redis.call('HGET', KEYS[1], 'password') ~= ARGV[1] then
-  return 0
-end
-redis.call('SET', KEYS[2], ARGV[2], 'EX', ARGV[3])
-redis.call('SADD', KEYS[3], ARGV[4])
--- The set lives as long as its newest token; stale digests in it are harmless.
-redis.call('EXPIRE', KEYS[3], ARGV[3])
-return 1
-"""
 
 
 class AgentError(DeskmateError):
@@ -105,6 +95,11 @@ def token_digest(token: str) -> str:
     return hashlib.sha256(token.encode()).hexdigest()
 
 
+def _generation() -> str:
+    """A fresh account generation: new with every account and every password reset."""
+    return secrets.token_hex(8)
+
+
 def check_name(name: str) -> str:
     if not NAME.match(name):
         raise AgentError(f"bad agent name {name!r}: use 1-64 letters, digits, '.', '_' or '-'")
@@ -129,6 +124,9 @@ class Agents:
         self.keys = keys
         self.token_ttl = token_ttl
         self._grant = client.register_script(GRANT)
+        self._add = client.register_script(ADD_AGENT)
+        self._reset = client.register_script(RESET_AGENT)
+        self._remove = client.register_script(REMOVE_AGENT)
 
     # -- accounts -------------------------------------------------------------
 
@@ -138,26 +136,31 @@ class Agents:
         if role not in ROLES:
             raise AgentError(f"bad role {role!r}: use one of {', '.join(ROLES)}")
         password = secrets.token_urlsafe(12)
-        record = {"role": role, "password": await asyncio.to_thread(hash_password, password),
-                  "created_at": repr(time.time())}
+        hashed = await asyncio.to_thread(hash_password, password)
         with _redis("add agent"):
-            # HSETNX on the role first: two concurrent adds of one name cannot both win.
-            if not await self.redis.hsetnx(self.keys.agent(name), "role", role):
-                raise AgentError(f"agent {name!r} already exists")
-            async with self.redis.pipeline(transaction=True) as pipe:
-                pipe.hset(self.keys.agent(name), mapping=record)
-                pipe.sadd(self.keys.agent_index(), name)
-                await pipe.execute()
+            # One script: two concurrent adds of one name cannot both win, and a failure
+            # cannot leave half an account that blocks the name.
+            added = await self._add(
+                keys=[self.keys.agent(name), self.keys.agent_index(), self.keys.agent_tokens(name)],
+                args=[name, role, hashed, repr(time.time()), _generation(), self._token_prefix])
+        if not added:
+            raise AgentError(f"agent {name!r} already exists")
         return password
 
     async def get(self, name: str) -> Agent | None:
+        found = await self._load(name)
+        return found[0] if found else None
+
+    async def _load(self, name: str) -> tuple[Agent, str] | None:
+        """The account and its generation ('' for one made before generations existed)."""
         if not NAME.match(name):
             return None
         with _redis("read agent"):
             record = await self.redis.hgetall(self.keys.agent(name))
         if not record or "password" not in record:
             return None
-        return Agent(name, record.get("role", "agent"), float(record.get("created_at") or 0))
+        agent = Agent(name, record.get("role", "agent"), float(record.get("created_at") or 0))
+        return agent, record.get("generation", "")
 
     async def list(self) -> list[Agent]:
         """Every agent, by name."""
@@ -167,34 +170,35 @@ class Agents:
         return [agent for agent in found if agent is not None]
 
     async def remove(self, name: str) -> None:
-        """Delete the account and revoke its tokens."""
-        if await self.get(name) is None:
+        """Delete the account and revoke its tokens (a half-written account too)."""
+        if not NAME.match(name):
             raise AgentError(f"no agent named {name!r}")
-        await self._revoke(name, delete_account=True)
+        with _redis("remove agent"):
+            found = await self._remove(
+                keys=[self.keys.agent(name), self.keys.agent_tokens(name), self.keys.agent_index()],
+                args=[name, self._token_prefix])
+        if not found:
+            raise AgentError(f"no agent named {name!r}")
 
     async def reset(self, name: str) -> str:
         """A new password for ``name`` (returned once); its current logins are revoked."""
-        if await self.get(name) is None:
+        if await self.get(name) is None:  # before the ~50 ms of hashing
             raise AgentError(f"no agent named {name!r}")
         password = secrets.token_urlsafe(12)
         hashed = await asyncio.to_thread(hash_password, password)
-        # The new hash first: a login with the old password can no longer start a token.
+        # The new hash and the revocation in one step: a login with the old password can
+        # no longer store a token (GRANT checks the hash), and none stored before survives.
         with _redis("reset password"):
-            await self.redis.hset(self.keys.agent(name), "password", hashed)
-        await self._revoke(name)
+            done = await self._reset(keys=[self.keys.agent(name), self.keys.agent_tokens(name)],
+                                     args=[hashed, _generation(), self._token_prefix])
+        if not done:  # removed while the password was being hashed
+            raise AgentError(f"no agent named {name!r}")
         return password
 
-    async def _revoke(self, name: str, *, delete_account: bool = False) -> None:
-        with _redis("revoke tokens"):
-            digests = await self.redis.smembers(self.keys.agent_tokens(name))
-            async with self.redis.pipeline(transaction=True) as pipe:
-                for digest in digests:
-                    pipe.delete(self.keys.agent_token(digest))
-                pipe.delete(self.keys.agent_tokens(name))
-                if delete_account:
-                    pipe.delete(self.keys.agent(name))
-                    pipe.srem(self.keys.agent_index(), name)
-                await pipe.execute()
+    @property
+    def _token_prefix(self) -> str:
+        """What every token key starts with; the scripts add the digest."""
+        return self.keys.agent_token("")
 
     # -- logins ---------------------------------------------------------------
 
@@ -235,10 +239,15 @@ class Agents:
         if not token or len(token) > 256:
             return None
         with _redis("check token"):
-            name = await self.redis.get(self.keys.agent_token(token_digest(token)))
-        if name is None:
+            value = await self.redis.get(self.keys.agent_token(token_digest(token)))
+        if value is None:
             return None
-        return await self.get(name)  # None once the account is gone
+        name, _, generation = value.partition(":")  # no ':' (older tokens): generation ''
+        found = await self._load(name)
+        # None once the account is gone, and for a later account of the same name.
+        if found is None or found[1] != generation:
+            return None
+        return found[0]
 
     async def expires_at(self, token: str) -> float | None:
         """When ``token`` expires (seconds since the epoch), or None if it is not live."""

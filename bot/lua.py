@@ -3,7 +3,8 @@
 Redis runs a script without interleaving other commands, so a conversation's
 events, its session record, the dedupe table, the live index and the live
 fan-out either all change or none do: nothing half-written reaches Redis, and
-subscribers see frames in exactly the order of the stream.
+subscribers see frames in exactly the order of the stream. Likewise an agent
+account, its index entry and its login tokens change together.
 """
 
 from __future__ import annotations
@@ -312,4 +313,74 @@ if type(guard.next) == 'string' then
   return {out, claim(KEYS[1], KEYS[2], KEYS[5], guard.next, 0, 'next')}
 end
 return out
+"""
+
+# -- agent accounts (bot/agents.py) ---------------------------------------------------
+# An account is its hash with a `password`; its `generation` (random, new with every
+# account and every password reset) is copied into each login token, so a token opens
+# only the account, and the password, it was granted for. Each script below changes an
+# account and its tokens in one step: no login on another instance can land between
+# reading an agent's token set and deleting what it lists.
+
+# revoke(tokens, token prefix): delete an agent's token set and every token key it lists.
+_REVOKE_FN = r"""
+local function revoke(tokens, prefix)
+  for _, digest in ipairs(redis.call('SMEMBERS', tokens)) do
+    redis.call('DEL', prefix .. digest)
+  end
+  redis.call('DEL', tokens)
+end
+"""
+
+# KEYS: agent, agent index, agent's token set; ARGV: name, role, password hash, created_at,
+# generation, token key prefix. Creates the account and lists it; 0 (nothing written) when
+# the name has an account. A hash without a password is no account (what a two-step
+# write that stopped half-way leaves): it is replaced.
+ADD_AGENT = _REVOKE_FN + r"""
+if redis.call('HEXISTS', KEYS[1], 'password') == 1 then
+  return 0
+end
+redis.call('DEL', KEYS[1])
+redis.call('HSET', KEYS[1], 'role', ARGV[2], 'password', ARGV[3], 'created_at', ARGV[4],
+           'generation', ARGV[5])
+redis.call('SADD', KEYS[2], ARGV[1])
+revoke(KEYS[3], ARGV[6])  -- a new account starts with no logins
+return 1
+"""
+
+# KEYS: agent, agent's token set; ARGV: new password hash, new generation, token key
+# prefix. Sets the password and revokes every login; 0 (nothing written) when there is no
+# account, so a reset racing a removal cannot bring a password-only account back.
+RESET_AGENT = _REVOKE_FN + r"""
+if redis.call('HEXISTS', KEYS[1], 'password') == 0 then
+  return 0
+end
+redis.call('HSET', KEYS[1], 'password', ARGV[1], 'generation', ARGV[2])
+revoke(KEYS[2], ARGV[3])
+return 1
+"""
+
+# KEYS: agent, agent's token set, agent index; ARGV: name, token key prefix. Deletes the
+# account, its index entry and its logins. 1 when there was anything to delete, a
+# password-less leftover included; 0 when there was none.
+REMOVE_AGENT = _REVOKE_FN + r"""
+local found = redis.call('DEL', KEYS[1]) + redis.call('SREM', KEYS[3], ARGV[1])
+revoke(KEYS[2], ARGV[2])
+if found > 0 then return 1 end
+return 0
+"""
+
+# KEYS: agent, token, agent's token set; ARGV: the password hash the login checked, name,
+# ttl, token digest. Stores the token ("name:generation") only if the account still has
+# that hash: a reset (or removal) while the password was being checked revokes this login.
+GRANT = r"""
+local account = redis.call('HMGET', KEYS[1], 'password', 'generation')
+if account[1] ~= ARGV[1] then
+  return 0
+end
+redis.call('SET', KEYS[2], ARGV[2] .. ':' .. (account[2] or ''), 'EX', ARGV[3])
+redis.call('SADD', KEYS[3], ARGV[4])
+-- The set lives as long as its newest token; stale digests in it are harmless.
+redis.call('EXPIRE', KEYS[3], ARGV[3])
+return 1
 """

@@ -397,25 +397,29 @@ async def test_server_down_is_unavailable_after_retries(caplog: pytest.LogCaptur
 # --- remote: a stand-in proxy (no real proxy runs here) --------------------------------------------
 
 class Proxy:
-    """An HTTP server on port 0 that answers each POST with the next canned answer."""
+    """An HTTP server on port 0 that answers each POST with the next canned answer
+    (text is sent as UTF-8, bytes as they are) under ``content_type``."""
 
-    def __init__(self, answers: list[tuple[int, str]]) -> None:
+    def __init__(self, answers: list[tuple[int, str | bytes]], content_type: str) -> None:
         self.answers = answers
+        self.content_type = content_type
         self.bodies: list[dict[str, Any]] = []
         self.url = ""
 
     async def handle(self, request: web.Request) -> web.Response:
         self.bodies.append(await request.json())
         status, body = self.answers[min(len(self.bodies), len(self.answers)) - 1]
-        return web.Response(status=status, text=body, content_type="application/json")
+        raw = body if isinstance(body, bytes) else body.encode()
+        return web.Response(status=status, body=raw, headers={"Content-Type": self.content_type})
 
 
 @pytest.fixture
-async def proxy() -> AsyncIterator[Callable[[list[tuple[int, str]]], Awaitable[Proxy]]]:
+async def proxy() -> AsyncIterator[Callable[..., Awaitable[Proxy]]]:
     runners: list[web.AppRunner] = []
 
-    async def start(answers: list[tuple[int, str]]) -> Proxy:
-        fake = Proxy(answers)
+    async def start(answers: list[tuple[int, str | bytes]],
+                    content_type: str = "application/json") -> Proxy:
+        fake = Proxy(answers, content_type)
         app = web.Application()
         app.router.add_post("/webhook", fake.handle)
         runner, port = await serve_app(app)
@@ -468,3 +472,30 @@ async def test_malformed_answer_fails(proxy: Callable[..., Awaitable[Proxy]], an
     finally:
         await runner.close()
     assert failed.value.kind == "failed" and len(fake.bodies) == 1
+
+
+@pytest.mark.parametrize("status", [200, 500])
+async def test_an_answer_that_is_not_in_its_charset_fails(
+        proxy: Callable[..., Awaitable[Proxy]], status: int) -> None:
+    """A Latin-1 error page (a proxy's, say) read as the UTF-8 it does not declare otherwise:
+    the action failed, like any other unreadable answer, and the error quotes what it can."""
+    fake = await proxy([(status, b"\xff\xfe<html>Fehler \xe4</html>")], content_type="text/html")
+    runner = RemoteActions(fake.url)
+    try:
+        with pytest.raises(ActionError) as failed:
+            await runner.run("action_order_status", tracker(), DOMAIN)
+    finally:
+        await runner.close()
+    assert failed.value.kind == "failed" and "Fehler" in failed.value.message
+    assert len(fake.bodies) == 1
+
+
+async def test_an_answer_in_its_declared_charset_is_read(proxy: Callable[..., Awaitable[Proxy]]) -> None:
+    answer = json.dumps({"events": [], "responses": [{"text": "Grüße"}]}, ensure_ascii=False)
+    fake = await proxy([(200, answer.encode("latin-1"))], content_type="application/json; charset=iso-8859-1")
+    runner = RemoteActions(fake.url)
+    try:
+        result = await runner.run("action_order_status", tracker(), DOMAIN)
+    finally:
+        await runner.close()
+    assert result.responses == [{"text": "Grüße"}]

@@ -3,12 +3,14 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import os
 import re
 import subprocess
 import sys
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Awaitable, Callable
+from typing import Any
 
 import pytest
 import redis
@@ -16,7 +18,15 @@ import redis.asyncio as aioredis
 from redis.asyncio.retry import Retry
 from redis.backoff import NoBackoff
 
-from bot.agents import LOGIN_ATTEMPTS, AgentError, Agents, LoginRefused, check_password, token_digest
+from bot.agents import (
+    LOGIN_ATTEMPTS,
+    AgentError,
+    Agents,
+    LoginRefused,
+    check_password,
+    hash_password,
+    token_digest,
+)
 from bot.errors import StoreError
 from bot.keys import Keys
 from tests.conftest import ROOT
@@ -52,7 +62,9 @@ async def test_password_and_tokens_are_stored_only_as_hashes(
     scheme, n, r, p, salt, digest = stored.split("$")
     assert (scheme, n, r, p) == ("scrypt", str(2**14), "8", "1") and len(salt) == 24  # 16 bytes
     assert check_password(password, stored) and not check_password(password + "x", stored)
-    assert sync_redis.get(Keys(key_prefix).agent_token(token_digest(token))) == "anna"
+    generation = sync_redis.hget(Keys(key_prefix).agent("anna"), "generation")
+    stored_token = sync_redis.get(Keys(key_prefix).agent_token(token_digest(token)))
+    assert generation and stored_token == f"anna:{generation}"  # name and account generation
     assert 0 < sync_redis.ttl(Keys(key_prefix).agent_token(token_digest(token))) <= 60
     assert time.time() + 50 < expires_at <= time.time() + 60
     assert await agents.verify(token) == agent
@@ -121,6 +133,116 @@ async def test_a_reset_during_a_login_leaves_no_live_token(
     assert refused.value.code == "unauthorized"
     assert not sync_redis.exists(Keys(key_prefix).agent_tokens("ivan"))
     assert not list(sync_redis.scan_iter(match=Keys(key_prefix).agent_token("*")))
+
+
+def after_each_command(monkeypatch: pytest.MonkeyPatch, agents: Agents,
+                       then: Callable[[tuple[Any, ...]], Awaitable[None]]) -> None:
+    """Run ``then`` after every command ``agents`` sends on its own (a script is one
+    command; a MULTI block is not seen), as if another instance acted in between."""
+    send = agents.redis.execute_command
+
+    async def and_then(*args: Any, **options: Any) -> Any:
+        out = await send(*args, **options)
+        await then(args)
+        return out
+
+    monkeypatch.setattr(agents.redis, "execute_command", and_then)
+
+
+async def test_a_failure_while_adding_leaves_no_half_account(
+        agents: Agents, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Redis goes away right after the first command of an add: what was written is a whole
+    account (the add's one script) or nothing, never a name that no command can use."""
+    await agents.add("warm-up")  # loads the script, so the add below is one EVALSHA
+
+    async def connection_lost(args: tuple[Any, ...]) -> None:
+        raise redis.ConnectionError("Connection closed by server.")
+
+    after_each_command(monkeypatch, agents, connection_lost)
+    with pytest.raises(StoreError):
+        await agents.add("mia", "admin")
+    monkeypatch.undo()
+    agent = await agents.get("mia")
+    assert agent is not None and agent.role == "admin"
+    assert "mia" in [a.name for a in await agents.list()]
+    await agents.reset("mia")
+    await agents.remove("mia")
+    await agents.add("mia")
+
+
+async def test_a_half_written_account_does_not_block_its_name(
+        agents: Agents, sync_redis: redis.Redis, key_prefix: str) -> None:
+    """An older deskmate wrote an account in two steps and could leave only its role: that
+    is no account, so adding the name works, and removing it cleans the leftover up."""
+    keys = Keys(key_prefix)
+    sync_redis.hset(keys.agent("nina"), "role", "agent")
+    password = await agents.add("nina", "admin")
+    _, _, agent = await agents.login("nina", password)
+    assert agent.role == "admin" and [a.name for a in await agents.list()] == ["nina"]
+
+    sync_redis.hset(keys.agent("omar"), "role", "agent")
+    assert await agents.get("omar") is None
+    await agents.remove("omar")
+    assert not sync_redis.exists(keys.agent("omar"))
+    with pytest.raises(AgentError):
+        await agents.remove("omar")
+
+
+async def test_a_login_during_a_removal_leaves_no_live_token(
+        agents: Agents, redis_url: str, key_prefix: str, monkeypatch: pytest.MonkeyPatch,
+        sync_redis: redis.Redis) -> None:
+    password = await agents.add("pia")
+    client = aioredis.from_url(redis_url, decode_responses=True)
+    other_instance = Agents(client, Keys(key_prefix), token_ttl=60)
+    tokens: list[str] = []
+
+    async def log_in(args: tuple[Any, ...]) -> None:
+        with contextlib.suppress(LoginRefused):
+            tokens.append((await other_instance.login("pia", password))[0])
+
+    try:
+        after_each_command(monkeypatch, agents, log_in)
+        await agents.remove("pia")
+        monkeypatch.undo()
+        await agents.add("pia", "admin")
+        for token in tokens:
+            assert await agents.verify(token) is None
+        assert not list(sync_redis.scan_iter(match=Keys(key_prefix).agent_token("*")))
+    finally:
+        await client.aclose()
+
+
+async def test_a_token_never_opens_a_later_account_of_the_same_name(
+        agents: Agents, sync_redis: redis.Redis, key_prefix: str) -> None:
+    """Even a token key that outlived its account (written before revocation was one
+    script, or restored from a backup) is bound to the account it was granted for."""
+    password = await agents.add("quinn")
+    token, _, _ = await agents.login("quinn", password)
+    key = Keys(key_prefix).agent_token(token_digest(token))
+    value = sync_redis.get(key)
+    await agents.remove("quinn")
+    for kept in (value, "quinn"):  # this version's token, and one from before generations
+        sync_redis.set(key, kept or "", ex=60)
+        await agents.add("quinn", "admin")
+        assert await agents.verify(token) is None
+        await agents.remove("quinn")
+
+
+async def test_a_reset_racing_a_removal_does_not_bring_the_account_back(
+        agents: Agents, monkeypatch: pytest.MonkeyPatch, sync_redis: redis.Redis, key_prefix: str) -> None:
+    await agents.add("rosa")
+    loop = asyncio.get_running_loop()
+
+    def remove_meanwhile(password: str) -> str:
+        # Runs in the reset's thread, after the reset checked that the account exists.
+        asyncio.run_coroutine_threadsafe(agents.remove("rosa"), loop).result(timeout=30)
+        return hash_password(password)
+
+    monkeypatch.setattr("bot.agents.hash_password", remove_meanwhile)
+    with pytest.raises(AgentError):
+        await agents.reset("rosa")
+    assert await agents.get("rosa") is None
+    assert not sync_redis.exists(Keys(key_prefix).agent("rosa"))
 
 
 async def test_login_attempts_are_throttled_per_name(agents: Agents) -> None:
