@@ -409,24 +409,25 @@ class DialogueEngine:
         turn.actions.append(name)
         replies_before = len(turn.replies)
         apply_events(turn, result.events, initial_slots=self.initial_slots)
+        # As Rasa's RemoteAction: the dispatcher's messages first, then the BotUttered events
+        # the action returned, in their order.
         bot_event_replies = turn.replies[replies_before:]
         del turn.replies[replies_before:]
         for response in result.responses:
             reply = self.responses.dispatcher_message(response, turn.slots, f"{message.event_id}:{name}")
             if reply is not None:
                 turn.replies.append(Reply(reply.text, reply.buttons, reply.cards, name=reply.name or name))
-        if not result.responses:
-            turn.replies.extend(bot_event_replies)
+        turn.replies.extend(Reply(r.text, r.buttons, r.cards, name=r.name or name) for r in bot_event_replies)
         if "requested_slot" in turn.slots:  # Rasa keeps it as a slot; here it is dialogue state
             turn.state["requested_slot"] = turn.slots.pop("requested_slot")
             turn.slot_events = [e for e in turn.slot_events if e[0] != "requested_slot"]
             turn.requested_chosen = True
-        followups, turn.followups = turn.followups, []
-        for follow in followups:
+        follow, turn.followup = turn.followup, None
+        if follow is not None:
             if depth >= MAX_FOLLOWUPS:
                 log.warning("session %s: follow-up chain too long at %s", conversation.session_id, follow)
-                break
-            await self._run_action(follow, conversation, message, u, turn, decision, depth + 1)
+            else:
+                await self._run_action(follow, conversation, message, u, turn, decision, depth + 1)
         loop = turn.active_loop
         if loop and loop != loop_before and loop in self.project.forms and "requested_slot" not in turn.state:
             # The action started a form (ActiveLoop): as in Rasa, the form runs at once and

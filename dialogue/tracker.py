@@ -8,6 +8,7 @@ reported, never fatal.
 
 from __future__ import annotations
 
+import copy
 import logging
 import time
 from collections.abc import Mapping, Sequence
@@ -21,23 +22,46 @@ log = logging.getLogger("deskmate.tracker")
 
 @dataclass
 class TurnState:
-    """What a turn changes as it runs; ``bot/`` stores the result atomically at the end."""
+    """What a turn changes as it runs; ``bot/`` stores the result atomically at the end.
+
+    ``slots`` and ``state`` are those of the conversation when the customer's message
+    arrived; the turn keeps a copy of them to go back to (:meth:`rewind`)."""
 
     slots: dict[str, Any]
     state: dict[str, Any]
     replies: list[Reply] = field(default_factory=list)
     slot_events: list[tuple[str, Any]] = field(default_factory=list)
     actions: list[str] = field(default_factory=list)
-    followups: list[str] = field(default_factory=list)
+    # The action to run next (FollowupAction). One, as Rasa's tracker.followup_action: a
+    # later FollowupAction replaces an earlier one.
+    followup: str | None = None
     handoff: str | None = None
     # An action set requested_slot (a form validator choosing the next slot, or None to end
     # the form early, as rasa-sdk's does when it overrides required_slots).
     requested_chosen: bool = False
+    _start: tuple[dict[str, Any], dict[str, Any]] = field(init=False, repr=False, compare=False)
+
+    def __post_init__(self) -> None:
+        self._start = copy.deepcopy((self.slots, self.state))
 
     def set_slot(self, name: str, value: Any) -> None:
         if self.slots.get(name) != value or name not in self.slots:
             self.slots[name] = value
             self.slot_events.append((name, value))
+
+    def rewind(self) -> None:
+        """Undo what the turn changed since the customer's message, as Rasa's
+        UserUtteranceReverted does: slots (the ones read from the message too), the active
+        form and the slot it asked for, and the pending follow-up. What was said stays said,
+        the actions that ran stay on the record, and a handoff already decided stands."""
+        slots, state = copy.deepcopy(self._start)
+        self.slots.clear()
+        self.slots.update(slots)
+        self.state.clear()
+        self.state.update(state)
+        self.slot_events.clear()
+        self.followup = None
+        self.requested_chosen = False
 
     @property
     def active_loop(self) -> str | None:
@@ -106,7 +130,10 @@ def apply_events(turn: TurnState, events: Sequence[Any], *, initial_slots: Mappi
             if kind == "restart":
                 turn.state.clear()
         elif kind == "followup":
-            turn.followups.append(str(event.get("name")))
+            if event.get("name"):
+                turn.followup = str(event["name"])
+            else:
+                notes.append("ignored a followup event without an action name")
         elif kind == "pause":
             turn.handoff = turn.handoff or "an action paused the conversation"
         elif kind in ("active_loop", "form"):
@@ -119,8 +146,10 @@ def apply_events(turn: TurnState, events: Sequence[Any], *, initial_slots: Mappi
             turn.replies.append(Reply(str(event.get("text") or ""),
                                       [Button(str(b.get("title", "")), str(b.get("payload", "")))
                                        for b in data.get("buttons") or [] if isinstance(b, dict)]))
+        elif kind == "rewind":
+            turn.rewind()
         elif kind in ("resume", "action", "user", "session_started", "action_execution_rejected",
-                      "user_featurization", "loop_interrupted", "entities", "undo", "rewind"):
+                      "user_featurization", "loop_interrupted", "entities", "undo"):
             continue  # nothing to apply here: bookkeeping events of Rasa's tracker
         else:
             notes.append(f"event {kind!r} is not supported and was ignored")
