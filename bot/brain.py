@@ -180,8 +180,10 @@ def build_engine(project: Project, *, embed: Callable[[list[str]], Any] | None,
     recommender = Recommender(load_catalog(project.catalog_path)) if project.catalog_path.is_file() else None
     runner = open_action_runner(project.path, actions_url)
     response_vectors: dict[str, Any] = {}
-    if knowledge is not None and embed is not None:
+    if embed is not None:
         # The canned responses rules give, embedded to tell when a knowledge entry is more specific.
+        # Also without knowledge/ entries: an agent's approved answer creates the index later
+        # (bot/learning.py) and must be able to override a rule as a project's own entry can.
         names = sorted({a for acts in project.rules.values() for a in acts if a in project.responses})
         texts = [(n, str(v.get("text") or "")) for n in names for v in project.responses[n]]
         vectors: Any = embed([t for _, t in texts]) if texts else []

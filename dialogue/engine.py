@@ -575,21 +575,32 @@ class DialogueEngine:
         assert self.recommender is not None
         budget = turn.slots.get("budget")
         ok, budget = coerce({"type": "float"}, budget)
-        words = tuple(w for w in _WORD.findall(message.text.lower()) if w not in _STOPWORDS and len(w) > 2)
         prefs = Preferences(category=turn.slots.get("category"), size=turn.slots.get("size"),
                             color=turn.slots.get("color"), budget=budget if ok else None,
-                            words=() if message.payload else words)
+                            words=() if message.payload else self._request_words(message.text))
         picks = self.recommender.recommend(prefs, self._profile(conversation), k=3)
         if not picks:
             reply = self.responses.render("utter_no_products_found", turn.slots, message.event_id)
             turn.replies.append(reply or Reply("I couldn't find a matching product right now.",
                                                name=RECOMMEND))
             return
-        relaxed = sorted({r for s in picks for r in s.reasons if r.startswith("relaxed")})
-        intro = "Here are a few picks for you:" if not relaxed else (
+        intro = "Here are a few picks for you:" if not any(s.relaxed for s in picks) else (
             "I couldn't find an exact match, so here are the closest picks:")
         turn.replies.append(Reply(intro, [Button("Size help", "/size_help")],
                                   [self.recommender.card(s) for s in picks], name=RECOMMEND))
+
+    def _request_words(self, text: str) -> tuple[str, ...]:
+        """The words of a product request that rank products ("waterproof", "wedding").
+
+        Left out: what an entity already made a filter ("black", "sneakers", "size 42",
+        "under 100 euros" -- "100" would match "100% cotton"), numbers and function words.
+        A word a synonym renamed stays: "hoodies" (sweaters) and "chelsea boots" (boots)
+        say more than the category they fill."""
+        for e in self.entities.extract(text) if self.entities is not None else []:
+            if e.extractor != "synonym":
+                text = text[:e.start] + " " * (e.end - e.start) + text[e.end:]  # offsets stay valid
+        return tuple(w for w in _WORD.findall(text.lower())
+                     if w not in _STOPWORDS and len(w) > 2 and not w.isdigit())
 
     def _offer_recommendations(self, conversation: Conversation, u: Understanding, turn: TurnState) -> None:
         """A customer who browsed but hesitates (greets, thanks, says no) gets an offer to see picks."""

@@ -196,9 +196,11 @@ def _lookup_pattern(values: Iterable[str]) -> re.Pattern[str]:
     parts = sorted({_key(v): v for v in values}.values(), key=lambda v: (-len(v), v.casefold()))
     alternatives = ("[\\s\\-]*".join(re.escape(w) for w in _SEPARATORS.split(p.strip())) for p in parts)
     # Not inside a word, nor right after a contraction's apostrophe ("I'm" and "it's"
-    # are not sizes M and S), nor the whole part of a decimal ("42.5" is not size 42).
-    return re.compile(r"(?<!\w)(?<!\w['’])(?=(?P<v>" + "|".join(alternatives) + r")(?!\w|[.,]\d))",
-                      re.IGNORECASE)
+    # are not sizes M and S), nor glued to a word by a dot or an ampersand ("U.S.",
+    # "L.A.", "H&M" are not sizes S, L and M), nor part of a number: "42.5", "42,5" and
+    # "40,000" hold no 42 or 40, while "42,43" is a list of two.
+    return re.compile(r"(?<!\w)(?<!\w['’.&])(?=(?P<v>" + "|".join(alternatives)
+                      + r")(?!\w|[.&]\w|,\d(?!\d\b)))", re.IGNORECASE)
 
 
 def _add_slot_values(sources: _Sources, slots: Mapping[str, Mapping[str, Any]]) -> set[str]:

@@ -30,8 +30,9 @@ from dialogue.project import YamlLoader
 
 log = logging.getLogger("deskmate.knowledge")
 
-# A ``###`` section whose body is shorter than this is folded into its ``##`` parent:
-# a two-line subsection retrieves poorly on its own and reads oddly as an answer.
+# A ``###`` section whose body is shorter than this is folded into its ``##`` parent
+# (whatever its siblings' length): a two-line subsection retrieves poorly on its own
+# and reads oddly as an answer.
 MIN_SECTION_CHARS = 160
 
 FAQ_KEYS = frozenset({"id", "question", "answer", "tags"})
@@ -185,16 +186,19 @@ class _Section:
 
 
 def _load_markdown(path: Path, folder: str) -> list[tuple[KnowledgeEntry, int]]:
-    """One entry per section; ``###`` sections shorter than MIN_SECTION_CHARS join their parent."""
+    """One entry per section; ``###`` sections shorter than MIN_SECTION_CHARS join their
+    ``##`` parent, also after a long sibling that stands alone ("Pickup" belongs with
+    "Options", not with "Express" before it). A ``###`` with no ``##`` above stands alone."""
     sections = _split_sections(_read_text(path).splitlines())
     merged: list[_Section] = []
+    parent: _Section | None = None  # the open ``##`` section
     for section in sections:
-        parent = merged[-1] if merged else None
-        if (section.level == 3 and parent is not None and parent.level == 2
-                and len(section.text) < MIN_SECTION_CHARS):
+        if section.level == 3 and parent is not None and len(section.text) < MIN_SECTION_CHARS:
             parent.body = [parent.text, "", f"### {section.heading}", "", section.text]
-        else:
-            merged.append(section)
+            continue
+        merged.append(section)
+        if section.level <= 2:
+            parent = section if section.level == 2 else None
     out: list[tuple[KnowledgeEntry, int]] = []
     for section in merged:
         text = section.text
@@ -224,6 +228,10 @@ def _split_sections(lines: list[str]) -> list[_Section]:
         path.append((level, heading))
         sections.append(_Section(level=level, heading=heading, line=number, path=tuple(h for _, h in path),
                                  anchor=_unique(_slug(heading) or "section", anchors)))
+    # The text before the first heading has no anchor on the rendered page; it takes
+    # "intro" after the headings took theirs, so a heading named "Intro" keeps its link
+    # and the page's intro becomes "intro-1".
+    sections[0].anchor = _unique("intro", anchors)
     return sections
 
 
@@ -235,10 +243,15 @@ def _slug(heading: str) -> str:
 
 
 def _unique(anchor: str, seen: dict[str, int]) -> str:
-    # Repeated headings get "-1", "-2", ... as GitHub does, so ids stay unique per page.
-    count = seen.get(anchor, 0)
-    seen[anchor] = count + 1
-    return anchor if count == 0 else f"{anchor}-{count}"
+    """``anchor``, or ``anchor-1``, ``anchor-2``, ... if taken, as GitHub (github-slugger)
+    numbers repeated headings; a suffixed anchor another heading already has ("Intro",
+    "Intro", "Intro 1") is skipped, so anchors stay unique per page."""
+    result = anchor
+    while result in seen:
+        seen[anchor] += 1
+        result = f"{anchor}-{seen[anchor]}"
+    seen[result] = 0
+    return result
 
 
 # -------------------------------------------------------------------- index
@@ -297,11 +310,10 @@ class KnowledgeIndex:
             return []
         query = _unit_rows(np.asarray(vector, dtype=np.float32).reshape(1, -1), dim=self._dim)[0]
         scores = snap.matrix @ query  # (N,)
-        k = min(k, len(scores))
-        top = np.argpartition(-scores, k - 1)[:k] if k < len(scores) else np.arange(len(scores))
-        # Sort by score, then index order, so that ties come out the same on every run.
-        order = sorted(top.tolist(), key=lambda i: (-float(scores[i]), i))
-        return [Hit(snap.entries[i], float(scores[i])) for i in order]
+        # By score, then index order: equal scores come out in index order, also at the
+        # k-th place (a partial sort would pick any of them). N is hundreds: a full sort is cheap.
+        order = np.lexsort((np.arange(len(scores)), -scores))[:k]
+        return [Hit(snap.entries[i], float(scores[i])) for i in order.tolist()]
 
     def vector(self, entry_id: str) -> np.ndarray | None:
         """The unit vector stored for ``entry_id``, or None."""

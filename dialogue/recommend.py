@@ -22,6 +22,7 @@ Ranking in two steps:
 from __future__ import annotations
 
 import json
+import math
 import re
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
@@ -59,7 +60,9 @@ COMPLEMENTS: Mapping[str, tuple[str, ...]] = {
 # Tags nearly every product has say nothing about likeness.
 _GENERIC_TAGS = frozenset({"unisex", "bestseller"})
 _STOPWORDS = frozenset("""a an and any are but can could for from have i in is it me my of on or
-    please show some something that the them this to want with you your need looking like get""".split())
+    please show some something that the them this to want with you your need looking like get
+    under below over above less more than max maximum min minimum around about between budget
+    price euro euros eur size sizes""".split())
 _WORD = re.compile(r"[a-z0-9]+")
 
 # Relaxation order: index = bit in the binary count (colour is given up first).
@@ -92,13 +95,14 @@ class Product:
 
     @property
     def one_size(self) -> bool:
+        """No size to choose: ``"One size"`` only, or no sizes listed (a gift card, a tote)."""
         return all(s.casefold() == "one size" for s in self.sizes)
 
     def facts_text(self) -> str:
         """Every fact about the product on one line, as grounding evidence for a reply."""
         stock = "in stock" if self.in_stock else "out of stock"
         return (f"{self.name} ({self.id}): {self.category}, {self.subcategory}; {self.price_text}; "
-                f"colours: {', '.join(self.colors)}; sizes: {_size_ranges(self.sizes)}; "
+                f"colours: {', '.join(self.colors)}; sizes: {_size_ranges(self.sizes) or 'one size'}; "
                 f"material: {self.material}; {stock}; tags: {', '.join(self.tags)}; "
                 f"{self.description} Link: {self.url}")
 
@@ -136,7 +140,8 @@ def _size_ranges(sizes: Sequence[str]) -> str:
 def load_catalog(path: Path) -> list[Product]:
     """The products in a catalog JSON file (a list of objects); raise :class:`ProjectError`
     naming the file and product on bad data. ``id``, ``name``, ``category`` and ``price``
-    are required; missing text fields are empty, lists empty, ``in_stock`` true."""
+    are required; missing text fields are empty, lists empty (no ``sizes``: one size),
+    ``in_stock`` true."""
     try:
         data = json.loads(path.read_text(encoding="utf-8"))
     except OSError as exc:
@@ -174,13 +179,20 @@ def _product(path: str, index: int, raw: Any) -> Product:
         return tuple(value)
 
     price = raw.get("price")
-    if isinstance(price, bool) or not isinstance(price, int | float) or price < 0:
+    if isinstance(price, bool) or not isinstance(price, int | float):
         raise ProjectError(path, f"{where}: 'price' must be a number >= 0")
+    try:
+        amount = float(price)
+    except OverflowError:  # an integer too large for a float
+        amount = math.inf
+    # Python's JSON reader accepts NaN and Infinity; a card would say "€nan".
+    if not math.isfinite(amount) or amount < 0:
+        raise ProjectError(path, f"{where}: 'price' must be a finite number >= 0, not {amount}")
     in_stock = raw.get("in_stock", True)
     if not isinstance(in_stock, bool):
         raise ProjectError(path, f"{where}: 'in_stock' must be true or false")
     return Product(id=text("id", True), name=text("name", True), category=text("category", True),
-                   subcategory=text("subcategory"), price=float(price), currency=text("currency") or "EUR",
+                   subcategory=text("subcategory"), price=amount, currency=text("currency") or "EUR",
                    colors=strings("colors"), sizes=strings("sizes"), material=text("material"),
                    description=text("description"), tags=strings("tags"), in_stock=in_stock,
                    image=text("image"), url=text("url"))
@@ -241,7 +253,10 @@ def _has_color(product: Product, color: str) -> bool:
 
 
 def _has_size(product: Product, size: str) -> bool:
-    """Whether ``size`` is available: exact, inside a range like ``39-42`` (socks), or one size."""
+    """Whether ``size`` is available: exact, inside a range like ``39-42`` (socks), or one size
+    (``"One size"`` or no sizes listed, as :attr:`Product.one_size` says)."""
+    if product.one_size:
+        return True
     want = _norm(size).removeprefix("eu").strip().upper()
     for have in (s.strip().upper() for s in product.sizes):
         if have in (want, "ONE SIZE"):
@@ -358,7 +373,9 @@ class Recommender:
         matched: list[str] = []
         score = 0.0
         for word in dict.fromkeys(w for text in words for w in _WORD.findall(text.casefold())):
-            if len(word) < 3 or word in _STOPWORDS:
+            # A number is a budget, a size or a count, never a word to match: "100" is in
+            # "100% cotton".
+            if len(word) < 3 or word in _STOPWORDS or word.isdigit():
                 continue
             stem = _stem(word)
             if stem in strong:

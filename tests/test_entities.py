@@ -58,7 +58,7 @@ def test_a_realistic_product_search(shop: EntityExtractor) -> None:
     assert [(e.entity, e.value, e.extractor) for e in entities] == [
         ("color", "black", "lookup"),
         ("category", "sneakers", "synonym"),
-        ("size", "42", "lookup"),
+        ("size", "42", "regex"),
         ("budget", 80.0, "regex"),
     ]
     assert [text[e.start:e.end] for e in entities] == ["BLACK", "trainers", "42", "under 80 euros"]
@@ -82,6 +82,30 @@ def test_minimums_and_durations_are_not_budgets(shop: EntityExtractor) -> None:
     assert found(shop, "orders of more than 60 euros") == []
     assert found(shop, "can I return it within 30 days") == []
     assert found(shop, "delivered in under 5 days?") == []
+
+
+@pytest.mark.parametrize("text", [
+    "is shipping free over 59,90 €?",
+    "orders of more than 49.95 euros",
+    "at least 29.99 eur",
+    "from 120,50 €",
+    "do you have sneakers up to 50% off?",
+    "up to 50 % off",
+])
+def test_minimums_with_decimals_and_discounts_are_not_budgets(shop: EntityExtractor, text: str) -> None:
+    assert [e for e in found(shop, text) if e[0] == "budget"] == []
+
+
+@pytest.mark.parametrize("text, span", [
+    ("budget 100-150 euros", "budget 100-150"),
+    ("budget 100 to 150", "budget 100 to 150"),
+    ("sneakers, 100–150 €", "100–150 €"),
+    ("from 100 to 150 euros", "100 to 150 euros"),
+    ("€100-€150", "€100-€150"),
+])
+def test_a_budget_range_is_one_budget_its_upper_bound(shop: EntityExtractor, text: str, span: str) -> None:
+    budgets = [e for e in shop.extract(text) if e.entity == "budget"]
+    assert [(e.value, text[e.start:e.end]) for e in budgets] == [(150.0, span)]
 
 
 def test_parse_budget_edge_cases() -> None:
@@ -109,6 +133,37 @@ def test_contractions_decimals_and_small_things_are_not_sizes(shop: EntityExtrac
     assert found(shop, "I'm sure it's fine, I'll wait") == []
     assert found(shop, "do you have 42.5") == []
     assert found(shop, "it's a small bag") == [("category", "accessories")]
+
+
+@pytest.mark.parametrize("text, sizes", [
+    ("I'd like it in l", ["L"]),
+    ("M please", ["M"]),
+    ("EU42 please", ["42"]),
+    ("size 42,43", ["42", "43"]),
+    ("I'm between 41 and 42", ["41", "42"]),
+    ("do you ship to the U.S.?", []),
+    ("I live in L.A.", []),
+    ("what's the return policy for S&M?", []),
+    ("I'm 1 m 80 tall", []),
+    ("it is 40 cm long", []),
+    ("it was 44 degrees", []),
+    ("about 36 hours", []),
+    ("i ordered 42 days ago", []),
+    ("I bought 2 items 40 min ago", []),
+    ("we have 40,000 customers", []),
+])
+def test_bare_sizes_but_not_measures_times_or_abbreviations(shop: EntityExtractor, text: str,
+                                                            sizes: list[str]) -> None:
+    assert [v for e, v in found(shop, text) if e == "size"] == sizes
+
+
+def test_lookups_skip_abbreviations_names_and_numbers(tmp_path: Path) -> None:
+    slots = {"size": {"type": "categorical", "values": ["S", "M", "L", "42", "43"],
+                      "mappings": [{"type": "from_entity", "entity": "size"}]}}
+    extractor = EntityExtractor([_write(tmp_path, "version: '3.1'\nnlu: []\n")], slots)
+    assert found(extractor, "ship to the U.S. or L.A.? like H&M") == []
+    assert found(extractor, "42.5, 42,5 or 43.000") == []
+    assert [v for _, v in found(extractor, "S, M or 42,43.")] == ["S", "M", "42", "43"]
 
 
 def test_colours_case_synonyms_and_multiword(shop: EntityExtractor) -> None:

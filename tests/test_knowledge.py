@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import logging
 import os
+import shutil
 import threading
 from pathlib import Path
 from typing import Any
@@ -119,6 +120,29 @@ def test_text_before_any_heading_is_an_intro_entry(tmp_path: Path) -> None:
                                                   ("care-tips#leather", "Leather")]
 
 
+def test_a_heading_named_intro_and_text_before_it_both_load(tmp_path: Path) -> None:
+    write(tmp_path, "care.md", "Read this first.\n\n## Intro\n\nWash at 30 degrees.\n\n"
+                               "## Intro 1\n\nIron low.\n\n## Intro\n\nDry flat.\n")
+    entries = load_knowledge(tmp_path)
+    # Headings keep GitHub's anchors ("Intro 1" is intro-1, so the second "Intro" is
+    # intro-2); the text before them takes the next free one.
+    assert [(e.id, e.text) for e in entries] == [
+        ("care#intro-3", "Read this first."), ("care#intro", "Wash at 30 degrees."),
+        ("care#intro-1", "Iron low."), ("care#intro-2", "Dry flat.")]
+
+
+def test_a_short_subsection_joins_its_parent_after_a_long_sibling(tmp_path: Path) -> None:
+    long = "Long enough to stand alone. " * 8
+    write(tmp_path, "ship.md", f"# Shipping\n\n## Options\n\nTwo ways.\n\n### Express\n\n{long}\n\n"
+                               "### Pickup\n\nPick up in store.\n\n# Other\n\n### Gifts\n\nNo wrapping.\n")
+    entries = {e.id: e for e in load_knowledge(tmp_path)}
+    assert list(entries) == ["ship#options", "ship#express", "ship#gifts"]
+    assert entries["ship#options"].text == "Two ways.\n\n### Pickup\n\nPick up in store."
+    assert "Pickup" not in entries["ship#express"].text
+    # A ### with no ## above it has no parent to join.
+    assert entries["ship#gifts"].title == "Other › Gifts"
+
+
 def test_empty_and_other_files(tmp_path: Path) -> None:
     write(tmp_path, "empty.yml", "# nothing yet\n")
     write(tmp_path, "notes.txt", "ignored")
@@ -196,6 +220,15 @@ def test_search_normalises_and_ranks() -> None:
     assert index.search([1.0, 0, 0], k=0) == []
     assert len(index) == 3 and index.dimension == 3
     assert index.entries == [entry(0), entry(1), entry(2)]
+
+
+def test_ties_at_the_cut_go_by_index_order() -> None:
+    # e7 is best; the other 19 tie, so the next two are e0 and e1 whatever k and N.
+    vectors = np.tile(np.array([[1.0, 0.5]], dtype=np.float32), (20, 1))
+    vectors[7] = [1.0, 0.0]
+    index = KnowledgeIndex([entry(i) for i in range(20)], vectors)
+    assert [h.entry.id for h in index.search([1.0, 0.0], k=3)] == ["e7", "e0", "e1"]
+    assert [h.entry.id for h in index.search([1.0, 0.0], k=5)] == ["e7", "e0", "e1", "e2", "e3"]
 
 
 def test_bad_vectors_are_refused() -> None:
@@ -330,6 +363,29 @@ def test_live_learning_add_and_replace(encoder: Any, shop_entries: list[Knowledg
     index.add(updated, encoder.embed([updated.embedding_text()])[0])
     assert len(index) == len(shop_entries) + 1
     assert index.search(query, k=1)[0].entry.text == "Yes, for €3.50 at checkout."
+
+
+async def test_a_learned_entry_overrides_a_rule_in_a_project_without_knowledge(tmp_path: Path,
+                                                                              encoder: Any) -> None:
+    """bot/learning.py creates the index with the first approved entry; the rules' responses
+    must have been embedded at start all the same, or the entry could never be more specific."""
+    from bot.brain import build_engine
+    from dialogue.project import load_project
+    from dialogue.types import Conversation, Reply, UserMessage
+
+    shop = tmp_path / "shop"
+    shutil.copytree(ROOT / "examples" / "shop", shop, ignore=shutil.ignore_patterns("knowledge", "models"))
+    engine = build_engine(load_project(shop), embed=encoder.embed)
+    assert engine.knowledge is None and "utter_check_refund_policy" in engine.response_vectors
+    answer = ("Yes. Sale items can be returned within 30 days of delivery, just like full-price items, "
+              "and the return is free.")
+    learned = KnowledgeEntry("agents/1", "Can I return sale items?", answer, "agents/1")
+    engine.knowledge = KnowledgeIndex([learned], encoder.embed([learned.embedding_text()]))
+    question = "can I return sale items?"
+    message = UserMessage("e1", question, None, {"intent": "check_refund_policy", "confidence": 0.95},
+                          encoder.embed([question])[0])
+    replies = [o async for o in engine.respond(Conversation("s1", "bot"), message) if isinstance(o, Reply)]
+    assert [(r.name, r.text) for r in replies] == [("action_knowledge_answer", learned.text)]
 
 
 # ------------------------------------------------------------------ the embedding cache

@@ -9,10 +9,15 @@ from pathlib import Path
 import pytest
 
 from bot.errors import ProjectError
+from dialogue.engine import DialogueEngine
+from dialogue.entities import EntityExtractor
+from dialogue.project import load_project
 from dialogue.recommend import Preferences, Product, Profile, Recommender, format_price, load_catalog
+from dialogue.types import Conversation, Reply, UserMessage
 
 NOBODY = Profile()
-CATALOG = Path(__file__).resolve().parent.parent / "examples" / "shop" / "catalog.json"
+SHOP = Path(__file__).resolve().parent.parent / "examples" / "shop"
+CATALOG = SHOP / "catalog.json"
 
 
 @pytest.fixture(scope="module")
@@ -149,6 +154,13 @@ def test_words_match_name_tags_and_description(shop: Recommender) -> None:
     assert results[2].reasons == ("matches 'waterproof'",)
 
 
+def test_numbers_and_price_words_are_not_matched(shop: Recommender) -> None:
+    # "100" is in "100% cotton", but a budget is not a word to look for.
+    for scored in shop.recommend(Preferences(category="t-shirts", words=("under", "100", "euros")),
+                                 Profile(), k=10):
+        assert not any(r.startswith("matches") for r in scored.reasons), scored
+
+
 def test_bestsellers_break_ties_without_other_signals(shop: Recommender) -> None:
     assert all("bestseller" in shop.recommend(Preferences(), Profile())[n].product.tags for n in range(3))
 
@@ -182,6 +194,58 @@ def test_cards_are_well_formed(shop: Recommender) -> None:
     assert shop.card(replace(bag, reasons=()))["subtitle"] == bag.product.price_text
 
 
+def test_a_product_without_sizes_is_one_size(tmp_path: Path) -> None:
+    path = tmp_path / "catalog.json"
+    path.write_text(json.dumps([
+        {"id": "T1", "name": "Canvas Tote", "category": "accessories", "price": 20, "sizes": []},
+        {"id": "G1", "name": "Gloves", "category": "accessories", "price": 25, "sizes": ["S", "L"]}]),
+        encoding="utf-8")
+    [tote, gloves] = load_catalog(path)
+    assert tote.one_size and "sizes: one size;" in tote.facts_text()
+    totes = Recommender([tote, gloves])
+    # Asked for a size, the tote fits like any one-size item; the gloves do not come in M.
+    [scored] = totes.recommend(Preferences(category="accessories", size="M"), Profile(), k=5)
+    assert scored.product.id == "T1" and scored.relaxed == ()
+    assert [b["title"] for b in totes.card(scored)["buttons"]] == ["Show similar"]
+
+
+# ------------------------------------------------- in the dialogue engine
+@pytest.fixture(scope="module")
+def engine() -> DialogueEngine:
+    project = load_project(SHOP)
+    return DialogueEngine(project, entities=EntityExtractor.for_project(project),
+                          recommender=Recommender(load_catalog(CATALOG)))
+
+
+async def picks(engine: DialogueEngine, text: str) -> Reply:
+    """The recommendation reply to ``text``, read as a product search."""
+    message = UserMessage("e1", text, None, {"intent": "product_search", "confidence": 0.95})
+    replies = [o async for o in engine.respond(Conversation("s1", "bot"), message) if isinstance(o, Reply)]
+    return next(r for r in replies if r.cards)
+
+
+async def test_the_reply_says_when_wishes_were_relaxed(engine: DialogueEngine) -> None:
+    exact = await picks(engine, "show me black sneakers")
+    assert exact.text == "Here are a few picks for you:"
+    for text in ("show me purple sneakers", "sneakers under 20 euros", "black dresses in size 46"):
+        relaxed = await picks(engine, text)
+        assert relaxed.text == "I couldn't find an exact match, so here are the closest picks:", text
+
+
+async def test_what_entities_filter_is_not_matched_as_words(engine: DialogueEngine) -> None:
+    tees = await picks(engine, "t-shirts under 100 euros")
+    assert tees.cards and not any("'100'" in c["subtitle"] for c in tees.cards), tees.cards
+    # "sneakers" and "black" are filters already, not words to match on every card.
+    sneakers = await picks(engine, "black sneakers in size 42")
+    assert not any("matches" in c["subtitle"] for c in sneakers.cards), sneakers.cards
+    # Other words still count; so does a word a synonym turned into a category.
+    rain = await picks(engine, "something waterproof for the rain")
+    assert "matches 'waterproof', 'rain'" in rain.cards[0]["subtitle"]
+    hoodies = await picks(engine, "show me hoodies")
+    assert hoodies.cards[0]["title"] == "Organic Cotton Hoodie"
+    assert "matches 'hoodies'" in hoodies.cards[0]["subtitle"]
+
+
 def _products(*items: str) -> str:
     return "[" + ", ".join('{"id": "A", "name": "x", "category": "c", ' + i + "}" for i in items) + "]"
 
@@ -191,6 +255,9 @@ def _products(*items: str) -> str:
     ('{"products": []}', "expected a list"),
     (_products('"price": "9"'), "'price'"),
     (_products('"price": -1'), "'price'"),
+    (_products('"price": NaN'), "product 0 (A): 'price' must be a finite number"),
+    (_products('"price": Infinity'), "product 0 (A): 'price' must be a finite number"),
+    (_products('"price": 1' + "0" * 400), "product 0 (A): 'price' must be a finite number"),
     (_products('"price": 9, "colors": "red"'), "'colors'"),
     (_products('"price": 9, "in_stock": "yes"'), "'in_stock'"),
     (_products('"price": 9', '"price": 9'), "duplicate id"),
