@@ -371,7 +371,7 @@ class DialogueEngine:
         if name == RECOMMEND and self.recommender is not None and not (
                 self.actions and RECOMMEND in (self.actions.names() or ())):
             turn.actions.append(name)
-            self._recommend(conversation, message, turn)
+            self._recommend(conversation, message, u, turn)
             return True
         return await self._custom_action(name, conversation, message, u, turn, decision, depth)
 
@@ -571,13 +571,14 @@ class DialogueEngine:
         p = conversation.profile
         return Profile(tuple(p.get("viewed", [])), tuple(p.get("carted", [])), tuple(p.get("bought", [])))
 
-    def _recommend(self, conversation: Conversation, message: UserMessage, turn: TurnState) -> None:
+    def _recommend(self, conversation: Conversation, message: UserMessage, u: Understanding,
+                   turn: TurnState) -> None:
         assert self.recommender is not None
         budget = turn.slots.get("budget")
         ok, budget = coerce({"type": "float"}, budget)
         prefs = Preferences(category=turn.slots.get("category"), size=turn.slots.get("size"),
                             color=turn.slots.get("color"), budget=budget if ok else None,
-                            words=() if message.payload else self._request_words(message.text))
+                            words=() if message.payload else _request_words(message.text, u.entities))
         picks = self.recommender.recommend(prefs, self._profile(conversation), k=3)
         if not picks:
             reply = self.responses.render("utter_no_products_found", turn.slots, message.event_id)
@@ -589,19 +590,6 @@ class DialogueEngine:
         turn.replies.append(Reply(intro, [Button("Size help", "/size_help")],
                                   [self.recommender.card(s) for s in picks], name=RECOMMEND))
 
-    def _request_words(self, text: str) -> tuple[str, ...]:
-        """The words of a product request that rank products ("waterproof", "wedding").
-
-        Left out: what an entity already made a filter ("black", "sneakers", "size 42",
-        "under 100 euros" -- "100" would match "100% cotton"), numbers and function words.
-        A word a synonym renamed stays: "hoodies" (sweaters) and "chelsea boots" (boots)
-        say more than the category they fill."""
-        for e in self.entities.extract(text) if self.entities is not None else []:
-            if e.extractor != "synonym":
-                text = text[:e.start] + " " * (e.end - e.start) + text[e.end:]  # offsets stay valid
-        return tuple(w for w in _WORD.findall(text.lower())
-                     if w not in _STOPWORDS and len(w) > 2 and not w.isdigit())
-
     def _offer_recommendations(self, conversation: Conversation, u: Understanding, turn: TurnState) -> None:
         """A customer who browsed but hesitates (greets, thanks, says no) gets an offer to see picks."""
         if (self.recommender is None or turn.handoff or not conversation.profile.get("viewed")
@@ -612,3 +600,18 @@ class DialogueEngine:
             return
         turn.replies[-1] = Reply(last.text, [*last.buttons, Button("Picks for me", "/recommend")],
                                  last.cards, last.name, last.sources)
+
+
+def _request_words(text: str, entities: list[dict[str, Any]]) -> tuple[str, ...]:
+    """The words of a product request that rank products ("waterproof", "wedding").
+
+    Left out: what an entity already made a filter ("black", "sneakers", "size 42",
+    "under 100 euros" -- "100" would match "100% cotton"), numbers and function words.
+    A word a synonym renamed stays: "hoodies" (sweaters) and "chelsea boots" (boots)
+    say more than the category they fill."""
+    for e in entities:
+        start, end = e.get("start"), e.get("end")
+        if e.get("extractor") != "synonym" and isinstance(start, int) and isinstance(end, int):
+            text = text[:start] + " " * (end - start) + text[end:]  # offsets stay valid
+    return tuple(w for w in _WORD.findall(text.lower())
+                 if w not in _STOPWORDS and len(w) > 2 and not w.isdigit())
