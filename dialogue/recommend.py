@@ -100,11 +100,15 @@ class Product:
 
     def facts_text(self) -> str:
         """Every fact about the product on one line, as grounding evidence for a reply."""
-        stock = "in stock" if self.in_stock else "out of stock"
-        return (f"{self.name} ({self.id}): {self.category}, {self.subcategory}; {self.price_text}; "
-                f"colours: {', '.join(self.colors)}; sizes: {_size_ranges(self.sizes) or 'one size'}; "
-                f"material: {self.material}; {stock}; tags: {', '.join(self.tags)}; "
-                f"{self.description} Link: {self.url}")
+        kind = ", ".join(part for part in (self.category, self.subcategory) if part)
+        parts = [kind, self.price_text,
+                 f"colours: {', '.join(self.colors)}" if self.colors else "",
+                 f"sizes: {_size_ranges(self.sizes) or 'one size'}",
+                 f"material: {self.material}" if self.material else "",
+                 "in stock" if self.in_stock else "out of stock",
+                 f"tags: {', '.join(self.tags)}" if self.tags else ""]
+        text = f"{self.name} ({self.id}): " + "; ".join(part for part in parts if part) + ";"
+        return " ".join(part for part in (text, self.description, f"Link: {self.url}" if self.url else "") if part)
 
 
 def format_price(amount: float, currency: str = "EUR") -> str:

@@ -202,6 +202,8 @@ def test_a_product_without_sizes_is_one_size(tmp_path: Path) -> None:
         encoding="utf-8")
     [tote, gloves] = load_catalog(path)
     assert tote.one_size and "sizes: one size;" in tote.facts_text()
+    # Fields the catalogue leaves out are left out of the facts, not written empty.
+    assert tote.facts_text() == "Canvas Tote (T1): accessories; €20; sizes: one size; in stock;"
     totes = Recommender([tote, gloves])
     # Asked for a size, the tote fits like any one-size item; the gloves do not come in M.
     [scored] = totes.recommend(Preferences(category="accessories", size="M"), Profile(), k=5)
