@@ -284,8 +284,13 @@ def run_copy(lm: Any, brief: cw.AdBrief, *, n: int, candidates: int, rounds: int
     streams = max(1, math.ceil(candidates / LINES_PER_STREAM))
     per_round = streams * LINES_PER_STREAM * (brief.max_chars // 3 + 8)
     with _bar(progress, per_round, "ad lines") as bar:
-        return asyncio.run(copy_report(lm, brief, n=n, candidates=candidates, rounds=rounds, seed=seed,
-                                       bar=bar))
+        try:
+            return asyncio.run(copy_report(lm, brief, n=n, candidates=candidates, rounds=rounds, seed=seed,
+                                           bar=bar))
+        except DeskmateError:
+            raise
+        except Exception as exc:  # the model failed (unreachable, broke mid-stream): said, not a traceback
+            raise _failed("the ads", exc) from exc
 
 
 def _copy(args: argparse.Namespace) -> int:

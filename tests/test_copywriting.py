@@ -539,6 +539,16 @@ def test_draft_stops_with_an_error_when_the_model_fails(
     assert out.read_text(encoding="utf-8") == "yesterday's draft\n" and list(tmp_path.iterdir()) == [out]
 
 
+def test_copy_stops_with_an_error_when_the_model_fails(
+        monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]) -> None:
+    """`deskmate copy` ended with a traceback when the model raised."""
+    monkeypatch.setattr(cm, "open_model", lambda shop: _nullcontext(_Unreachable()))
+    assert main(["copy", "--product", "P1001", "--audience", "runners", "--keywords", "light",
+                 "--quiet", "--project", str(SHOP)]) == 1
+    assert ("deskmate: writing the ads failed: ConnectionError: remote LM unreachable"
+            in capsys.readouterr().err)
+
+
 def test_out_of_range_flags_and_missing_folders_are_refused_up_front(
         tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]) -> None:
     opened: list[str] = []
