@@ -13,7 +13,7 @@ from typing import Any
 
 from bot.errors import FrameError
 from bot.frames import MAX_ID_CHARS, _field, _short, _text, load
-from bot.store import EVENT_ID
+from bot.store import is_event_id
 from dialogue.copywriting import TONES
 
 MAX_SECRET_CHARS = 256
@@ -178,7 +178,7 @@ def parse(raw: str | bytes, *, max_bytes: int, max_text: int) -> AgentFrame:
         return _SESSION_ONLY[kind](sid)
     if kind == "watch":
         after = _short(frame, "after", MAX_ID_CHARS, required=False)
-        if after is not None and not EVENT_ID.match(after):
+        if after is not None and not is_event_id(after):
             raise FrameError("bad_field", "'after' must be an event id like '1700000000000-0'")
         return Watch(sid, after)
     if kind == "assign":

@@ -18,12 +18,16 @@ from pathlib import Path
 from typing import Any
 
 from bot.errors import ConfigError
+from bot.security import normalize_allowed
 
 LOG_LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR")
 LOG_FORMATS = ("text", "json")
 # scheme://host[:port], a wildcard for subdomains (https://*.example.com), or "null"
 ORIGIN = re.compile(r"^(?:https?://(?:\*\.)?[a-z0-9.\-\[\]:]+|null)$", re.IGNORECASE)
 _TRUE, _FALSE = ("1", "true", "yes", "on"), ("0", "false", "no", "off")
+# Frames above max_frame_bytes get an error frame; above this the socket closes with 1009
+# (websockets' max_size), so max_frame_bytes may not exceed it.
+HARD_MAX_FRAME = 1 << 20
 
 
 @dataclass(frozen=True)
@@ -64,16 +68,20 @@ class Settings:
             if isinstance(value, float):
                 _check(math.isfinite(value), f.name, f"must be a finite number, got {value}")
         _check(0 <= self.port <= 65535, "port", f"must be 0..65535, got {self.port}")
-        _check(self.max_frame_bytes >= 256, "max_frame_bytes", "must be at least 256")
+        _check(256 <= self.max_frame_bytes <= HARD_MAX_FRAME, "max_frame_bytes",
+               f"must be 256..{HARD_MAX_FRAME} (the hard cap), got {self.max_frame_bytes}")
         _check(self.max_text_chars >= 1, "max_text_chars", "must be at least 1")
         _check(self.rate_messages >= 1, "rate_messages", "must be at least 1")
         _check(self.rate_window > 0, "rate_window", "must be positive")
         _check(self.rate_ip_messages >= 0, "rate_ip_messages", "must be 0 (no limit) or more")
         _check(self.rate_ip_window > 0, "rate_ip_window", "must be positive")
         _check(self.max_connections_per_ip >= 0, "max_connections_per_ip", "must be 0 (no cap) or more")
-        bad = [o for o in self.allowed_origins if not ORIGIN.match(o)]
+        # An entry the Origin policy cannot read is refused here, not skipped there: with
+        # every entry skipped, the list would be empty, and an empty list allows everyone.
+        bad = [o for o in self.allowed_origins if not ORIGIN.match(o) or normalize_allowed(o) is None]
         _check(not bad, "allowed_origins",
-               f"each entry must look like https://shop.example.com (no path), got {bad!r}")
+               "each entry must look like https://shop.example.com or https://*.shop.example.com"
+               f" (a host, an optional port 1..65535, no path); cannot read {bad!r}")
         _check(self.log_format in LOG_FORMATS, "log_format", f"must be one of {', '.join(LOG_FORMATS)}")
         _check(self.session_ttl >= 1, "session_ttl", "must be at least 1 second")
         _check(self.turn_lock_ttl >= 1, "turn_lock_ttl", "must be at least 1 second")

@@ -6,25 +6,27 @@ malformed gets past this module: besides types and sizes, a frame nested deeper
 than ``MAX_DEPTH`` (it would overflow the recursion of every JSON encoder on its
 way to an agent console), holding a lone surrogate (``"\\ud800"``: valid JSON, but
 no UTF-8 encoding exists, so Redis could not store it), or a number JSON cannot
-carry back out (``NaN``, ``1e999``, an integer of over 4,300 digits) is refused
-here, whole.
+carry back out (``NaN``, ``1e999``, an integer beyond a double's range: a browser's
+``JSON.parse`` reads it as ``Infinity``) is refused here, whole.
 """
 
 from __future__ import annotations
 
 import json
 import re
+import sys
 from dataclasses import dataclass
 from typing import Any
 
 from bot.errors import FrameError
-from bot.store import EVENT_ID
+from bot.store import is_event_id
 
 MAX_ID_CHARS = 128
 MAX_PAYLOAD_CHARS = 1024
 MAX_NAME_CHARS = 64
 MAX_DEPTH = 16  # nesting of objects and lists in one frame (track data, customer info)
 _SURROGATE = re.compile("[\ud800-\udfff]")
+_MAX_INT = int(sys.float_info.max)  # the largest integer a double (JavaScript's number) holds
 
 
 @dataclass(frozen=True)
@@ -120,13 +122,20 @@ def _finite(text: str) -> float:
     return value
 
 
+def _bounded_int(text: str) -> int:
+    value = int(text)  # over 4,300 digits: ValueError (CPython's int-from-text limit)
+    if abs(value) > _MAX_INT:
+        raise ValueError(f"number out of range: {text[:20]}")
+    return value
+
+
 def _no_constant(name: str) -> Any:
     raise ValueError(f"{name} is not JSON")  # NaN, Infinity: browsers cannot parse them back
 
 
 def _decode(raw: str) -> Any:
     """``json.loads`` for untrusted text: only what ``JSON.parse`` in a browser reads back."""
-    return json.loads(raw, parse_float=_finite, parse_constant=_no_constant)
+    return json.loads(raw, parse_float=_finite, parse_int=_bounded_int, parse_constant=_no_constant)
 
 
 def load(raw: str | bytes, *, max_bytes: int) -> dict[str, Any]:
@@ -156,7 +165,7 @@ def parse(raw: str | bytes, *, max_bytes: int, max_text: int) -> ClientFrame:
     kind: str = frame["type"]
     if kind == "start":
         after = _short(frame, "after", MAX_ID_CHARS, required=False)
-        if after is not None and not EVENT_ID.match(after):
+        if after is not None and not is_event_id(after):
             raise FrameError("bad_field", "'after' must be an event id like '1700000000000-0'")
         customer = _field(frame, "customer", dict, required=False)
         if customer is not None and _json_size(customer) > 4096:

@@ -78,8 +78,23 @@ def normalize_origin(origin: str) -> str | None:
         return None
     if parts.scheme not in DEFAULT_PORTS or not parts.hostname or parts.path not in ("", "/"):
         return None
+    if "" in parts.hostname.removesuffix(".").split(".") or port == 0:
+        return None  # "shop..example", ".example": an empty label; port 0 is no port
     host = f"[{parts.hostname}]" if ":" in parts.hostname else parts.hostname
     return f"{parts.scheme}://{_netloc(parts.scheme, host, port)}"
+
+
+def normalize_allowed(entry: str) -> str | None:
+    """An allow-list entry normalised as :func:`normalize_origin` does, ``*.`` kept; None
+    if unparsable (a bad port, no host): ``bot.config`` refuses such an entry at start."""
+    wildcard = "://*." in entry
+    # A wildcard is normalised like an exact origin (case, default port) with a stand-in
+    # for its first label.
+    normal = normalize_origin(entry.replace("://*.", "://wildcard.", 1) if wildcard else entry)
+    if normal is None or not wildcard:
+        return normal
+    normal = normal.replace("://wildcard.", "://*.", 1)
+    return None if normal.split("://*.", 1)[1][:1] in ("", ":") else normal  # "https://*.:8080"
 
 
 class OriginPolicy:
@@ -92,24 +107,24 @@ class OriginPolicy:
     itself (``/demo``, ``/agent``: the ``Origin`` names the ``Host`` it connects to) is
     always allowed, so the console keeps working whatever the list says.
     ``https://*.example.com`` allows every subdomain of example.com (not example.com).
+    An entry that is not an origin raises ``ValueError``: skipping it could leave the list
+    empty, and an empty list allows everyone.
     """
 
     def __init__(self, allowed: Iterable[str]) -> None:
         self.exact: set[str] = set()
         self.suffixes: list[tuple[str, str]] = []  # (scheme://, .domain[:port])
-        for entry in allowed:
-            wildcard = "://*." in entry
-            # A wildcard is normalised like an exact origin (case, default port) with a
-            # stand-in for its first label, then matched by what follows that label.
-            normal = normalize_origin(entry.replace("://*.", "://wildcard.", 1) if wildcard else entry)
+        entries = list(allowed)
+        for entry in entries:
+            normal = normalize_allowed(entry)
             if normal is None:
-                continue
-            if wildcard:
-                scheme, netloc = normal.split("://", 1)
-                self.suffixes.append((scheme + "://", netloc.removeprefix("wildcard")))
+                raise ValueError(f"not an origin in the allow-list: {entry!r}")
+            if "://*." in normal:  # matched by what follows the first label
+                scheme, suffix = normal.split("://*", 1)
+                self.suffixes.append((scheme + "://", suffix))
             else:
                 self.exact.add(normal)
-        self.open = not self.exact and not self.suffixes
+        self.open = not entries
 
     def allows(self, origin: str | None, host: str | None = None) -> bool:
         if self.open or origin is None:
@@ -163,9 +178,12 @@ def client_address(peer: object, headers: Mapping[str, str] | None, *, trust_pro
     """
     raw: str | None = None
     if trust_proxy and headers is not None:
-        forwarded = headers.get("X-Forwarded-For")
-        if forwarded:
-            raw = forwarded.split(",")[-1]
+        # A header sent twice is one list (RFC 9110 §5.3): the last entry of the last copy
+        # is the one the proxy appended. websockets' Headers.get() raises on a second copy.
+        get_all = getattr(headers, "get_all", None)
+        copies: list[str] = get_all("X-Forwarded-For") if get_all else [headers.get("X-Forwarded-For", "")]
+        if copies and copies[-1]:
+            raw = copies[-1].split(",")[-1]
     if raw is None:
         raw = peer[0] if isinstance(peer, tuple) and peer else (peer if isinstance(peer, str) else "")
     ip = _parse_ip(str(raw))
@@ -231,11 +249,16 @@ class AddressLimits:
 
 # -- secrets in logs -------------------------------------------------------------
 
-_SECRET_KEYS = r"(?:token|password|passwd|secret|api[_-]?key|authorization|cookie)"
-# "token": "…" / token=… / 'password': '…' — the key as a whole word, its value masked.
+_SECRET_KEYS = (r"(?:token|password|passwd|passphrase|secret|(?:api|access|secret|private)[_-]?key"
+                r"|authorization|cookie|credentials?)")
+# An HTTP authentication scheme, written before the credentials in an Authorization header.
+_AUTH_SCHEMES = r"(?:bearer|basic|digest|negotiate|ntlm|token|apikey|dpop|hoba|mutual|aws4-hmac-sha256)"
+# "token": "…" / token=… / 'password': '…' — a key name that ends in a secret's name
+# (access_token, client_secret, X-API-Key, Proxy-Authorization, DESKMATE_LM_API_KEY), its
+# value masked, with the scheme of an Authorization value ("Basic …") taken as part of it.
 _KEY_VALUE = re.compile(
-    rf"""(?ix)(?<![\w-])(["']?{_SECRET_KEYS}["']?\s*[:=]\s*)
-         (?:"(?:[^"\\]|\\.)*"|'(?:[^'\\]|\\.)*'|(?:bearer\s+)?[^\s,;&}}\])"']+)""")
+    rf"""(?ix)(?<![\w-])(["']?[\w-]*?{_SECRET_KEYS}["']?\s*[:=]\s*)
+         (?:"(?:[^"\\]|\\.)*"|'(?:[^'\\]|\\.)*'|(?:{_AUTH_SCHEMES}\s+)?[^\s,;&}}\])"']+)""")
 _BEARER = re.compile(r"(?i)\b(bearer\s+)[\w.~+/=-]+")
 _URL_PASSWORD = re.compile(r"(?i)\b([a-z][a-z0-9+.-]*://[^/\s:@]*:)[^@\s/]+@")
 MASK = "***"

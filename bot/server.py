@@ -30,7 +30,7 @@ from bot import heap
 from bot.agent_socket import AgentConnection
 from bot.brain import Brain, actions_environment, load_brain
 from bot.chat import ChatConnection
-from bot.config import Settings
+from bot.config import HARD_MAX_FRAME, Settings
 from bot.embedded_redis import EmbeddedRedis
 from bot.hub import Hub
 from bot.learning import Learning
@@ -54,7 +54,6 @@ STATIC_DIR = "static"  # web/static/**: pictures and other files served under /s
 STATIC_TYPES = {".svg": "image/svg+xml", ".png": "image/png", ".jpg": "image/jpeg", ".webp": "image/webp",
                 ".css": "text/css; charset=utf-8", ".js": "application/javascript; charset=utf-8"}
 SOCKETS = {"/ws/chat", "/ws/agent"}
-HARD_MAX_FRAME = 1 << 20  # frames above max_frame_bytes get an error; above this, close 1009
 SWEEP_EVERY = 60.0
 
 
@@ -129,10 +128,14 @@ class App:
         return _response(http.HTTPStatus.NOT_FOUND, b"not found\n", "text/plain; charset=utf-8")
 
     def _admit(self, connection: ServerConnection, request: Request) -> Response | None:
-        origin = request.headers.get("Origin")
-        if not self.origins.allows(origin, request.headers.get("Host")):
+        # Headers.get() raises on a header sent twice. A browser sends one Origin: two are
+        # no page's, so refused, as is a same-origin claim on a request with two Hosts.
+        origins, hosts = request.headers.get_all("Origin"), request.headers.get_all("Host")
+        origin = origins[0] if len(origins) == 1 else None
+        host = hosts[0] if len(hosts) == 1 else None
+        if len(origins) > 1 or not self.origins.allows(origin, host):
             self.metrics.errors.labels("forbidden_origin").inc()
-            log.debug("refused a socket from origin %.100r", origin)
+            log.debug("refused a socket from origin %.100r", ", ".join(origins))
             return _response(http.HTTPStatus.FORBIDDEN, b"origin not allowed\n",
                              "text/plain; charset=utf-8")
         key = client_address(connection.remote_address, request.headers,

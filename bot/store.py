@@ -25,7 +25,10 @@ from bot import lua
 from bot.errors import DeskmateError, StoreError
 from bot.keys import Keys
 
-EVENT_ID = re.compile(r"^\d{1,20}-\d{1,20}$")
+# The shape (ASCII digits only, and no newline after: "$" would let one through); is_event_id()
+# checks the range too.
+EVENT_ID = re.compile(r"^[0-9]{1,20}-[0-9]{1,20}\Z")
+MAX_ID_PART = 2**64 - 1  # each part of a Redis stream id is an unsigned 64-bit number
 # Event kinds a customer sees; the rest (turn analyses, notes, tracking) are for agents.
 CUSTOMER_KINDS = frozenset({"message", "handoff"})
 SESSION_STATUSES = ("bot", "waiting", "agent", "closed")
@@ -139,6 +142,16 @@ def _context(reply: Sequence[Any]) -> TurnContext:
 def parse_event_id(value: str) -> tuple[int, int]:
     ms, seq = value.split("-")
     return int(ms), int(seq)
+
+
+def is_event_id(value: str) -> bool:
+    """True when ``value`` is a stream id that events can follow, so that XRANGE accepts it
+    as an exclusive start: both parts at most 2^64-1 (twenty digits reach past that), and
+    not the very last id, ``MAX-MAX``."""
+    if not EVENT_ID.match(value):
+        return False
+    ms, seq = parse_event_id(value)
+    return ms <= MAX_ID_PART and seq <= MAX_ID_PART and (ms, seq) != (MAX_ID_PART, MAX_ID_PART)
 
 
 def hash_token(token: str) -> str:

@@ -108,7 +108,8 @@ class Product:
                  "in stock" if self.in_stock else "out of stock",
                  f"tags: {', '.join(self.tags)}" if self.tags else ""]
         text = f"{self.name} ({self.id}): " + "; ".join(part for part in parts if part) + ";"
-        return " ".join(part for part in (text, self.description, f"Link: {self.url}" if self.url else "") if part)
+        link = f"Link: {self.url}" if self.url else ""
+        return " ".join(part for part in (text, self.description, link) if part)
 
 
 def format_price(amount: float, currency: str = "EUR") -> str:

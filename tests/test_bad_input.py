@@ -9,6 +9,7 @@ import redis
 
 from bot.keys import Keys
 from tests.conftest import Running, Servers
+from tests.test_agent_socket import signed_in
 
 CASES = [
     ("not json", "bad_json"),
@@ -32,6 +33,11 @@ CASES = [
     ('{"type": "message", "client_id": "c", "text": "' + "x" * 17000 + '"}', "frame_too_large"),
     (b"\x00\x01binary", "binary_frame"),
     ("[" * 5000 + "]" * 5000, "bad_json"),
+    # Integers past a double's range: a browser's JSON.parse would read Infinity back.
+    ('{"type": "track", "name": "view", "data": {"n": 1' + "0" * 400 + "}}", "bad_json"),
+    ('{"type": "track", "name": "view", "data": {"n": -' + "9" * 309 + "}}", "bad_json"),
+    # Stream ids are two unsigned 64-bit numbers.
+    ('{"type": "start", "after": "99999999999999999999-0"}', "bad_field"),
 ]
 
 
@@ -70,11 +76,43 @@ async def test_bad_start_fields(server: Running) -> None:
     await client.start()  # a good start afterwards opens the session
 
 
+@pytest.mark.parametrize("after", ["99999999999999999999-0", "0-18446744073709551616",
+                                   "18446744073709551615-18446744073709551615", "1-0\n",
+                                   "\u0661-\u0660"])  # Arabic-Indic digits: int() reads them
+async def test_resuming_after_an_id_past_the_last_one_is_a_bad_field(after: str, server: Running) -> None:
+    """Redis cannot read after such an id: the parser refuses it, rather than the socket
+    closing with 1013 and the client being told to resume with the same ``after``."""
+    owner = await server.client()
+    await owner.start()
+    await owner.say("hello")
+    client = await server.client()
+    await client.send({"type": "start", "session_id": owner.session_id, "token": owner.token,
+                       "after": after})
+    frame = await client.recv()
+    assert frame["type"] == "error" and frame["code"] == "bad_field", frame
+    assert client.ws.close_code is None
+    # The largest ids that still have a next one are fine.
+    frame = await client.start(owner.session_id, owner.token, after="18446744073709551615-0")
+    assert frame["session_id"] == owner.session_id
+    assert await client.quiet(0.3) == []  # nothing stored after it
+
+
+async def test_an_agent_watching_after_an_id_past_the_last_one_gets_a_bad_field(server: Running) -> None:
+    owner = await server.client()
+    await owner.start()
+    agent = await signed_in(server, "anna")
+    await agent.send({"type": "watch", "session_id": owner.session_id, "after": "99999999999999999999-0"})
+    frame = (await agent.until(lambda f: f["type"] in ("error", "watching")))[-1]
+    assert frame["type"] == "error" and frame["code"] == "bad_field", frame
+    await agent.send({"type": "watch", "session_id": owner.session_id, "after": "18446744073709551615-0"})
+    assert (await agent.until(lambda f: f["type"] in ("error", "watching")))[-1]["type"] == "watching"
+
+
 async def test_rate_limit_answers_with_error_frames(servers: Servers, sync_redis: redis.Redis,
                                                     key_prefix: str) -> None:
-    server = await servers.start(rate_messages=3, rate_window=60.0)
+    server = await servers.start(rate_messages=4, rate_window=60.0)
     client = await server.client()
-    await client.start()
+    await client.start()  # spends one of the four
     for i in range(5):
         await client.send({"type": "track", "name": "view_product", "data": {"i": i}})
     frames = await client.quiet(0.5)

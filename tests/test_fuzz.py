@@ -120,7 +120,8 @@ def too_deep(draw: st.DrawFn) -> tuple[str | bytes, frozenset[str]]:
 @st.composite
 def odd_numbers(draw: st.DrawFn) -> tuple[str | bytes, frozenset[str]]:
     # Python reads these; a browser's JSON.parse would not read them back.
-    number = draw(st.sampled_from(["NaN", "Infinity", "-Infinity", "1e999", "-1e400", "1" * 4400]))
+    number = draw(st.sampled_from(["NaN", "Infinity", "-Infinity", "1e999", "-1e400", "1" * 4400,
+                                   "1" + "0" * 400, "-" + "9" * 309]))  # integers past a double
     return one('{"type": "track", "name": "view_product", "data": {"v": ' + number + "}}", "bad_json")
 
 
@@ -174,7 +175,8 @@ def bad_customer_fields(draw: st.DrawFn) -> tuple[str | bytes, frozenset[str]]:
 @st.composite
 def second_start(draw: st.DrawFn) -> tuple[str | bytes, frozenset[str]]:
     frame = {"type": "start", "session_id": draw(st.none() | texts), "token": draw(st.none() | texts),
-             "after": draw(st.none() | st.sampled_from(["1-0", "yesterday", "", "9" * 30 + "-1"]))}
+             "after": draw(st.none() | st.sampled_from(["1-0", "yesterday", "", "9" * 30 + "-1",
+                                                        "9" * 20 + "-0"]))}
     return one(dumps(frame), "already_started", "bad_field")
 
 
@@ -272,7 +274,8 @@ def bad_agent_fields(draw: st.DrawFn) -> tuple[str | bytes, frozenset[str]]:
         return one(dumps({**frame, "on": draw(not_strings.filter(lambda v: not isinstance(v, bool))
                                                 | texts)}), "bad_field")
     if frame["type"] == "watch" and draw(st.booleans()):
-        return one(dumps({**frame, "after": draw(st.sampled_from(["yesterday", "1", "1-2-3", "-1"]))}),
+        return one(dumps({**frame, "after": draw(st.sampled_from(["yesterday", "1", "1-2-3", "-1",
+                                                                  "9" * 20 + "-0", "0-" + "9" * 20]))}),
                    "bad_field")
     raw = _corrupt(draw, frame, AGENT_LIMITS[frame["type"]])
     return one(raw, "missing_field", "bad_field", "text_too_long", "frame_too_large")

@@ -131,6 +131,23 @@ def test_origin_policy_rules() -> None:
     assert written.allows("http://a.shop.example:8080") and not written.allows("http://a.shop.example")
 
 
+@pytest.mark.parametrize("entry", ["https://shop.example:4433x", "https://shop.example:99999",
+                                   "https://[::1", "https://:443", "https://shop..example",
+                                   "https://shop.example:0", "https://*.:8080"])
+def test_an_unreadable_origin_entry_is_refused_not_skipped(entry: str) -> None:
+    """Skipping it would leave an empty list, and an empty list allows every origin."""
+    from bot.config import from_env
+    from bot.errors import ConfigError
+
+    with pytest.raises(ConfigError, match=r"DESKMATE_ALLOWED_ORIGINS.*" + re.escape(repr(entry))):
+        from_env({"DESKMATE_ALLOWED_ORIGINS": entry})
+    with pytest.raises(ConfigError, match="DESKMATE_ALLOWED_ORIGINS"):
+        Settings(allowed_origins=("https://shop.example", entry))
+    with pytest.raises(ValueError, match="allow-list"):
+        OriginPolicy([entry])  # built without Settings: it still never fails open
+    assert not OriginPolicy(["https://shop.example"]).open and OriginPolicy([]).open
+
+
 def test_allowed_origins_setting() -> None:
     from bot.config import from_env
     from bot.errors import ConfigError
@@ -142,6 +159,10 @@ def test_allowed_origins_setting() -> None:
     assert from_env({"DESKMATE_TRUST_PROXY": "on", "DESKMATE_REDACT_PII": "0"}).trust_proxy is True
     with pytest.raises(ConfigError, match="DESKMATE_TRUST_PROXY"):
         from_env({"DESKMATE_TRUST_PROXY": "maybe"})
+    # Frames above the 1 MiB hard cap close the socket (1009) before max_frame_bytes is read.
+    assert from_env({"DESKMATE_MAX_FRAME_BYTES": str(1 << 20)}).max_frame_bytes == 1 << 20
+    with pytest.raises(ConfigError, match="DESKMATE_MAX_FRAME_BYTES.*hard cap"):
+        from_env({"DESKMATE_MAX_FRAME_BYTES": str((1 << 20) + 1)})
 
 
 # -- floods -----------------------------------------------------------------------------------
@@ -203,9 +224,9 @@ async def test_frames_per_address_are_limited_across_connections(
 
 
 async def test_garbage_counts_against_the_session_budget(servers: Servers) -> None:
-    server = await servers.start(rate_messages=3, rate_window=60.0)
+    server = await servers.start(rate_messages=4, rate_window=60.0)
     client = await server.client()
-    await client.start()
+    await client.start()  # spends one of the four
     for _ in range(5):
         await client.send("not json")
     codes = [f["code"] for f in await client.quiet(0.5)]
@@ -260,6 +281,43 @@ async def test_forwarded_for_counts_only_behind_a_trusted_proxy(servers: Servers
     await open_socket(trusted, additional_headers={"X-Forwarded-For": "198.51.100.1"})
     await open_socket(trusted, additional_headers={"X-Forwarded-For": "203.0.113.5, 198.51.100.2"})
     assert await refused_status(trusted, additional_headers={"X-Forwarded-For": "198.51.100.1"}) == 429
+
+
+async def raw_handshake(server: Running, extra: bytes) -> bytes:
+    """The status line a websocket handshake with ``extra`` header lines gets (a client
+    library will not send a header twice); the socket stays open until the test ends."""
+    def shake() -> bytes:
+        sock = socket.create_connection(("127.0.0.1", server.port), timeout=5)
+        server.stack.callback(sock.close)
+        sock.sendall(b"GET /ws/chat HTTP/1.1\r\nHost: 127.0.0.1\r\nUpgrade: websocket\r\n"
+                     b"Connection: Upgrade\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n"
+                     b"Sec-WebSocket-Version: 13\r\n" + extra + b"\r\n")
+        return sock.recv(65536).split(b"\r\n", 1)[0]
+
+    return await asyncio.to_thread(shake)
+
+
+async def test_a_header_sent_twice_is_answered_not_a_500(servers: Servers) -> None:
+    server = await servers.start(allowed_origins=("https://shop.example",), trust_proxy=True,
+                                 max_connections_per_ip=1)
+    # Two Origins come from no browser page: refused like a foreign one.
+    for origins in ((b"https://shop.example", b"https://evil.example"),
+                    (b"https://shop.example", b"https://shop.example")):
+        extra = b"".join(b"Origin: " + o + b"\r\n" for o in origins)
+        assert await raw_handshake(server, extra) == b"HTTP/1.1 403 Forbidden"
+    # X-Forwarded-For twice: one list, and the proxy's entry is the last one.
+    first = await raw_handshake(server, b"X-Forwarded-For: 198.51.100.1\r\nX-Forwarded-For: 198.51.100.2\r\n")
+    assert first == b"HTTP/1.1 101 Switching Protocols"
+    assert await refused_status(server, additional_headers={"X-Forwarded-For": "198.51.100.2"}) == 429
+    await (await open_socket(server, additional_headers={"X-Forwarded-For": "198.51.100.1"})).close()
+
+
+def test_client_address_reads_every_forwarded_for_header() -> None:
+    from websockets.datastructures import Headers
+
+    headers = Headers([("X-Forwarded-For", "1.2.3.4, 10.0.0.1"), ("X-Forwarded-For", "10.0.0.9")])
+    assert client_address(("127.0.0.1", 1), headers, trust_proxy=True) == "10.0.0.9"
+    assert client_address(("127.0.0.1", 1), headers, trust_proxy=False) == "127.0.0.1"
 
 
 def test_address_limits_forget_refilled_buckets() -> None:
@@ -368,6 +426,22 @@ def test_the_scrubber_masks_what_a_library_might_log() -> None:
     assert mask_secrets("headers Bearer eyJ0") == "headers Bearer ***"
     assert mask_secrets("redis://:s3cret@redis:6379/0") == "redis://:***@redis:6379/0"
     assert mask_secrets("session q3J2 started") == "session q3J2 started"
+    assert mask_secrets("{'token_hash': 'f00', 'max_tokens': 5}") == "{'token_hash': 'f00', 'max_tokens': 5}"
+
+
+@pytest.mark.parametrize(("line", "expected"), [
+    ("Authorization: Basic YWRtaW46aHVudGVyMg==", "Authorization: ***"),
+    ("{'Authorization': 'Basic YWRtaW46aHVudGVyMg=='}", "{'Authorization': '***'}"),
+    ("authorization=Digest dXNlcjpwYXNz, x=1", "authorization=***, x=1"),
+    ("Proxy-Authorization: Basic YWRtaW46aHVudGVyMg==", "Proxy-Authorization: ***"),
+    ("X-API-Key: sk-live-abc123", "X-API-Key: ***"),
+    ("DESKMATE_LM_API_KEY=sk-live-abc123 access_token=ya29.abc client_secret=s3cr3t",
+     "DESKMATE_LM_API_KEY=*** access_token=*** client_secret=***"),
+    ('{"refresh_token": "r1", "aws_secret_access_key": "k1", "agentToken": "t1"}',
+     '{"refresh_token": "***", "aws_secret_access_key": "***", "agentToken": "***"}'),
+])
+def test_the_scrubber_masks_prefixed_keys_and_every_auth_scheme(line: str, expected: str) -> None:
+    assert mask_secrets(line) == expected
     stream = io.StringIO()
     handler = logs.handler(fmt="json", stream=stream)
     logger = logging.getLogger("deskmate.test.scrub")
@@ -405,6 +479,23 @@ def test_the_scrubber_masks_what_a_library_might_log() -> None:
     ("order NW-10234 of 2024-05-01 12:30, 3-5 days, €1.299,95, P1001", None),
     ("event 1732890000123-0 at 1732890000.15 from 192.168.100.200", None),
     ("sizes 38 40 42 44 46, order 123456789", None),
+    # A card with other numbers beside it: an expiry date, a CVV, a number before it.
+    ("card 4111-1111-1111-1111 12/25", "card [card] 12/25"),
+    ("my card is 4111 1111 1111 1111 123", "my card is [card] 123"),
+    ("card 4111111111111111 123", "card [card] 123"),
+    ("5500 0000 0000 0004 12 25", "[card] 12 25"),
+    ("2 4111 1111 1111 1111", "2 [card]"),
+    ("card 3782 822463 10005 exp 1225, 4111  1111 1111 1111", "card [card] exp 1225, [card]"),
+    # Event ids whose digits happen to pass the Luhn check are still not cards.
+    ("events 1783064040466-2 and 1732890000124-7", None),
+    # Internationalised domains.
+    ("write to jörg@müller.de or user@exämple.com", "write to [email] or [email]"),
+    # Lists of alike numbers, ids and check-digit codes are not phone numbers...
+    ("orders 10234 10235, I paid 120 150 200 euros, ids 2024-001 2024-002", None),
+    ("invoice 2024-000123, ISBN 978-3-16-148410-0, year 2023 2024 2025", None),
+    # ...while numbers dialled without a prefix, or with a country code before "(0)", are.
+    ("call 1-800-555-0199 or 555 123 4567 or 91 123 45 67", "call [phone] or [phone] or [phone]"),
+    ("call +49 (0)30 1234 5678 or +49-(0)171-1234567", "call [phone] or [phone]"),
 ])
 def test_redaction(text: str, expected: str | None) -> None:
     assert redact_pii(text) == (text if expected is None else expected)
