@@ -229,6 +229,8 @@ def _copy(frame: dict[str, Any]) -> Copy:
                 or "\x00" in word or "," in word:
             raise FrameError("bad_field", f"'keywords' must be words of 1 to {MAX_KEYWORD_CHARS} "
                                           "characters, without commas")
+        if not any(ch.isalnum() for ch in word):  # "!!" would match nothing: the check would pass unseen
+            raise FrameError("bad_field", f"'keywords': {word.strip()!r} has no letters or digits")
         keywords.append(word.strip())
     tone = _short(frame, "tone", 20, required=False) or "friendly"
     if tone not in TONES:

@@ -50,7 +50,7 @@ def test_copy_frames_are_checked_at_the_edge() -> None:
     bad: dict[str, Any]
     for bad in ({"n": 0}, {"n": 11}, {"n": True}, {"n": "3"}, {"max_chars": 29}, {"max_chars": 201},
                 {"tone": "loud"}, {"keywords": []}, {"keywords": ["a,b"]}, {"keywords": [3]},
-                {"keywords": "light"}, {"audience": " "}, {"product_id": ""}):
+                {"keywords": "light"}, {"keywords": ["!!"]}, {"audience": " "}, {"product_id": ""}):
         with pytest.raises(FrameError) as caught:
             parse(**bad)
         assert caught.value.code == "bad_field", bad
