@@ -17,10 +17,19 @@ each has ``steps``::
 ``active_loop`` steps are checked against the form that is active after the turn.
 The runner feeds turns exactly as the server does (classifier reading first) but
 in-process, and reports the first mismatch of each conversation with its line.
+
+Rasa's own test stories run unchanged: ``[Berlin](city)`` markup is sent as plain text
+(and the annotated entities are checked), ``user: /greet`` is a payload,
+``requested_slot`` is checked against the form's state, ``checkpoint`` steps are skipped
+and ``or`` accepts any of its intents (or slot values). In ``stories:`` a turn's actions
+may be listed as deskmate reports them (the form, then ``utter_ask_*``) or as Rasa does
+(the form action also on the turns that continue it, its questions not listed).
 """
 
 from __future__ import annotations
 
+import json
+import re
 import uuid
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
@@ -31,7 +40,9 @@ import yaml
 
 from bot.errors import ProjectError
 from dialogue.project import compose_yaml, parse_yaml
+from dialogue.rasa_nlu import strip_entities
 from dialogue.recommend import TRACK_KINDS
+from dialogue.simple import parse_payload
 from dialogue.types import (
     Conversation,
     Handoff,
@@ -47,6 +58,12 @@ from dialogue.types import (
 
 Understand = Callable[[list[str]], list[dict[str, Any]]]
 INTERNAL_ACTIONS = {"action_deactivate_loop", "action_listen"}
+REQUESTED_SLOT = "requested_slot"  # a slot in Rasa, dialogue state here
+ANY_VALUE = object()  # ``slot_was_set: [name]``: set to something
+ASKS = ("utter_ask_", "action_ask_")  # a form's questions, said by the form action in Rasa
+
+# [text](entity), [text](entity:value), [text]{"entity": ..., "value": ...}
+_ANNOTATION = re.compile(r"\[(?P<text>[^\]]+)\](?:\((?P<short>[^)]*)\)|(?P<json>\{[^}]*\}))")
 
 
 @dataclass
@@ -57,8 +74,11 @@ class Turn:
     text: str = ""
     payload: str | None = None
     intent: str | None = None
+    intents: list[str] = field(default_factory=list)  # ``or``: any of these
+    entities: list[tuple[str, str, str]] = field(default_factory=list)  # annotated: entity, value, text
     actions: list[str] = field(default_factory=list)
     slots: dict[str, Any] = field(default_factory=dict)
+    slot_choices: list[list[dict[str, Any]]] = field(default_factory=list)  # ``or`` of slot_was_set
     says: list[str] = field(default_factory=list)
     policy: str | None = None
     sources: list[str] = field(default_factory=list)
@@ -73,6 +93,7 @@ class ConversationTest:
     file: str
     line: int
     turns: list[Turn]
+    rasa: bool = False  # from ``stories:``: Rasa's way of listing a form's actions also passes
 
 
 @dataclass(frozen=True)
@@ -105,6 +126,47 @@ def _line_map(path: Path) -> dict[tuple[int, int], int]:
     return out
 
 
+def _annotations(text: str) -> list[tuple[str, str, str]]:
+    """The entities marked up in a test story's message: (entity, value, text)."""
+    out = []
+    for m in _ANNOTATION.finditer(text):
+        surface, entity, value = m.group("text").strip(), "", ""
+        if m.group("short") is not None:
+            entity, _, value = m.group("short").partition(":")
+        else:
+            try:
+                spec = json.loads(m.group("json"))
+            except json.JSONDecodeError:
+                continue
+            if isinstance(spec, dict):
+                entity, value = str(spec.get("entity") or ""), str(spec.get("value") or "")
+        if entity.strip():
+            out.append((entity.strip(), value.strip() or surface, surface))
+    return out
+
+
+def _user_turn(step: dict[str, Any], line: int) -> Turn:
+    """A ``user:`` or ``button:`` step: markup stripped, ``/intent{...}`` read as a payload."""
+    raw = str(step.get("user") or step.get("title") or step.get("button") or "").strip()
+    text, payload = strip_entities(raw), step.get("button")
+    if payload is None and parse_payload(text) is not None:
+        payload = text  # as Rasa reads "/greet" typed in a story
+    intent = step.get("intent")
+    return Turn(line, text, payload, str(intent) if intent else None, entities=_annotations(raw))
+
+
+def _or_turn(choices: list[Any], line: int) -> Turn | None:
+    """An ``or`` of intents: one user turn that may be read as any of them (sent as the first
+    choice's text, or as its intent's payload when the choices have no text)."""
+    intents = [str(c["intent"]) for c in choices if isinstance(c, dict) and c.get("intent")]
+    if not intents or len(intents) != len(choices):
+        return None
+    first = next((c for c in choices if c.get("user")), None)
+    turn = _user_turn(first, line) if first else Turn(line, f"/{intents[0]}", f"/{intents[0]}")
+    turn.intent, turn.intents = None, intents
+    return turn
+
+
 def load_tests(paths: Sequence[Path]) -> list[ConversationTest]:
     """Conversation tests from YAML files (ProjectError with file and line on bad input)."""
     tests: list[ConversationTest] = []
@@ -115,6 +177,7 @@ def load_tests(paths: Sequence[Path]) -> list[ConversationTest]:
             mark = getattr(exc, "problem_mark", None)
             raise ProjectError(str(path), f"invalid YAML: {exc}", mark.line + 1 if mark else None) from exc
         lines = _line_map(path)
+        rasa = not data.get("conversations")
         stories = data.get("conversations") or data.get("stories") or []
         for i, story in enumerate(stories):
             name = str(story.get("conversation") or story.get("story") or f"conversation {i + 1}")
@@ -124,11 +187,19 @@ def load_tests(paths: Sequence[Path]) -> list[ConversationTest]:
                 line = lines.get((i, j), 0)
                 if not isinstance(step, dict):
                     raise ProjectError(str(path), f"{name}: a step must be a mapping", line)
+                if "checkpoint" in step:
+                    continue  # a story joint: nothing to play or check
+                user: Turn | None = None
                 if "user" in step or "button" in step:
-                    text = str(step.get("user") or step.get("title") or step.get("button") or "").strip()
-                    turns.append(Turn(line, text, step.get("button"), step.get("intent"),
-                                      tracks=pending_tracks))
-                    pending_tracks = []
+                    user = _user_turn(step, line)
+                elif "or" in step and any(isinstance(c, dict) and "intent" in c for c in step["or"] or []):
+                    user = _or_turn(list(step["or"]), line)
+                    if user is None:
+                        raise ProjectError(str(path), f"{name}: an 'or' lists intents or slot_was_set "
+                                           "steps, not both", line)
+                if user is not None:
+                    user.tracks, pending_tracks = pending_tracks, []
+                    turns.append(user)
                     continue
                 if "track" in step:
                     pending_tracks.append(dict(step["track"]))
@@ -139,9 +210,14 @@ def load_tests(paths: Sequence[Path]) -> list[ConversationTest]:
                 if "action" in step:
                     turn.actions.append(str(step["action"]))
                 elif "slot_was_set" in step:
-                    for item in step["slot_was_set"] or []:
-                        if isinstance(item, dict):
-                            turn.slots.update(item)
+                    turn.slots.update(_slot_values(step["slot_was_set"]))
+                elif "or" in step:
+                    choices = [_slot_values(c.get("slot_was_set")) for c in step["or"] or []
+                               if isinstance(c, dict) and "slot_was_set" in c]
+                    if not choices or len(choices) != len(step["or"]):
+                        raise ProjectError(str(path), f"{name}: an 'or' lists intents or slot_was_set "
+                                           "steps", line)
+                    turn.slot_choices.append(choices)
                 elif "active_loop" in step:
                     turn.active_loop = step["active_loop"]
                 elif "bot" in step:
@@ -156,8 +232,19 @@ def load_tests(paths: Sequence[Path]) -> list[ConversationTest]:
                     turn.intent = str(step["intent"])
                 else:
                     raise ProjectError(str(path), f"{name}: unknown step {sorted(step)}", line)
-            tests.append(ConversationTest(name, str(path), lines.get((i, -1), 0), turns))
+            tests.append(ConversationTest(name, str(path), lines.get((i, -1), 0), turns, rasa))
     return tests
+
+
+def _slot_values(items: Any) -> dict[str, Any]:
+    """``slot_was_set`` items: ``{name: value}``, or a bare name (set to any value)."""
+    out: dict[str, Any] = {}
+    for item in items or []:
+        if isinstance(item, dict):
+            out.update(item)
+        elif isinstance(item, str):
+            out[item] = ANY_VALUE
+    return out
 
 
 def conversation_files(project: Path) -> list[Path]:
@@ -178,6 +265,8 @@ class Observed:
     sources: list[str] = field(default_factory=list)
     handoff: bool = False
     reason: str = ""
+    entities: list[dict[str, Any]] = field(default_factory=list)
+    loop_before: str | None = None  # the form active when the turn began
 
 
 class ConversationRunner:
@@ -193,7 +282,7 @@ class ConversationRunner:
             nlu = dict(self.understand([text])[0])
             vector = nlu.pop("vector", None)
         message = UserMessage(uuid.uuid4().hex, text, payload, nlu, vector)
-        seen = Observed()
+        seen = Observed(loop_before=conv.state.get("active_loop") or None)
         slots, state, status = dict(conv.slots), dict(conv.state), conv.status
         async for out in self.pipeline.respond(conv, message):
             if isinstance(out, SlotSet):
@@ -210,6 +299,7 @@ class ConversationRunner:
             elif isinstance(out, TurnAnalysis):
                 seen.intent, seen.confidence, seen.policy = out.intent, out.confidence, out.policy
                 seen.actions, seen.sources, seen.reason = list(out.actions), list(out.sources), out.reason
+                seen.entities = list(out.entities)
         history = [*conv.history, HistoryItem("user", text), *(HistoryItem("bot", r) for r in seen.replies)]
         return Conversation(conv.session_id, status, slots, conv.customer, history[-50:], state,
                             conv.profile), seen
@@ -226,22 +316,78 @@ class ConversationRunner:
                 return Failure(test, n, expected.line,
                                f"the bot is no longer answering (status {conv.status})")
             conv, seen = await self.turn(conv, expected.text, expected.payload)
-            problem = _compare(expected, seen, conv)
+            problem = _compare(expected, seen, conv, rasa=test.rasa)
             if problem:
                 return Failure(test, n, expected.line, f"{expected.text or expected.payload!r}: {problem}")
         return None
 
 
-def _compare(expected: Turn, seen: Observed, conv: Conversation) -> str | None:
+def as_rasa_lists(actions: Sequence[str], loop_before: str | None, loop_after: str | None,
+                  policy: str) -> list[str]:
+    """A turn's actions as a Rasa story lists them: the form action runs on every turn that
+    continues the form, and the questions it asks (``utter_ask_*``) are not actions of their
+    own. ``actions`` are deskmate's, internal ones already left out."""
+    forms = {f for f in (loop_before, loop_after) if f}
+    out = list(actions)
+    if loop_before and policy.startswith("form") and loop_before not in out:
+        out.insert(0, loop_before)
+    view: list[str] = []
+    for action in out:
+        if action.startswith(ASKS) and forms:
+            form = loop_after or loop_before
+            if not view or view[-1] not in forms:  # the form asks again after an interruption
+                view.append(str(form))
+            continue
+        view.append(action)
+    return view
+
+
+def _entity_found(entity: str, value: str, surface: str, found: Sequence[dict[str, Any]]) -> bool:
+    wanted = {value.casefold(), surface.casefold()}
+    for e in found:
+        if e.get("entity") != entity:
+            continue
+        got = e.get("value")
+        if str(got).casefold() in wanted:
+            return True
+        try:  # a number read as 2.0 from "2"
+            if float(str(got)) in {float(value), float(surface)}:
+                return True
+        except ValueError:
+            pass
+    return False
+
+
+def _slot_matches(name: str, want: Any, conv: Conversation) -> bool:
+    have = conv.state.get(name) if name == REQUESTED_SLOT else conv.slots.get(name)
+    return have is not None if want is ANY_VALUE else bool(have == want)
+
+
+def _compare(expected: Turn, seen: Observed, conv: Conversation, *, rasa: bool = False) -> str | None:
     got = f"(read as {seen.intent} {seen.confidence:.2f}, policy {seen.policy}: {seen.reason})"
     if expected.intent and expected.intent != seen.intent:
         return f"expected intent {expected.intent}, got {seen.intent} {got}"
+    if expected.intents and seen.intent not in expected.intents:
+        return f"expected one of the intents {expected.intents}, got {seen.intent} {got}"
+    for entity, value, surface in expected.entities:
+        if not _entity_found(entity, value, surface, seen.entities):
+            found = [(e.get("entity"), e.get("value")) for e in seen.entities]
+            return f"expected entity {entity}={value!r}, got {found} {got}"
     actions = [a for a in seen.actions if a not in INTERNAL_ACTIONS]
-    if expected.actions and expected.actions != actions:
-        return f"expected actions {expected.actions}, got {actions} {got}"
+    if expected.actions:
+        want = [a for a in expected.actions if a not in INTERNAL_ACTIONS] if rasa else expected.actions
+        also = as_rasa_lists(actions, seen.loop_before, conv.state.get("active_loop"), seen.policy)
+        if want != actions and not (rasa and want == also):
+            shown = f"{actions} (as a Rasa story: {also})" if rasa and also != actions else f"{actions}"
+            return f"expected actions {expected.actions}, got {shown} {got}"
     for name, value in expected.slots.items():
-        if conv.slots.get(name) != value:
-            return f"expected slot {name}={value!r}, got {conv.slots.get(name)!r} {got}"
+        if not _slot_matches(name, value, conv):
+            have = conv.state.get(name) if name == REQUESTED_SLOT else conv.slots.get(name)
+            shown = "a value" if value is ANY_VALUE else repr(value)
+            return f"expected slot {name}={shown}, got {have!r} {got}"
+    for choices in expected.slot_choices:
+        if not any(all(_slot_matches(n, v, conv) for n, v in c.items()) for c in choices):
+            return f"expected one of the slot values {choices}, got {conv.slots} {got}"
     text = "\n".join(seen.replies)
     for part in expected.says:
         if part.lower() not in text.lower():

@@ -1,32 +1,68 @@
 """Turning the domain's responses and rasa-sdk dispatcher messages into replies.
 
 A response has variations; a variation may carry ``condition`` (Rasa 3's
-conditional variations, on slot values), ``buttons``, ``image``, ``custom``
-(``{"cards": [...]}``) and ``{slot}`` placeholders. The variations whose conditions
-hold are used, or the unconditional ones when none does; the choice among them is
-seeded by the message id, so re-running a turn says the same thing.
+conditional variations, on slot values), ``channel``, ``buttons``, ``image``,
+``custom`` (``{"cards": [...]}``) and ``{slot}`` placeholders. The variations are
+chosen as Rasa's ``ResponseVariationFilter`` does; the choice among the eligible
+ones is seeded by the message id, so re-running a turn says the same thing.
 """
 
 from __future__ import annotations
 
+import logging
 import random
+import re
 from collections.abc import Mapping
 from typing import Any
 
 from dialogue.types import Button, Reply
 
+log = logging.getLogger(__name__)
 
-class _Formatter(dict[str, Any]):
-    def __missing__(self, key: str) -> str:
-        return "{" + key + "}"
+# The output channel a ``channel:`` variation must name to be said here. Rasa's web
+# widgets (Rasa Webchat, the socket.io channel) are "socketio"; custom actions see the
+# input channel as "deskmate" (``tracker.get_latest_input_channel()``), so both count.
+WIDGET_CHANNELS = ("deskmate", "socketio")
+
+# As Rasa's interpolator: ``{name}`` without a newline or brace inside; ``{{`` and ``}}``
+# are literal braces. A name is looked up whole, so ``{support.email}`` is one name.
+_PLACEHOLDER = re.compile(r"\{\{|\}\}|\{([^\n{}]+?)\}")
+
+# The variation keys Rasa interpolates (rasa/core/nlg/response.py), recursively.
+_INTERPOLATED = ("text", "image", "custom", "buttons", "attachment", "quick_replies")
+
+
+def _same(have: Any, want: Any) -> bool:
+    # Rasa 3 compares strings casefolded ("Premium" matches "premium"), other values exactly.
+    if isinstance(have, str) and isinstance(want, str):
+        return have.casefold() == want.casefold()
+    return bool(have == want)
 
 
 def _matches(variation: Mapping[str, Any], slots: Mapping[str, Any]) -> bool:
     for cond in variation.get("condition") or []:
         if isinstance(cond, dict) and cond.get("type", "slot") == "slot":
-            if slots.get(str(cond.get("name"))) != cond.get("value"):
+            if not _same(slots.get(str(cond.get("name"))), cond.get("value")):
                 return False
     return True
+
+
+def eligible(variations: list[dict[str, Any]], slots: Mapping[str, Any],
+             channels: tuple[str, ...] = WIDGET_CHANNELS) -> list[dict[str, Any]]:
+    """The variations Rasa would choose among: the first non-empty group of conditional
+    variations for this channel, unconditional ones for this channel, conditional ones for
+    any channel, unconditional ones for any channel. Other channels' variations never count."""
+    conditional = [v for v in variations if v.get("condition") and _matches(v, slots)]
+    default = [v for v in variations if not v.get("condition")]
+    for group in (conditional, default):
+        ours = [v for v in group if v.get("channel") in channels]
+        if ours:
+            return ours
+    for group in (conditional, default):
+        anywhere = [v for v in group if not v.get("channel")]
+        if anywhere:
+            return anywhere
+    return []
 
 
 def buttons_of(raw: Any) -> list[Button]:
@@ -65,35 +101,60 @@ def cards_of(message: Mapping[str, Any]) -> list[dict[str, Any]]:
 
 
 def fill(text: str, values: Mapping[str, Any]) -> str:
-    """``{slot}`` placeholders from ``values``; unknown names stay as written."""
-    try:
-        return text.format_map(_Formatter({k: "" if v is None else v for k, v in values.items()}))
-    except (ValueError, IndexError):  # a stray brace in the text: say it as written
-        return text
+    """``{slot}`` placeholders from ``values`` (None says nothing); a name with no value,
+    a dotted name or a stray brace stays as written, as Rasa leaves an unfillable text."""
+    def one(match: re.Match[str]) -> str:
+        name = match.group(1)
+        if name is None:  # "{{" or "}}"
+            return match.group(0)[0]
+        if name not in values:
+            return match.group(0)
+        value = values[name]
+        return "" if value is None else str(value)
+    return _PLACEHOLDER.sub(one, text)
+
+
+def interpolate(value: Any, values: Mapping[str, Any]) -> Any:
+    """``fill`` applied to every string in ``value``, however deeply nested (a copy)."""
+    if isinstance(value, str):
+        return fill(value, values)
+    if isinstance(value, dict):
+        return {k: interpolate(v, values) for k, v in value.items()}
+    if isinstance(value, list):
+        return [interpolate(v, values) for v in value]
+    return value
+
+
+def _image_card(url: str) -> dict[str, Any]:
+    return {"title": "", "subtitle": "", "image": url, "url": "", "buttons": []}
 
 
 class Responses:
-    """The domain's responses, rendered for one turn."""
+    """The domain's responses, rendered for one turn.
 
-    def __init__(self, responses: Mapping[str, list[dict[str, Any]]]) -> None:
+    ``channels`` are the ``channel:`` names said here (see ``WIDGET_CHANNELS``).
+    """
+
+    def __init__(self, responses: Mapping[str, list[dict[str, Any]]], *,
+                 channels: tuple[str, ...] = WIDGET_CHANNELS) -> None:
         self.responses = responses
+        self.channels = channels
+        self._warned: set[str] = set()  # responses already reported as unshowable
 
     def __contains__(self, name: object) -> bool:
         return name in self.responses
 
     def render(self, name: str, slots: Mapping[str, Any], seed: str,
                extra: Mapping[str, Any] | None = None) -> Reply | None:
-        variations = self.responses.get(name, [])
-        # As in Rasa: a variation whose conditions hold wins; the unconditional ones are
-        # the default, said only when no conditional variation matches.
-        variations = ([v for v in variations if v.get("condition") and _matches(v, slots)]
-                      or [v for v in variations if not v.get("condition")])
+        """One variation of ``name``, filled in; None when no variation is eligible or the
+        chosen one has nothing the widget can show (a ``custom`` payload other than cards)."""
+        variations = eligible(self.responses.get(name, []), slots, self.channels)
         if not variations:
             return None
         choice = random.Random(f"{seed}:{name}").choice(variations)
         values = {**slots, **(extra or {})}
-        return Reply(fill(str(choice.get("text", "")), values), buttons_of(choice.get("buttons")),
-                     cards_of(choice), name=name)
+        filled = {k: interpolate(v, values) if k in _INTERPOLATED else v for k, v in choice.items()}
+        return self._reply(filled, name)
 
     def dispatcher_message(self, message: Mapping[str, Any], slots: Mapping[str, Any],
                            seed: str) -> Reply | None:
@@ -103,12 +164,22 @@ class Responses:
         if name:
             # None when the domain has no such response (deskmate validate reports it).
             return self.render(str(name), slots, seed, extra)
+        return self._reply(message, None)
+
+    def _reply(self, message: Mapping[str, Any], name: str | None) -> Reply | None:
         text = str(message.get("text") or "")
         buttons = buttons_of(message.get("buttons") or message.get("quick_replies"))
         cards = cards_of(message)
-        if message.get("image") and not cards:
-            cards = [{"title": "", "subtitle": "", "image": str(message["image"]), "url": "",
-                      "buttons": []}]
-        if not text and not buttons and not cards:
-            return None
-        return Reply(text, buttons, cards)
+        if message.get("image"):
+            # The protocol has no image field: an image is a card with only the image.
+            cards = [_image_card(str(message["image"])), *cards]
+        if text or buttons or cards:
+            return Reply(text, buttons, cards, name=name)
+        # The message frame carries text, buttons and cards only, so another ``custom``
+        # payload (Slack blocks, say) has nothing to show; an empty bubble would be worse.
+        key = name or "a custom action's message"
+        if message.get("custom") and key not in self._warned:
+            self._warned.add(key)
+            log.warning("%s: a custom payload other than {cards: [...]} is not shown in the web "
+                        "widget; the message is skipped", key)
+        return None
