@@ -12,7 +12,6 @@ which policy answered and why.
 from __future__ import annotations
 
 import logging
-import re
 import zlib
 from collections.abc import AsyncIterator, Mapping, Sequence
 from dataclasses import dataclass, field
@@ -24,11 +23,13 @@ from dialogue.actions import ActionError, ActionRunner
 from dialogue.entities import EntityExtractor
 from dialogue.generate import GenerationReport, Writer
 from dialogue.knowledge import Hit, KnowledgeIndex
-from dialogue.project import Project
-from dialogue.recommend import Preferences, Profile, Recommender
+from dialogue.picks import RECOMMEND, Picks
+from dialogue.project import Project, Rule, base_intent
+from dialogue.recommend import Recommender
 from dialogue.responses import Responses
-from dialogue.simple import ExampleMatcher, parse_payload
-from dialogue.slots import coerce, fill_slots
+from dialogue.rules import RuleBook
+from dialogue.simple import ExampleMatcher, read_payload
+from dialogue.slots import fill_slots
 from dialogue.tracker import TurnState, apply_events, tracker_state
 from dialogue.types import (
     Button,
@@ -48,7 +49,6 @@ log = logging.getLogger("deskmate.engine")
 OUT_OF_SCOPE = "out_of_scope"
 FALLBACK = "utter_default"
 HANDOFF = "utter_handoff"
-RECOMMEND = "action_recommend_products"
 NOT_SURE = ("I'm not sure about that, and I'd rather not guess. "
             "Shall I connect you with a colleague from our support team?")
 HANDOFF_TEXT = "I'm handing this conversation to a colleague from our support team. Please stay in this chat."
@@ -57,10 +57,6 @@ ACTION_DOWN = "Sorry, I can't do that right now. Please try again in a few minut
 FORM_ANSWERS = {"affirm", "inform", OUT_OF_SCOPE, "nlu_fallback"}
 STOP_FORM = {"deny", "stop"}
 MAX_FOLLOWUPS = 5
-_WORD = re.compile(r"[a-z0-9]+")
-_STOPWORDS = set("""a an the i me my we you your it is are am be to of for in on at and or with
-something some any anything show find want need looking look like would could can please some
-do does have has get give me recommend suggest buy new""".split())
 
 
 @dataclass(frozen=True)
@@ -83,6 +79,7 @@ class Decision:
     sources: list[dict[str, str]] = field(default_factory=list)
     streamed: StreamedReply | None = None
     report: GenerationReport | None = None
+    rule_actions: list[str] | None = None  # what the rule that answered ran, for multi-turn rules
 
 
 class DialogueEngine:
@@ -97,6 +94,7 @@ class DialogueEngine:
         self.entities = entities
         self.knowledge = knowledge
         self.recommender = recommender
+        self.picks = Picks(recommender, self.responses) if recommender is not None else None
         self.actions = actions
         self.writer = writer
         # response name -> (variations, D) unit vectors of its texts, to compare with knowledge
@@ -119,8 +117,9 @@ class DialogueEngine:
         self.initial_slots = {name: spec.get("initial_value") for name, spec in project.slots.items()}
         self.domain_actions = set(project.actions)
         # Intents that start a task (a form or a custom action): their wording is not mood.
-        self.task_intents = {i for i, acts in project.rules.items()
-                             if any(not a.startswith("utter_") for a in acts)}
+        self.task_intents = {r.intent for r in project.rule_list
+                             if r.intent and any(not a.startswith("utter_") for a in r.actions)}
+        self.rules = RuleBook(project)
 
     # -- understanding --------------------------------------------------------
 
@@ -129,11 +128,10 @@ class DialogueEngine:
         nlu = message.nlu or {}
         sentiment, score = nlu.get("sentiment"), nlu.get("sentiment_score")
         if message.payload:
-            parsed = parse_payload(message.payload)
+            parsed = read_payload(message.payload)
             if parsed:
-                intent, values = parsed
-                entities = [{"entity": k, "value": v, "extractor": "payload"} for k, v in values.items()]
-                return Understanding(intent, 1.0, [{"intent": intent, "confidence": 1.0}], entities,
+                ranking = [{"intent": parsed.intent, "confidence": parsed.confidence}]
+                return Understanding(parsed.intent, parsed.confidence, ranking, parsed.entities,
                                      None, None, "button payload", False)
         if nlu.get("intent"):
             intent, confidence = str(nlu["intent"]), float(nlu.get("confidence") or 0.0)
@@ -161,8 +159,12 @@ class DialogueEngine:
         hits = self._retrieve(message)
         decision = Decision()
         loop_before, requested = turn.active_loop, turn.state.get("requested_slot")
+        # The form the rule for this intent starts: Rasa reads the mappings again with it active.
+        rule = None if u.unclear else self.match_rule(u, turn, conversation)
+        starting = next((a for a in rule.actions if a in self.project.forms), None) if rule else None
         found = fill_slots(self.project.slots, text=message.text, intent=u.intent, entities=u.entities,
-                           active_loop=loop_before, requested=requested)
+                           active_loop=loop_before, requested=requested,
+                           forms=self.project.domain.get("forms"), starting=starting)
         if (loop_before and requested in found and found[requested][1] == "from_text"
                 and self._leaves_form(u, loop_before) == "stop"):
             # Any text fills a free-text slot, but "no, never mind" is not the answer. Other
@@ -181,7 +183,8 @@ class DialogueEngine:
             answered = True
         elif loop_before:
             answered = await self._continue_form(conversation, message, u, turn, decision, filled)
-        if not answered and not u.unclear and self._knowledge_overrides(u, message, hits):
+        if not answered and not u.unclear and self._knowledge_overrides(
+                u, message, hits, self._rule_actions(u, turn, conversation)):
             answered = self._answer_from_knowledge(conversation, message, u, hits, turn, decision)
         if not answered and not u.unclear:
             answered = await self._run_rules(conversation, message, u, turn, decision)
@@ -197,7 +200,9 @@ class DialogueEngine:
             reply = self.responses.render(HANDOFF, turn.slots, message.event_id)
             turn.replies.append(reply or Reply(HANDOFF_TEXT, name=HANDOFF))
             turn.actions.append(HANDOFF)
-        self._offer_recommendations(conversation, u, turn)
+        if self.picks is not None and not turn.handoff:
+            Picks.offer(conversation, u.intent, turn.replies)
+        self.rules.remember(turn, u.intent, decision.rule_actions)
 
         for name, value in turn.slot_events:
             yield SlotSet(name, value)
@@ -226,21 +231,59 @@ class DialogueEngine:
 
     async def _run_rules(self, conversation: Conversation, message: UserMessage, u: Understanding,
                          turn: TurnState, decision: Decision) -> bool:
-        actions = self.project.rules.get(u.intent)
-        if actions is None and u.intent in self.generative_intents:
+        rule = self.match_rule(u, turn, conversation)
+        generative = u.intent in self.generative_intents or base_intent(u.intent) in self.generative_intents
+        if rule is None and generative:
             return False
-        if u.intent in self.generative_intents and self.writer is not None:
+        if generative and self.writer is not None:
             return False  # the language model answers these; the rule is its fallback
-        if actions is None:
+        return await self._apply_rule(rule, conversation, message, u, turn, decision)
+
+    async def _apply_rule(self, rule: Rule | None, conversation: Conversation, message: UserMessage,
+                          u: Understanding, turn: TurnState, decision: Decision) -> bool:
+        """Run ``rule``'s actions (or the intent's own ``utter_<intent>`` when no rule matched);
+        False when there is nothing to run or an action was rejected."""
+        if rule is None:
             guess = f"utter_{u.intent}"
             if guess not in self.responses:
                 return False
             actions = [guess]
-        decision.policy, decision.reason = "rules", f"rule for {u.intent}"
+        else:
+            actions = list(rule.actions)
+        named = f" ({rule.name})" if rule is not None and rule.name else ""
+        decision.policy, decision.reason = "rules", f"rule for {u.intent}{named}"
         for action in actions:
             if not await self._run_action(action, conversation, message, u, turn, decision):
                 return False
+        decision.rule_actions = actions
+        if rule is not None and not rule.wait_for_user_input:
+            await self._run_after(rule, conversation, message, u, turn, decision)
         return True
+
+    async def _run_after(self, rule: Rule, conversation: Conversation, message: UserMessage,
+                         u: Understanding, turn: TurnState, decision: Decision, depth: int = 0) -> None:
+        """A rule with ``wait_for_user_input: false`` goes on with the rule that starts with
+        its last action, as Rasa's RulePolicy predicts it instead of listening."""
+        last = rule.actions[-1] if rule.actions else None
+        follow = self.rules.after(last, turn, conversation)
+        if follow is None:
+            return
+        if depth >= MAX_FOLLOWUPS:
+            log.warning("session %s: rules continue each other too long at %s", conversation.session_id, last)
+            return
+        for action in follow.actions:
+            if not await self._run_action(action, conversation, message, u, turn, decision):
+                return
+        if not follow.wait_for_user_input:
+            await self._run_after(follow, conversation, message, u, turn, decision, depth + 1)
+
+    def match_rule(self, u: Understanding, turn: TurnState, conversation: Conversation) -> Rule | None:
+        """The rule that answers this turn's intent, if one does (see :class:`RuleBook`)."""
+        return self.rules.match(u.intent, turn, conversation)
+
+    def _rule_actions(self, u: Understanding, turn: TurnState, conversation: Conversation) -> list[str]:
+        rule = None if u.unclear else self.match_rule(u, turn, conversation)
+        return list(rule.actions) if rule is not None else []
 
     async def _continue_form(self, conversation: Conversation, message: UserMessage, u: Understanding,
                              turn: TurnState, decision: Decision, filled: Mapping[str, Any]) -> bool:
@@ -251,6 +294,13 @@ class DialogueEngine:
             decision.policy, decision.reason = "form", f"{form}: got {requested}"
             await self._form_step(form, conversation, message, u, turn, decision)
             return True
+        rule = None if u.unclear else self.match_rule(u, turn, conversation)
+        if rule is not None and rule.active_loop == form:
+            # A rule for this form's unhappy path (a question in the middle of the form, a
+            # "stop" that asks whether to go on): it answers, and the form asks again when
+            # the rule runs it, as in Rasa. It comes before deciding the customer left.
+            if await self._apply_rule(rule, conversation, message, u, turn, decision):
+                return True
         leaves = self._leaves_form(u, form)
         if leaves == "stop":
             self._deactivate(turn)
@@ -277,8 +327,8 @@ class DialogueEngine:
             return None
         if u.intent in STOP_FORM:
             return "stop"
-        triggers = {i for i, acts in self.project.rules.items() if form in acts}
-        if u.intent not in FORM_ANSWERS and u.intent not in triggers:
+        triggers = {r.intent for r in self.project.rule_list if r.intent and form in r.actions}
+        if u.intent not in FORM_ANSWERS and not {u.intent, base_intent(u.intent)} & triggers:
             return "switch"
         return None
 
@@ -347,6 +397,20 @@ class DialogueEngine:
             await self._form_step(name, conversation, message, u, turn, decision,
                                   activate=turn.active_loop != name, depth=depth)
             return True
+        retrieval = name.startswith("utter_") and name not in self.responses
+        if retrieval and self.project.retrieval_responses(name):
+            # A retrieval intent's answer (Rasa's ResponseSelector): utter_chitchat says
+            # utter_chitchat/ask_name for the intent chitchat/ask_name. The action keeps its
+            # name, as in Rasa's stories; the reply is named after the response it said.
+            answer = f"utter_{u.intent}"
+            if base_intent(u.intent) != name.removeprefix("utter_") or answer not in self.responses:
+                decision.reason += f"; {name}: no response for {u.intent}"
+                return False
+            reply = self.responses.render(answer, turn.slots, message.event_id)
+            if reply is not None:
+                turn.replies.append(reply)
+            turn.actions.append(name)
+            return True
         if name.startswith("utter_") and name in self.responses:
             reply = self.responses.render(name, turn.slots, message.event_id)
             if reply is not None:
@@ -368,10 +432,11 @@ class DialogueEngine:
         if name == "action_default_fallback":
             self._fallback(u, message, turn, decision)
             return True
-        if name == RECOMMEND and self.recommender is not None and not (
+        if name == RECOMMEND and self.picks is not None and not (
                 self.actions and RECOMMEND in (self.actions.names() or ())):
             turn.actions.append(name)
-            self._recommend(conversation, message, u, turn)
+            turn.replies.append(self.picks.reply(conversation, turn.slots, message.text, u.entities,
+                                                 button=bool(message.payload), event_id=message.event_id))
             return True
         return await self._custom_action(name, conversation, message, u, turn, decision, depth)
 
@@ -447,7 +512,8 @@ class DialogueEngine:
             return []
         return self.knowledge.search(message.vector, k=3)
 
-    def _knowledge_overrides(self, u: Understanding, message: UserMessage, hits: Sequence[Hit]) -> bool:
+    def _knowledge_overrides(self, u: Understanding, message: UserMessage, hits: Sequence[Hit],
+                             actions: Sequence[str]) -> bool:
         """Does a knowledge entry answer this question better than the intent's canned response?
 
         Yes when the entry is clearly closer to the question than the response is (by
@@ -456,7 +522,6 @@ class DialogueEngine:
         a rule that just says a response gives way; forms and actions keep their turn."""
         if not hits or hits[0].score < self.knowledge_threshold or self.knowledge is None:
             return False
-        actions = self.project.rules.get(u.intent) or []
         if not actions or u.intent in self.handoff_intents:
             return False
         if not all(a.startswith("utter_") for a in actions):
@@ -487,7 +552,7 @@ class DialogueEngine:
                                   instruction="Answer using only the facts given.", keep_policy=True)
         # The rule's buttons (e.g. "Start a return") still fit a question on the same topic.
         buttons = []
-        for action in self.project.rules.get(u.intent, []) if not u.unclear else []:
+        for action in self._rule_actions(u, turn, conversation):
             canned = self.responses.render(action, turn.slots, message.event_id)
             buttons.extend(canned.buttons if canned else [])
         turn.replies.append(Reply(top.entry.text, buttons, name="action_knowledge_answer", sources=[source]))
@@ -510,7 +575,7 @@ class DialogueEngine:
         assert self.writer is not None
         evidence = self._evidence(conversation, hits)
         if fallback is None:
-            rule = self.project.rules.get(u.intent) or [f"utter_{u.intent}"]
+            rule = self._rule_actions(u, turn, conversation) or [f"utter_{u.intent}"]
             reply = next((r for r in (self.responses.render(a, turn.slots, message.event_id)
                                       for a in rule if a.startswith("utter_")) if r), None)
             fallback = reply.text if reply else self._not_sure_text(message)
@@ -564,54 +629,3 @@ class DialogueEngine:
             turn.state["negative_streak"] = turn.state["unclear_streak"] = 0
             self._deactivate(turn)
             decision.reason += f"; handoff: {turn.handoff}"
-
-    # -- recommendations -------------------------------------------------------------
-
-    def _profile(self, conversation: Conversation) -> Profile:
-        p = conversation.profile
-        return Profile(tuple(p.get("viewed", [])), tuple(p.get("carted", [])), tuple(p.get("bought", [])))
-
-    def _recommend(self, conversation: Conversation, message: UserMessage, u: Understanding,
-                   turn: TurnState) -> None:
-        assert self.recommender is not None
-        budget = turn.slots.get("budget")
-        ok, budget = coerce({"type": "float"}, budget)
-        prefs = Preferences(category=turn.slots.get("category"), size=turn.slots.get("size"),
-                            color=turn.slots.get("color"), budget=budget if ok else None,
-                            words=() if message.payload else _request_words(message.text, u.entities))
-        picks = self.recommender.recommend(prefs, self._profile(conversation), k=3)
-        if not picks:
-            reply = self.responses.render("utter_no_products_found", turn.slots, message.event_id)
-            turn.replies.append(reply or Reply("I couldn't find a matching product right now.",
-                                               name=RECOMMEND))
-            return
-        intro = "Here are a few picks for you:" if not any(s.relaxed for s in picks) else (
-            "I couldn't find an exact match, so here are the closest picks:")
-        turn.replies.append(Reply(intro, [Button("Size help", "/size_help")],
-                                  [self.recommender.card(s) for s in picks], name=RECOMMEND))
-
-    def _offer_recommendations(self, conversation: Conversation, u: Understanding, turn: TurnState) -> None:
-        """A customer who browsed but hesitates (greets, thanks, says no) gets an offer to see picks."""
-        if (self.recommender is None or turn.handoff or not conversation.profile.get("viewed")
-                or u.intent not in {"greet", "deny", "thanks", "affirm"} or not turn.replies):
-            return
-        last = turn.replies[-1]
-        if any(b.payload.startswith("/recommend") for b in last.buttons):
-            return
-        turn.replies[-1] = Reply(last.text, [*last.buttons, Button("Picks for me", "/recommend")],
-                                 last.cards, last.name, last.sources)
-
-
-def _request_words(text: str, entities: list[dict[str, Any]]) -> tuple[str, ...]:
-    """The words of a product request that rank products ("waterproof", "wedding").
-
-    Left out: what an entity already made a filter ("black", "sneakers", "size 42",
-    "under 100 euros" -- "100" would match "100% cotton"), numbers and function words.
-    A word a synonym renamed stays: "hoodies" (sweaters) and "chelsea boots" (boots)
-    say more than the category they fill."""
-    for e in entities:
-        start, end = e.get("start"), e.get("end")
-        if e.get("extractor") != "synonym" and isinstance(start, int) and isinstance(end, int):
-            text = text[:start] + " " * (end - start) + text[end:]  # offsets stay valid
-    return tuple(w for w in _WORD.findall(text.lower())
-                 if w not in _STOPWORDS and len(w) > 2 and not w.isdigit())

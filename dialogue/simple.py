@@ -2,9 +2,9 @@
 
 :class:`ExampleMatcher` reads an intent from word overlap with the project's NLU
 examples (TF-IDF-weighted cosine similarity) when no trained classifier is
-given; :func:`parse_payload` reads Rasa's button payloads (``/intent`` or
-``/intent{"slot": "value"}``); :func:`sentences` cuts a written text into the sentences
-it is streamed in.
+given; :func:`read_payload` reads Rasa's button payloads (``/intent``,
+``/intent@0.9``, ``/intent{"entity": "value"}``); :func:`sentences` cuts a written text
+into the sentences it is streamed in.
 """
 
 from __future__ import annotations
@@ -13,10 +13,15 @@ import json
 import math
 import re
 from collections import Counter
+from collections.abc import Collection
+from dataclasses import dataclass
 from typing import Any
 
 _WORD = re.compile(r"\w+", re.UNICODE)
-_PAYLOAD = re.compile(r"^/(\w+)(\{.*\})?$", re.DOTALL)
+# Rasa's RegexMessageHandler: "/", the intent (anything up to "{" or "@"), an optional
+# "@confidence", optional JSON entities; anything after them is ignored, as there.
+_PAYLOAD = re.compile(r"/(?P<intent>[^{@]+)(?P<confidence>@[0-9.]+)?(?P<entities>\{.+\})?(?P<rest>.*)",
+                      re.DOTALL)
 FALLBACK = "utter_default"
 FALLBACK_TEXT = "Sorry, I didn't get that. Could you rephrase it, or shall I get a person to help?"
 
@@ -52,20 +57,54 @@ class ExampleMatcher:
         return best, round(score, 4)
 
 
-def parse_payload(payload: str) -> tuple[str, dict[str, Any]] | None:
-    """Rasa's ``/intent{"slot": "value"}`` button payload, or None if it is not one."""
-    m = _PAYLOAD.match(payload.strip())
+@dataclass(frozen=True)
+class Payload:
+    """A button payload read as Rasa reads it."""
+
+    intent: str
+    confidence: float
+    values: dict[str, Any]  # the JSON object as written
+
+    @property
+    def entities(self) -> list[dict[str, Any]]:
+        """One entity per value; a list value gives one entity per item, as in Rasa."""
+        return [{"entity": name, "value": item, "extractor": "payload"}
+                for name, value in self.values.items()
+                for item in (value if isinstance(value, list) else [value])]
+
+
+def read_payload(payload: str, intents: Collection[str] | None = None) -> Payload | None:
+    """Rasa's ``/intent@confidence{"entity": "value"}`` button payload, or None if it is
+    not one (then it is read as text). With ``intents`` (the domain's), an intent not among
+    them is not one either, as in Rasa. Unlike Rasa, JSON that does not parse makes the
+    whole payload text rather than an intent without entities."""
+    m = _PAYLOAD.fullmatch(payload.strip())
     if not m:
         return None
-    entities: dict[str, Any] = {}
-    if m.group(2):
+    intent = m.group("intent").strip()
+    if not intent or (intents is not None and intent not in intents):
+        return None
+    values: dict[str, Any] = {}
+    if m.group("entities"):
         try:
-            loaded = json.loads(m.group(2))
+            loaded = json.loads(m.group("entities"))
         except json.JSONDecodeError:
             return None
         if isinstance(loaded, dict):
-            entities = loaded
-    return m.group(1), entities
+            values = loaded
+    confidence = 1.0
+    if m.group("confidence"):
+        try:  # "@1.5" is capped at 1; "@1.2.3" is 0, as in Rasa
+            confidence = min(1.0, float(m.group("confidence")[1:]))
+        except ValueError:
+            confidence = 0.0
+    return Payload(intent, confidence, values)
+
+
+def parse_payload(payload: str) -> tuple[str, dict[str, Any]] | None:
+    """:func:`read_payload`'s intent and entity values, or None if it is not a payload."""
+    read = read_payload(payload)
+    return None if read is None else (read.intent, read.values)
 
 
 _SENTENCE = re.compile(r".+?(?:[.!?…:](?=\s)\s*|\n+|$)", re.DOTALL)

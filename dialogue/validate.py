@@ -17,7 +17,7 @@ from typing import Any
 import yaml
 
 from bot.errors import ProjectError
-from dialogue.project import SLOT_TYPES, Project, compose_yaml, load_project, parse_yaml
+from dialogue.project import SLOT_TYPES, Project, Rule, base_intent, compose_yaml, load_project, parse_yaml
 
 BUILTIN_ACTIONS = {"action_listen", "action_restart", "action_default_fallback", "action_deactivate_loop",
                    "action_handoff", "action_human_handoff", "action_recommend_products", "action_back",
@@ -98,11 +98,36 @@ def _file_of(message: str, root: Path) -> str:
     return head if head.endswith((".yml", ".yaml", ".json")) else str(root)
 
 
+class _DomainLines:
+    """Where a domain entry is written: ``domain.yml``, or the file of ``domain/`` that has it."""
+
+    def __init__(self, project: Project) -> None:
+        self.project = project
+        self.main = project.domain_files[0] if project.domain_files else project.path / "domain.yml"
+        self.files: dict[Path, _Lines] = {}
+
+    def lines_of(self, path: Path) -> _Lines:
+        if path not in self.files:
+            self.files[path] = _Lines(path)
+        return self.files[path]
+
+    def at(self, section: str, name: str, *rest: str | int) -> tuple[str, int | None]:
+        path = self.project.defined_in.get((section, name), self.main)
+        return str(path), self.lines_of(path).line(section, name, *rest)
+
+    def find(self, value: str) -> tuple[str, int | None]:
+        for path in self.project.domain_files:
+            line = self.lines_of(path).find(value)
+            if line is not None:
+                return str(path), line
+        return str(self.main), None
+
+
 def _domain(project: Project) -> list[Problem]:
-    path = project.path / "domain.yml"
-    lines, out = _Lines(path), []
-    file = str(path)
+    entries, out = _DomainLines(project), []
     for name, spec in project.slots.items():
+        file, _ = entries.at("slots", name)
+        lines = entries.lines_of(Path(file))
         kind = spec.get("type")
         if kind not in SLOT_TYPES:
             out.append(Problem(file, lines.line("slots", name), f"slot {name!r}: unknown type {kind!r} "
@@ -122,6 +147,8 @@ def _domain(project: Project) -> list[Problem]:
                 if loop and loop not in project.forms:
                     out.append(Problem(file, where, f"slot {name!r}: condition on unknown form {loop!r}"))
     for form, required in project.forms.items():
+        file, _ = entries.at("forms", form)
+        lines = entries.lines_of(Path(file))
         for slot in required:
             if slot not in project.slots:
                 out.append(Problem(file, lines.line("forms", form), f"form {form!r} requires slot {slot!r}, "
@@ -132,6 +159,8 @@ def _domain(project: Project) -> list[Problem]:
                 out.append(Problem(file, lines.line("forms", form), f"form {form!r} cannot ask for {slot!r}: "
                                    f"add a response utter_ask_{slot}", "warning"))
     for name, variations in project.responses.items():
+        file, _ = entries.at("responses", name)
+        lines = entries.lines_of(Path(file))
         for i, variation in enumerate(variations):
             has_content = any(variation.get(k) for k in ("text", "buttons", "image", "custom", "attachment"))
             if not has_content:
@@ -144,6 +173,7 @@ def _domain(project: Project) -> list[Problem]:
                                        f"response {name!r}: each button needs a title and a payload"))
                     break
     if "utter_default" not in project.responses:
+        file, lines = str(entries.main), entries.lines_of(entries.main)
         out.append(Problem(file, lines.line("responses"), "no utter_default response: the bot will use a "
                            "built-in 'not sure' text when it does not understand", "warning"))
     return out
@@ -151,7 +181,7 @@ def _domain(project: Project) -> list[Problem]:
 
 def _known_action(project: Project, name: str) -> bool:
     return (name in project.responses or name in project.forms or name in project.actions
-            or name in BUILTIN_ACTIONS)
+            or name in BUILTIN_ACTIONS or bool(project.retrieval_responses(name)))
 
 
 def _data(project: Project) -> list[Problem]:
@@ -161,32 +191,74 @@ def _data(project: Project) -> list[Problem]:
         lines = _Lines(path)
         data = parse_yaml(path.read_text(encoding="utf-8")) or {}
         for i, item in enumerate(data.get("nlu") or []):
-            if isinstance(item, dict) and "intent" in item and item["intent"] not in intents:
+            # chitchat/ask_name is an answer of the retrieval intent chitchat, which the domain lists.
+            if isinstance(item, dict) and base_intent(str(item.get("intent", ""))) not in intents | {""}:
                 out.append(Problem(str(path), lines.line("nlu", i), f"intent {item['intent']!r} has examples "
                                    "but is not listed in domain.yml"))
         for i, rule in enumerate(data.get("rules") or []):
             if not isinstance(rule, dict):
                 continue
+            name = rule.get("rule")
+            for j, cond in enumerate(rule.get("condition") or []):
+                if not isinstance(cond, dict):
+                    continue
+                where = lines.line("rules", i, "condition", j)
+                loop = cond.get("active_loop")
+                if loop and loop not in project.forms:
+                    out.append(Problem(str(path), where,
+                                       f"rule {name!r}: condition on unknown form {loop!r}"))
+                for slot in _slot_names(cond.get("slot_was_set")):
+                    if slot not in project.slots and slot != "requested_slot":
+                        out.append(Problem(str(path), where, f"rule {name!r}: condition on slot {slot!r}, "
+                                           "which is not declared under slots"))
             for j, step in enumerate(rule.get("steps") or []):
                 where = lines.line("rules", i, "steps", j)
                 if not isinstance(step, dict):
                     continue
-                intent = step.get("intent")
-                if intent and intent not in intents and intent != "nlu_fallback":
-                    out.append(Problem(str(path), where, f"rule {rule.get('rule')!r}: intent {intent!r} "
-                                       "is not "
-                                       "listed in domain.yml"))
+                for alternative in [step, *[s for s in step.get("or") or [] if isinstance(s, dict)]]:
+                    intent = alternative.get("intent")
+                    if intent and base_intent(str(intent)) not in intents and intent != "nlu_fallback":
+                        out.append(Problem(str(path), where, f"rule {name!r}: intent {intent!r} "
+                                           "is not listed in domain.yml"))
                 action = step.get("action")
                 if action and not _known_action(project, str(action)):
-                    out.append(Problem(str(path), where, f"rule {rule.get('rule')!r}: action {action!r} is "
+                    out.append(Problem(str(path), where, f"rule {name!r}: action {action!r} is "
                                        "neither a response, a form nor an action in domain.yml"))
+    out += _contradictions(project)
+    where_intent = _DomainLines(project)
     for intent in project.intents:
-        n = len(project.examples.get(intent, []))
+        n = sum(len(texts) for name, texts in project.examples.items() if base_intent(name) == intent)
         if n < 2:
-            domain = project.path / "domain.yml"
-            out.append(Problem(str(domain), _Lines(domain).find(intent),
+            file, line = where_intent.find(intent)
+            out.append(Problem(file, line,
                                f"intent {intent!r} has {n} training example(s); the classifier needs a few",
                                "warning"))
+    return out
+
+
+def _slot_names(items: Any) -> list[str]:
+    items = items if isinstance(items, list) else [items] if items else []
+    return [str(k) for item in items for k in (item if isinstance(item, dict) else [item])]
+
+
+def _contradictions(project: Project) -> list[Problem]:
+    """Rules that match the same turn equally well but do different things: Rasa refuses
+    to train them; here the first written would win without a word."""
+    out: list[Problem] = []
+    seen: dict[tuple[object, ...], Rule] = {}
+    for rule in project.rule_list:
+        key = (rule.intent, rule.after, rule.active_loop, rule.no_loop, rule.conversation_start,
+               rule.earlier, tuple(sorted((n, repr(v)) for n, v in rule.slots)))
+        first = seen.setdefault(key, rule)
+        shorter, longer = sorted((first.actions, rule.actions), key=len)
+        # One going on where the other stops is Rasa's slot_was_set-after-an-action branch
+        # (warned about when loading), not a contradiction.
+        if first is not rule and longer[:len(shorter)] != shorter:
+            line = _Lines(Path(rule.file)).find(rule.name) if rule.file else None
+            out.append(Problem(rule.file or str(project.path), line,
+                               f"rules {first.name!r} and {rule.name!r} contradict each other: the same "
+                               f"turn runs {list(first.actions)} or {list(rule.actions)}; add a "
+                               "condition that tells them apart"))
     return out
 
 

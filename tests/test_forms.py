@@ -2,7 +2,8 @@
 this turn's slots, a free-text slot takes any answer but "no" (or an intent its mapping
 excludes), an action can
 start a form, every domain slot (with its initial value) reaches actions, and conditional
-response variations win over the default ones.
+response variations win over the default ones. Slots fill as Rasa's action_extract_slots
+fills them (tests/fixtures/slots_forms), and button payloads read as Rasa reads them.
 
 tests/fixtures/formbot's actions run in this process with rasa-sdk's own executor; its
 messages are read by the engine's example matcher (exact training examples, so confident).
@@ -19,6 +20,8 @@ from dialogue.engine import DialogueEngine
 from dialogue.entities import EntityExtractor
 from dialogue.project import load_project
 from dialogue.responses import Responses
+from dialogue.simple import read_payload
+from dialogue.slots import map_slots
 from dialogue.types import Conversation
 from tests.conftest import ROOT
 
@@ -157,3 +160,76 @@ def test_a_matching_conditional_variation_wins_over_the_default() -> None:
         assert premium is not None and basic is not None
         said.add((premium.text, basic.text))
     assert said == {("You are on the premium plan.", "You are on our standard plan.")}
+
+
+# --- slot mappings as Rasa's action_extract_slots reads them ------------------------------------
+
+SLOTS_FORMS = ROOT / "tests" / "fixtures" / "slots_forms"
+
+
+def slots_bot() -> ConversationRunner:
+    project = load_project(SLOTS_FORMS)
+    return ConversationRunner(DialogueEngine(project, entities=EntityExtractor.for_project(project)))
+
+
+async def test_an_entity_two_required_slots_share_fills_only_the_slot_the_form_asked_for() -> None:
+    conv, (_, berlin, paris) = await chat(slots_bot(), "book a trip", "Berlin", "Paris")
+    assert berlin.replies == ["To where?"]
+    assert conv.slots["from_city"] == "Berlin" and conv.slots["to_city"] == "Paris"
+    assert paris.replies == ["How many travellers?"]
+
+
+def test_an_entity_fills_every_slot_it_maps_to_while_no_form_is_active() -> None:
+    project = load_project(SLOTS_FORMS)
+    city = [{"entity": "city", "value": "Berlin"}]
+    found = map_slots(project.slots, text="Berlin", intent="inform", entities=city, active_loop=None,
+                      requested=None, forms=project.domain["forms"])
+    assert found == {"from_city": "Berlin", "to_city": "Berlin"}
+
+
+async def test_a_trigger_intent_mapping_fills_when_its_intent_starts_the_form() -> None:
+    conv, (start,) = await chat(slots_bot(), "book a trip")
+    assert start.replies == ["From where?"] and conv.slots["booked_via"] == "chat"
+    project = load_project(SLOTS_FORMS)
+    assert "booked_via" not in map_slots(project.slots, text="book a trip", intent="book", entities=[],
+                                         active_loop=None, requested=None, forms=project.domain["forms"])
+
+
+async def test_an_entity_mapping_takes_the_last_value_and_a_list_slot_every_value() -> None:
+    conv, _ = await chat(slots_bot(), "with ham and cheese")
+    assert conv.slots["toppings"] == ["ham", "cheese"]
+    assert conv.slots["topping"] == "cheese"
+
+
+async def test_a_forms_ignored_intents_fill_none_of_its_slots() -> None:
+    conv, (_, chitchat) = await chat(slots_bot(), "leave a note", "how old are you")
+    assert chitchat.intent == "chitchat" and chitchat.replies == ["I am a bot."]
+    assert conv.slots.get("note") is None and "utter_noted" not in chitchat.actions
+    # Also an unconditioned mapping of a slot outside the form, while the form is active.
+    project = load_project(SLOTS_FORMS)
+    topping = [{"entity": "topping", "value": "ham"}]
+    assert map_slots(project.slots, text="ham", intent="chitchat", entities=topping,
+                     active_loop="note_form", requested="note", forms=project.domain["forms"]) == {}
+
+
+async def test_a_float_slot_keeps_a_value_beyond_its_max_value() -> None:
+    conv, seen = await chat(slots_bot(), "book a trip", "Berlin", "Paris", "8")
+    assert seen[-1].replies == ["Booked."]
+    assert conv.slots["travellers"] == 8.0 and conv.state.get("active_loop") is None
+
+
+async def test_button_payloads_are_read_as_rasa_reads_them() -> None:
+    runner = slots_bot()
+    conv = Conversation("payload-test", "bot")
+    conv, balance = await runner.turn(conv, "Show me", "/check-balance")
+    conv, greet = await runner.turn(conv, "Show me", "/greet@0.9")
+    assert balance.intent == "check-balance" and balance.replies == ["Your balance is 10 euros."]
+    assert greet.intent == "greet" and greet.replies == ["Hello!"] and greet.confidence == 0.9
+    # A list value is one entity per item: a list slot takes them all, a text slot the last.
+    conv, chosen = await runner.turn(conv, "ham and cheese", '/inform{"topping": ["ham", "cheese"]}')
+    assert (chosen.slots["toppings"], chosen.slots["topping"]) == (["ham", "cheese"], "cheese")
+    read = read_payload('/inform@0.4{"topping": ["ham", "cheese"], "city": "Paris"}')
+    assert read is not None and (read.intent, read.confidence) == ("inform", 0.4)
+    assert [(e["entity"], e["value"]) for e in read.entities] == [
+        ("topping", "ham"), ("topping", "cheese"), ("city", "Paris")]
+    assert read_payload("/greet", intents=["inform"]) is None  # not a domain intent: text
