@@ -18,12 +18,13 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from bot.errors import ProjectError
+from bot.errors import DeskmateError, ProjectError
 from model import artifacts
 from model.adapter import TaskModel
 from model.artifacts import Meta
 from model.data import OUT_OF_SCOPE, data_hash, load_project
 from model.encoder import (
+    MAX_SEQ_LENGTH,
     Batch,
     SharedEncoder,
     by_length,
@@ -34,7 +35,14 @@ from model.encoder import (
 )
 from model.intents import IntentModel
 from model.lexical import blend
-from model.runtime import OnnxGraph, ServedEncoder, compile_graph, precision_name, runtime_name
+from model.runtime import (
+    PRECISIONS,
+    OnnxGraph,
+    ServedEncoder,
+    compile_graph,
+    precision_name,
+    runtime_name,
+)
 from model.sentiment import SENTIMENT_LABELS, load_sentiment, sentiment_result
 
 RANKING_SIZE = 10
@@ -88,6 +96,17 @@ class Classifier:
         self.runtime = runtime or runtime_name()
         self.graph: OnnxGraph | None = None
         self.precision = "fp32"
+        if precision is not None and precision not in PRECISIONS:
+            raise DeskmateError(f"precision {precision!r} is not one of {', '.join(PRECISIONS)}")
+        if self.runtime == "torch":
+            # The torch path has fp32 weights only: int8 asked for there would be answered,
+            # and benchmarked, in fp32 under the int8 name. An explicit runtime="torch" (a
+            # reference run) ignores DESKMATE_NLU_PRECISION, which is about the serving graph.
+            from_env = precision is None and runtime is None and precision_name() == "int8"
+            if precision == "int8" or from_env:
+                asked = "DESKMATE_NLU_PRECISION=int8" if from_env else "precision int8"
+                raise DeskmateError(f"{asked} needs the ONNX runtime: the torch path "
+                                    "(DESKMATE_NLU_RUNTIME=torch) has fp32 weights only")
         if self.runtime == "onnx":
             self.precision = precision or precision_name()
             self.graph = compile_graph(
@@ -118,6 +137,7 @@ class Classifier:
         """:meth:`SharedEncoder.embed` (full length, as the knowledge index is built), safe to
         call while another thread parses: the Rust tokenizer is shared and not re-entrant, so
         the call holds the tokenizer lock (a few milliseconds for a handful of texts)."""
+        texts = [_well_formed(t) for t in texts]
         if self.graph is None:
             with self._tokenize_lock:
                 return self.encoder.embed(texts)
@@ -139,15 +159,26 @@ class Classifier:
         of a batch costs as much as its longest one, and the turns that arrive together
         at a busy server mix greetings with long messages.
 
-        ``vectors``: also return each text's plain sentence embedding (what
-        :meth:`SharedEncoder.embed` gives, for knowledge retrieval) under ``"vector"``,
-        computed from the same trunk so the shared layers run once."""
+        ``vectors``: also return each text's plain sentence embedding (what :meth:`embed`
+        gives, for knowledge retrieval) under ``"vector"``. A text that fits the heads'
+        ``max_length`` gets it from the same forward pass, so the shared layers run once; a
+        longer one, which the heads see cut, from :meth:`embed` at the encoder's full
+        length, as the knowledge entries it is compared with were embedded.
+
+        Text that is not valid Unicode (a lone surrogate, from undecodable bytes) has the
+        bad code points replaced, so that it cannot fail the texts batched with it."""
         results: list[dict[str, Any]] = [{} for _ in texts]
         if not texts:
             return results
+        texts = [_well_formed(t) for t in texts]
         with self._tokenize_lock:
             tokens = self.encoder.tokenize(texts, self.max_length)  # padded on the right
         lengths = tokens.attention_mask.sum(1).tolist()
+        # A text as long as the cut may have been cut (the tokenizer does not say): its
+        # vector is recomputed at full length. Messages that long are rare in chat.
+        cut = min(self.max_length, MAX_SEQ_LENGTH)
+        long = [i for i, n in enumerate(lengths) if n >= cut] if vectors else []
+        long_vectors = self.embed([texts[i] for i in long]) if long else None
         for idx in length_groups(lengths, batch_size):
             rows, width = torch.tensor(idx), max(lengths[i] for i in idx)
             batch = Batch(tokens.input_ids[rows, :width].contiguous(),
@@ -176,6 +207,9 @@ class Classifier:
                 if embedded is not None:
                     out["vector"] = embedded[row]
                 results[i] = out
+        if long_vectors is not None:
+            for i, vector in zip(long, long_vectors, strict=True):
+                results[i]["vector"] = vector
         return results
 
     def _forward(self, batch: Batch, vectors: bool
@@ -219,6 +253,17 @@ class Classifier:
             # Nothing fits well enough: the dialogue falls back instead of misrouting.
             top, confidence = OUT_OF_SCOPE, 1.0 - confidence
         return {"intent": top, "confidence": round(confidence, 4), "ranking": ranking}
+
+
+def _well_formed(text: str) -> str:
+    """``text`` with lone surrogates replaced by ``?``: Python lets them into a ``str`` (a
+    command-line argument's undecodable bytes, a JSON ``"\\ud800"`` escape), the tokenizers
+    refuse them and would fail the whole batch."""
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:
+        return text.encode("utf-8", "replace").decode("utf-8")
+    return text
 
 
 def _serving_encoder() -> SharedEncoder:

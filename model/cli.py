@@ -24,7 +24,8 @@ DEFAULT_DATA = Path("../shared/data")
 def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     """Add ``train``, ``nlu``, ``eval`` and ``bench`` to the ``deskmate`` parser."""
     train = subparsers.add_parser("train", help="train the bot's intent model (or sentiment)")
-    train.add_argument("--project", type=Path, default=Path("."), help="bot project (default .)")
+    # None, not ".": `train sentiment` must tell "--project ." from no --project at all.
+    train.add_argument("--project", type=Path, default=None, help="bot project (default .)")
     train.add_argument("--quiet", action="store_true", help="no progress bars")
     train.set_defaults(handler=cmd_train)
     train_sub = train.add_subparsers(dest="train_target", metavar="TARGET")
@@ -32,15 +33,22 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
     sent.add_argument("--data", type=Path, nargs="+", required=True, metavar="CSV",
                       help="text,label CSVs (labels 0/1 or negative/neutral/positive); a file "
                            "with no neutral rows teaches negative-vs-positive only")
+    # SUPPRESS: given before or after `sentiment`, the option keeps its value (a default
+    # here would overwrite the one `train` parsed).
+    sent.add_argument("--project", type=Path, default=argparse.SUPPRESS,
+                      help="bot project: the model goes to DIR/models/sentiment, which that bot "
+                           "loads instead of the shipped default")
     sent.add_argument("--out", type=Path, default=None,
-                      help="artifact folder (default: the shipped model/artifacts/sentiment)")
+                      help="artifact folder (default: DIR/models/sentiment of --project; one of "
+                           "the two is required)")
     sent.add_argument("--top-layers", type=int, default=None,
                       help="encoder layers with LoRA adapters (default 3, as shipped; "
                            "0 = a head over the frozen encoder: fastest, least accurate)")
     sent.add_argument("--rank", type=int, default=None, help="LoRA rank (default 16, as shipped)")
     sent.add_argument("--epochs", type=int, default=0,
                       help="passes over the data (default: from its size, 2 for SST-2's 67 k rows)")
-    sent.add_argument("--quiet", action="store_true", help="no progress bars")
+    sent.add_argument("--quiet", action="store_true", default=argparse.SUPPRESS,
+                      help="no progress bars")
     sent.set_defaults(handler=cmd_train_sentiment)
 
     nlu = subparsers.add_parser("nlu", help="natural-language understanding")
@@ -94,11 +102,12 @@ def cmd_train(args: argparse.Namespace) -> int:
     """``deskmate train [--project DIR]``: train and write ``<project>/models/intent``."""
     from model.training import train_project
 
-    meta = train_project(args.project, progress=not args.quiet)
+    project = args.project or Path(".")
+    meta = train_project(project, progress=not args.quiet)
     print(
         f"trained {len(meta.labels)} intents on {meta.num_examples} examples in "
         f"{meta.train_seconds:.1f}s (OOS threshold {meta.oos_threshold}) -> "
-        f"{args.project / 'models' / 'intent'}"
+        f"{project / 'models' / 'intent'}"
     )
     from model.classifier import load_project_classifier
     from model.runtime import cache_dir, runtime_name
@@ -106,23 +115,34 @@ def cmd_train(args: argparse.Namespace) -> int:
     if runtime_name() == "onnx":
         # Build the serving graph now, so that `deskmate run` starts without exporting it.
         started = time.perf_counter()
-        load_project_classifier(args.project)
+        load_project_classifier(project)
         print(f"serving graph ready in {time.perf_counter() - started:.1f}s -> {cache_dir()}")
     return 0
 
 
 def cmd_train_sentiment(args: argparse.Namespace) -> int:
-    """``deskmate train sentiment --data CSV [CSV...]``."""
-    from model.sentiment import DEFAULT_DIR, load_sentiment_csv, recipe, train_sentiment
+    """``deskmate train sentiment --data CSV [CSV...] (--project DIR | --out DIR)``.
 
-    examples, polarity_only = [], []
-    for path in args.data:
-        rows = load_sentiment_csv(path)
-        # A file without neutral rows (binary data such as SST-2) teaches polarity only.
-        binary = all(e.label != "neutral" for e in rows)
-        examples += rows
-        polarity_only += [binary] * len(rows)
-    out = args.out or DEFAULT_DIR
+    The model goes to ``--out``, else to ``DIR/models/sentiment`` of ``--project``, where
+    that bot's classifier looks first. Neither given is an error rather than a rewrite of
+    the shipped default: that model is every other bot's on this install, and a package
+    upgrade would quietly bring the old one back. ``--out model/artifacts/sentiment`` (or
+    ``scripts/train_sentiment.py``) replaces it on purpose."""
+    from model.sentiment import DEFAULT_DIR, load_sentiment_files, recipe, train_sentiment
+
+    if args.out is not None:
+        out = args.out
+    elif args.project is not None:
+        if not args.project.is_dir():
+            raise ProjectError(str(args.project), "no such project directory")
+        out = args.project / "models" / "sentiment"
+    else:
+        raise DeskmateError(
+            "train sentiment: say where the model goes: --project DIR (DIR/models/sentiment, "
+            f"which that bot loads) or --out DIR (--out {DEFAULT_DIR} replaces the shipped "
+            "default of every bot without its own)"
+        )
+    examples, polarity_only = load_sentiment_files(args.data)
     chosen = {"top_layers": args.top_layers, "rank": args.rank}
     config = recipe(len(examples), epochs=args.epochs, **{k: v for k, v in chosen.items() if v is not None})
     meta = train_sentiment(examples, out, config=config, polarity_only=polarity_only,

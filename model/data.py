@@ -109,15 +109,24 @@ def project_data_files(project: Path) -> list[Path]:
 
 
 def load_project(project: Path) -> tuple[list[Example], list[Path]]:
-    """All intent examples of a project and the files they came from."""
+    """All intent examples of a project and the files they came from.
+
+    An example given twice (the same text under the same intent, in one file or two) is
+    kept once, where it first occurs: :func:`data_hash`, which says whether a model is
+    stale, covers each pair once, so training counts it once too (class balance and the
+    calibration split would otherwise change with no change to the hash)."""
     files = project_data_files(project)
     examples: list[Example] = []
+    seen: set[Example] = set()
     used: list[Path] = []
     for path in files:
         found = load_file(path)
         if found:
-            examples.extend(found)
             used.append(path)
+        for example in found:
+            if example not in seen:
+                seen.add(example)
+                examples.append(example)
     if not examples:
         raise ProjectError(str(project / "data"), "no intent examples found (nlu: - intent: ...)")
     return examples, used

@@ -14,7 +14,12 @@ from model.data import Example, load_file
 from model.encoder import SharedEncoder, load_encoder
 from model.intents import IntentConfig, train_intents
 from model.metrics import classification_report, plot_confusion
-from model.sentiment import load_sentiment, load_sentiment_csv, train_sentiment
+from model.sentiment import (
+    load_sentiment,
+    load_sentiment_csv,
+    load_sentiment_files,
+    train_sentiment,
+)
 
 
 def intent_classifier_from_examples(
@@ -78,13 +83,15 @@ def eval_sentiment(
     json_out: Path | None = None,
     progress: bool = True,
 ) -> dict[str, Any]:
-    """Score the default sentiment model (or one trained on ``train``) on ``test``."""
+    """Score the default sentiment model (or one trained on ``train``, as ``deskmate train
+    sentiment`` trains it from those files) on ``test``."""
     tests = load_sentiment_csv(test)
     encoder = load_encoder()
     if train:
-        examples = [e for path in train for e in load_sentiment_csv(path)]
+        examples, polarity_only = load_sentiment_files(train)
         with tempfile.TemporaryDirectory() as tmp:
-            train_sentiment(examples, Path(tmp) / "sentiment", encoder=encoder, progress=progress)
+            train_sentiment(examples, Path(tmp) / "sentiment", polarity_only=polarity_only,
+                            sources=[str(p) for p in train], encoder=encoder, progress=progress)
             from model import artifacts
 
             sentiment = artifacts.load(Path(tmp) / "sentiment", encoder)

@@ -97,9 +97,11 @@ def plot_confusion(report: dict[str, Any], path: Path, title: str = "") -> None:
 
 
 def summary_line(report: dict[str, Any]) -> str:
-    """One human line: accuracy, macro-F1 and the OOS figures where present."""
+    """One human line: accuracy, macro-F1 and the OOS figures where present (in-scope
+    accuracy is "–" when every test row is out of scope)."""
     parts = [f"accuracy {report['accuracy']:.4f}", f"macro-F1 {report['macro_f1']:.4f}"]
     if "oos_recall" in report:
-        parts.append(f"in-scope accuracy {report['in_scope_accuracy']:.4f}")
+        in_scope = report.get("in_scope_accuracy")
+        parts.append(f"in-scope accuracy {'–' if in_scope is None else format(in_scope, '.4f')}")
         parts.append(f"OOS recall {report['oos_recall']:.4f}")
     return ", ".join(parts) + f" (n={report['n']})"

@@ -46,6 +46,21 @@ def load_sentiment_csv(path: Path) -> list[Example]:
     return [Example(e.text, normalize_label(e.label, str(path))) for e in load_csv(path)]
 
 
+def load_sentiment_files(paths: Sequence[Path]) -> tuple[list[Example], list[bool]]:
+    """The examples of sentiment CSVs and, one flag per example, whether it is polarity-only:
+    a file with no neutral rows (binary data such as SST-2) teaches negative-vs-positive
+    only (:func:`train_sentiment`). ``deskmate train sentiment`` and ``deskmate eval
+    sentiment --train`` both read their files here, so they train the same model."""
+    examples: list[Example] = []
+    polarity_only: list[bool] = []
+    for path in paths:
+        rows = load_sentiment_csv(path)
+        binary = all(e.label != "neutral" for e in rows)
+        examples += rows
+        polarity_only += [binary] * len(rows)
+    return examples, polarity_only
+
+
 def sentiment_result(probs: torch.Tensor, labels: list[str]) -> dict[str, Any]:
     """``{"sentiment", "sentiment_score"}``; the score is P(positive) - P(negative) in [-1, 1]."""
     p = dict(zip(labels, probs.tolist(), strict=True))

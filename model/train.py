@@ -58,7 +58,10 @@ class TrunkCache:
         self.states: dict[str, torch.Tensor] = {}
 
     def add(self, texts: list[str], progress: bool = False, batch_size: int = 64) -> None:
-        todo = sorted({t for t in texts if t not in self.states}, key=len)
+        # Ties broken by the text: a set's order follows PYTHONHASHSEED, and which texts
+        # share a padded batch moves the trunk's float rounding, so the same seed would
+        # train different weights in another process.
+        todo = sorted({t for t in texts if t not in self.states}, key=lambda t: (len(t), t))
         chunks = [todo[i : i + batch_size] for i in range(0, len(todo), batch_size)]
         for chunk in tqdm(chunks, desc="encoding", unit="batch", disable=not progress, leave=False):
             tok = self.encoder.tokenize(chunk, max_length=self.max_length)

@@ -261,3 +261,94 @@ def test_a_project_whose_model_was_left_as_intent_old_loads(
     assert check_fresh(project).task == "intent"
     classifier = load_project_classifier(project)
     assert classifier.parse("where is my order")["intent"] in classifier.intent_labels
+
+
+def _classifier(project: Path, runtime: str):  # type: ignore[no-untyped-def]
+    """The project's classifier over the torch encoder, on ``runtime``."""
+    from model import artifacts
+    from model.classifier import Classifier, intent_dir
+    from model.encoder import load_encoder
+    from model.intents import IntentModel
+    from model.sentiment import load_sentiment
+
+    encoder = load_encoder()
+    folder = intent_dir(project)
+    model, meta = artifacts.load(folder, encoder)
+    return Classifier(encoder, IntentModel(model, meta, artifacts.load_lexical(folder)),
+                      load_sentiment(project, encoder=encoder), runtime=runtime)
+
+
+PREAMBLE = ("hello there, I have been a customer of yours for many years and I always liked the shop, "
+            "the staff was friendly and the prices fair, but something happened last month that I "
+            "need to tell you about in detail, because it matters to me and to my family as well, "
+            "before my actual question: ")
+
+
+@pytest.mark.parametrize("runtime", ["onnx", "torch"])
+def test_vectors_of_long_texts_are_full_length_embeddings(trained_shopbot: Path, runtime: str) -> None:
+    """The heads read 64 word pieces, but a turn's knowledge vector is compared with entries
+    embedded at 256: past 64 it must still be what embed() gives, not the cut text's."""
+    clf = _classifier(trained_shopbot, runtime)
+    refund = PREAMBLE + "how do I return a jacket for a refund?"
+    hours = PREAMBLE + "when do you open on sunday?"
+    texts = [refund, "where is my parcel", hours, "a " * 80, "returns within 30 days " * 60, "hi"]
+    assert int(clf.encoder.tokenize([PREAMBLE]).attention_mask.sum()) > clf.max_length - 4
+    batch = clf.parse_batch(texts, vectors=True)
+    singles = [clf.parse_batch([t], vectors=True)[0] for t in texts]
+    expected = clf.embed(texts)
+    for text, b, s, e in zip(texts, batch, singles, expected, strict=True):
+        assert abs(b["vector"] - e).max() < 1e-5, text[-30:]
+        assert abs(s["vector"] - e).max() < 1e-5, text[-30:]
+        assert b["intent"] == s["intent"]
+        assert b["confidence"] == pytest.approx(s["confidence"], abs=1e-3)
+    # the two questions after the same long preamble are told apart (0.94 when cut at 64)
+    assert float(batch[0]["vector"] @ batch[2]["vector"]) < 0.6
+
+
+@pytest.mark.parametrize("runtime", ["onnx", "torch"])
+def test_invalid_unicode_does_not_fail_the_batch(trained_shopbot: Path, runtime: str) -> None:
+    """A lone surrogate (undecodable bytes, a JSON escape) is replaced, not a tokenizer
+    error that fails every text batched with it."""
+    clf = _classifier(trained_shopbot, runtime)
+    texts = ["refund \udcff please", "where is my parcel", "\ud800"]
+    results = clf.parse_batch(texts, vectors=True)
+    assert results[0]["intent"] == clf.parse("refund ? please")["intent"]
+    assert results[1]["intent"] == clf.parse("where is my parcel")["intent"] == "order_status"
+    assert clf.embed(texts).shape == (3, clf.encoder.hidden_size)
+
+
+def test_nlu_parse_cli_takes_undecodable_bytes() -> None:
+    """`deskmate nlu parse $'refund \\xff please'`: Python hands the byte to the command as a
+    lone surrogate; the command answers instead of a traceback."""
+    import subprocess
+    import sys
+
+    root = Path(__file__).resolve().parents[2]
+    done = subprocess.run([sys.executable, "-m", "bot.cli", "nlu", "parse", b"refund \xff please"],
+                          cwd=root, capture_output=True, text=True, timeout=300,
+                          env={**os.environ, "PYTHONPATH": str(root), "HF_HUB_OFFLINE": "1"})
+    assert done.returncode == 0, done.stderr[-2000:]
+    result = json.loads(done.stdout)
+    assert result["sentiment"] in ("negative", "neutral", "positive")
+
+
+def test_int8_is_refused_on_the_torch_runtime(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The torch path has fp32 weights only: int8 asked for there is an error, never fp32
+    figures under the int8 name."""
+    from bot.errors import DeskmateError
+    from model.classifier import Classifier
+    from model.encoder import load_encoder
+
+    encoder = load_encoder()
+    with pytest.raises(DeskmateError, match="int8 needs the ONNX runtime"):
+        Classifier(encoder, None, None, runtime="torch", precision="int8")
+    monkeypatch.setenv("DESKMATE_NLU_RUNTIME", "torch")
+    with pytest.raises(DeskmateError, match="int8 needs the ONNX runtime"):
+        Classifier(encoder, None, None, precision="int8")
+    monkeypatch.setenv("DESKMATE_NLU_PRECISION", "int8")
+    with pytest.raises(DeskmateError, match="DESKMATE_NLU_PRECISION=int8 needs the ONNX runtime"):
+        Classifier(encoder, None, None)
+    # a torch reference run asked for by name is fp32 whatever the serving precision
+    assert Classifier(encoder, None, None, runtime="torch").precision == "fp32"
+    with pytest.raises(DeskmateError, match="precision 'int4'"):
+        Classifier(encoder, None, None, runtime="onnx", precision="int4")

@@ -114,3 +114,21 @@ def test_the_documented_training_data_trains_what_it_says() -> None:
     texts = [t for s in sections for t in section_examples("docs/nlu.md", s)]
     assert "has order 4711 shipped" in texts
     assert not [t for t in texts if "#" in t]
+
+
+def test_project_examples_given_twice_are_trained_once(shopbot: Path) -> None:
+    """Training sees each (intent, text) pair once, as the data hash does: repeating an
+    example changes neither the hash nor what is trained; the first occurrence is kept."""
+    from model.data import Example
+
+    before, _ = load_project(shopbot)
+    extra = shopbot / "data" / "extra.yml"  # read first: files load in name order
+    extra.write_text('version: "3.1"\nnlu:\n- intent: refund\n  examples: |\n'
+                     + "    - refund please\n" * 30 + "    - can I return the jacket for a refund\n"
+                     "- intent: greet\n  examples: |\n    - refund please\n", encoding="utf-8")
+    after, files = load_project(shopbot)
+    assert extra in files
+    first = [Example("refund please", "refund"), Example("can I return the jacket for a refund", "refund"),
+             Example("refund please", "greet")]  # the same text under another intent is kept
+    assert after == first + [e for e in before if e not in first]
+    assert data_hash(after) == data_hash([*before, first[2]])

@@ -116,3 +116,41 @@ def test_bench_section_keeps_other_sections(tmp_path: Path) -> None:
     write_section(doc, results)  # idempotent: replaced, not appended twice
     text = doc.read_text()
     assert text.count(HEADING) == 1 and "## Websocket load\n\nfast." in text
+
+
+_TRAIN_AND_HASH = """
+import hashlib, random
+from model.encoder import load_encoder
+from model.train import TrainConfig, train_task
+words = ["refund", "parcel", "where", "my", "is", "order", "the", "shoes", "xq", "zzkp", "late", "box"]
+rng = random.Random(0)
+texts = set()
+while len(texts) < 150:  # all 24 characters long, of different word pieces: ties everywhere
+    texts.add(" ".join(rng.choice(words) for _ in range(6))[:24].ljust(24, "!"))
+texts = sorted(texts)
+model = train_task(load_encoder(), texts, [i % 2 for i in range(len(texts))], 2,
+                   TrainConfig(epochs=1, batch_size=32), progress=False)
+digest = hashlib.sha256()
+for key, value in sorted(model.trainable_state().items()):
+    digest.update(key.encode() + value.numpy().tobytes())
+print(digest.hexdigest())
+"""
+
+
+def test_same_seed_same_weights_in_another_process() -> None:
+    """Training is deterministic across processes: nothing depends on the order of a set,
+    which follows PYTHONHASHSEED (texts of equal length once went into the trunk's padded
+    batches in set order, and the batches' float rounding into the weights)."""
+    import os
+    import subprocess
+    import sys
+
+    root = Path(__file__).resolve().parents[2]
+    digests = set()
+    for seed in ("1", "2"):
+        env = {**os.environ, "PYTHONHASHSEED": seed, "PYTHONPATH": str(root), "HF_HUB_OFFLINE": "1"}
+        done = subprocess.run([sys.executable, "-c", _TRAIN_AND_HASH], cwd=root, env=env,
+                              capture_output=True, text=True, timeout=300)
+        assert done.returncode == 0, done.stderr[-2000:]
+        digests.add(done.stdout.strip().splitlines()[-1])
+    assert len(digests) == 1
