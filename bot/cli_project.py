@@ -88,7 +88,7 @@ def _check_actions(root: Path) -> list[Any]:
     """Custom actions named in the domain must exist in the project's rasa-sdk package."""
     from bot.actions import open_action_runner
     from dialogue.project import load_project
-    from dialogue.validate import BUILTIN_ACTIONS, Problem
+    from dialogue.validate import BUILTIN_ACTIONS, DomainLines, Problem
 
     project = load_project(root)
     runner = open_action_runner(root, None)
@@ -97,7 +97,8 @@ def _check_actions(root: Path) -> list[Any]:
         return []
     missing = [a for a in project.actions if a not in names and a not in BUILTIN_ACTIONS
                and not a.startswith(("utter_", "validate_"))]
-    return [Problem(str(root / "domain.yml"), None, f"action {a!r} is listed in domain.yml but "
+    entries = DomainLines(project)  # domain.yml, or the file of a domain/ folder that lists it
+    return [Problem(*entries.find(a), f"action {a!r} is listed in the domain but "
                     f"{root / 'actions'} does not define it") for a in missing]
 
 

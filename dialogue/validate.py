@@ -98,7 +98,7 @@ def _file_of(message: str, root: Path) -> str:
     return head if head.endswith((".yml", ".yaml", ".json")) else str(root)
 
 
-class _DomainLines:
+class DomainLines:
     """Where a domain entry is written: ``domain.yml``, or the file of ``domain/`` that has it."""
 
     def __init__(self, project: Project) -> None:
@@ -124,7 +124,7 @@ class _DomainLines:
 
 
 def _domain(project: Project) -> list[Problem]:
-    entries, out = _DomainLines(project), []
+    entries, out = DomainLines(project), []
     for name, spec in project.slots.items():
         file, _ = entries.at("slots", name)
         lines = entries.lines_of(Path(file))
@@ -225,7 +225,7 @@ def _data(project: Project) -> list[Problem]:
                     out.append(Problem(str(path), where, f"rule {name!r}: action {action!r} is "
                                        "neither a response, a form nor an action in domain.yml"))
     out += _contradictions(project)
-    where_intent = _DomainLines(project)
+    where_intent = DomainLines(project)
     for intent in project.intents:
         n = sum(len(texts) for name, texts in project.examples.items() if base_intent(name) == intent)
         if n < 2:

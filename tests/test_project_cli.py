@@ -87,6 +87,22 @@ def test_validate_names_each_problem_with_file_and_line(tmp_path: Path) -> None:
     assert result.returncode == 1 and "error(s)" in result.stdout
 
 
+def test_an_action_missing_from_actions_names_the_domain_file_that_lists_it(tmp_path: Path) -> None:
+    """With the domain split into a domain/ folder, the problem named a domain.yml that
+    does not exist."""
+    project = tmp_path / "bot"
+    assert deskmate("init", str(project)).returncode == 0
+    (project / "domain").mkdir()
+    domain = project / "domain" / "main.yml"
+    (project / "domain.yml").rename(domain)
+    text = domain.read_text()
+    assert "\nactions:\n" in text
+    domain.write_text(text.replace("\nactions:\n", "\nactions:\n  - action_not_written\n", 1))
+    result = deskmate("validate", "--project", str(project))
+    line = next(x for x in result.stdout.splitlines() if "action_not_written" in x)
+    assert str(domain) in line and "domain.yml" not in line, result.stdout
+
+
 def test_the_demo_shop_validates_clean() -> None:
     assert [str(p) for p in validate(SHOP) if p.severity == "error"] == []
 
