@@ -80,8 +80,9 @@ class InProcessActions:
     ``async def run`` actions run on the loop, as in rasa-sdk's server.
     """
 
-    def __init__(self, package: str, *, search_path: Path | None = None) -> None:
+    def __init__(self, package: str, *, search_path: Path | None = None, timeout: float = 10.0) -> None:
         self.package = package
+        self.timeout = timeout  # seconds, as an action server's answer is waited for
         self._executor = ActionExecutor()
         _import_package(package, search_path)
         try:
@@ -103,7 +104,13 @@ class InProcessActions:
     async def run(self, name: str, tracker: dict[str, Any], domain: dict[str, Any]) -> ActionResult:
         """Run ``name`` through rasa-sdk's executor; raise :class:`ActionError` when it can't."""
         try:
-            result = await self._executor.run(action_call(name, tracker, domain))
+            result = await asyncio.wait_for(self._executor.run(action_call(name, tracker, domain)),
+                                            self.timeout)
+        except TimeoutError as exc:
+            # The turn goes on without it (a synchronous action's thread cannot be stopped
+            # and finishes on its own); it may have done its work, as a remote one may.
+            log.warning("action %r: no answer within %ss", name, self.timeout)
+            raise ActionError(name, "unavailable", f"no answer within {self.timeout}s") from exc
         except ActionExecutionRejection as exc:
             raise ActionError(name, "rejected", exc.message) from exc
         except ActionNotFoundException as exc:

@@ -327,6 +327,15 @@ async def test_misconfigured_actions_fail(shop_actions: InProcessActions,
     assert failed.value.kind == "failed" and "DESKMATE_ACTIONS_REDIS_URL" in failed.value.message
 
 
+async def test_an_in_process_action_past_its_timeout_is_unavailable(shop_env: str) -> None:
+    """An in-process action that never finished held its turn, and the conversation, for
+    good; an action server's answer is waited for 10 s, and so is an in-process one."""
+    slow = InProcessActions("actions_pkg", search_path=FIXTURES, timeout=0.3)
+    with pytest.raises(ActionError) as timed_out:
+        await slow.run("action_slow", tracker(delay=30.0), {})
+    assert timed_out.value.kind == "unavailable" and "0.3s" in timed_out.value.message
+
+
 # --- remote: a real rasa-sdk action server ---------------------------------------------------------
 
 async def test_remote_shop_flows(remote: dict[str, RemoteActions]) -> None:
