@@ -176,15 +176,14 @@ def parse(raw: str | bytes, *, max_bytes: int, max_text: int) -> ClientFrame:
             after=after, customer=customer,
         )
     if kind == "message":
-        client_id = _short(frame, "client_id", MAX_ID_CHARS)
+        client_id = _client_id(frame)
         text = _field(frame, "text", str)
-        assert client_id is not None
         return Message(client_id, _text(text, max_text))
     if kind == "action":
-        client_id = _short(frame, "client_id", MAX_ID_CHARS)
+        client_id = _client_id(frame)
         payload = _short(frame, "payload", MAX_PAYLOAD_CHARS)
         title = _short(frame, "title", MAX_PAYLOAD_CHARS, required=False)
-        assert client_id is not None and payload is not None
+        assert payload is not None
         return Action(client_id, payload, title)
     if kind == "track":
         name = _short(frame, "name", MAX_NAME_CHARS)
@@ -192,6 +191,17 @@ def parse(raw: str | bytes, *, max_bytes: int, max_text: int) -> ClientFrame:
         assert name is not None
         return Track(name, data)
     raise FrameError("unknown_type", f"unknown frame type {kind[:40]!r}")
+
+
+def _client_id(frame: dict[str, Any]) -> str:
+    """A customer message's ``client_id``. Agents' messages are deduplicated in the same
+    conversation under ``agent:<name>:<their id>``: a customer id of that shape could
+    take the place of an agent's message, so it is refused."""
+    client_id = _short(frame, "client_id", MAX_ID_CHARS)
+    assert client_id is not None
+    if client_id.startswith("agent:"):
+        raise FrameError("bad_field", "'client_id' must not start with 'agent:'")
+    return client_id
 
 
 def client_id_of(raw: str | bytes) -> str | None:

@@ -21,6 +21,9 @@ CASES = [
     ('{"type": "message", "text": "hi"}', "missing_field"),
     ('{"type": "message", "client_id": "c", "text": 42}', "bad_field"),
     ('{"type": "message", "client_id": 5, "text": "hi"}', "bad_field"),
+    # agents' messages are deduplicated as agent:<name>:<id> in the same conversation
+    ('{"type": "message", "client_id": "agent:anna:c1", "text": "hi"}', "bad_field"),
+    ('{"type": "action", "client_id": "agent:anna:c1", "payload": "/greet"}', "bad_field"),
     ('{"type": "message", "client_id": "c", "text": true}', "bad_field"),
     ('{"type": "message", "client_id": "c", "text": "   "}', "bad_field"),
     ('{"type": "message", "client_id": "c", "text": "a\\u0000b"}', "bad_field"),
