@@ -153,6 +153,9 @@ class EmbeddingCache:
                          encoder=np.asarray(self.embedding_id))
                 out.flush()
                 os.fsync(out.fileno())  # the data is on disk before the name points at it
+            # mkstemp makes the file private (0600): keep the old file's mode, else a plain
+            # file's, so that a server running as another user (the image's) can read it
+            os.chmod(tmp, self.path.stat().st_mode & 0o777 if self.path.exists() else 0o644)
             os.replace(tmp, self.path)  # readers never see half a file
             tmp = None
             self.stored = set(kept)

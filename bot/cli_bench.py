@@ -8,6 +8,8 @@ import re
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from bot.files import check_out
+
 if TYPE_CHECKING:
     SubParsers = argparse._SubParsersAction[argparse.ArgumentParser]
 
@@ -84,6 +86,12 @@ def cmd_bench_load(args: argparse.Namespace) -> int:
         render,
     )
 
+    # Before a run of minutes, not after it: the default --out is relative to the working
+    # directory, and outside the repository it has no docs/ folder.
+    if not args.quick:
+        check_out(args.out, "--out")
+    if args.json_out is not None:
+        check_out(args.json_out, "--json")
     counts: dict[str, Any] = {"connections": args.connections, "turns_per_second": args.turns_per_second,
                               "lm_streams": args.lm_streams}
     if args.quick:

@@ -97,11 +97,7 @@ class Settings:
                    f"got {self.action_endpoint!r}")
         _check(self.log_level in LOG_LEVELS, "log_level", f"must be one of {', '.join(LOG_LEVELS)}")
         if self.redis_url is not None:
-            _check(
-                self.redis_url.startswith(("redis://", "rediss://", "unix://")),
-                "redis_url",
-                f"must start with redis://, rediss:// or unix://, got {self.redis_url!r}",
-            )
+            check_redis_url(self.redis_url, "DESKMATE_REDIS_URL")
 
     def replace(self, **changes: Any) -> Settings:
         """A copy with ``changes`` applied (and validated); ``None`` values are ignored."""
@@ -111,6 +107,12 @@ class Settings:
 def _check(ok: bool, name: str, message: str) -> None:
     if not ok:
         raise ConfigError(f"DESKMATE_{name.upper()}", message)
+
+
+def check_redis_url(url: str, variable: str) -> None:
+    """Refuse a Redis URL redis-py cannot use, naming ``variable``, where it came from."""
+    if not url.startswith(("redis://", "rediss://", "unix://")):
+        raise ConfigError(variable, f"must start with redis://, rediss:// or unix://, got {url!r}")
 
 
 def _convert(name: str, raw: str, kind: type) -> Any:
@@ -157,10 +159,12 @@ def from_env(env: Mapping[str, str] | None = None) -> Settings:
         name = f"DESKMATE_{f.name.upper()}"
         raw = env.get(name, "").strip()
         if f.name == "redis_url" and not raw:
-            raw = env.get("REDIS_URL", "").strip()
+            name, raw = "REDIS_URL", env.get("REDIS_URL", "").strip()
         if raw:
             value = _convert(name, raw, _field_kind(f))
-            if f.name == "log_level":
+            if f.name == "redis_url":
+                check_redis_url(value, name)  # a bad REDIS_URL is not named DESKMATE_REDIS_URL
+            elif f.name == "log_level":
                 value = value.upper()
             elif f.name == "log_format":
                 value = value.lower()

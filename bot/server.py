@@ -7,15 +7,21 @@ start in order, stop in reverse, finishing running turns first on shutdown.
 Before a socket's handshake is accepted, :meth:`App.http` checks the browser
 ``Origin`` against ``DESKMATE_ALLOWED_ORIGINS`` (403 when refused) and the client
 address's open connections against ``DESKMATE_MAX_CONNECTIONS_PER_IP`` (429).
+
+On shutdown (SIGTERM) the instance first turns unhealthy and refuses new sockets
+(503 on ``/healthz`` and on handshakes), so that a load balancer sends new customers
+elsewhere; then running turns finish; then the open sockets close with 1001.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import errno
 import http
 import json
 import logging
+import os
 import signal
 import uuid
 from collections.abc import AsyncIterator
@@ -32,6 +38,7 @@ from bot.brain import Brain, actions_environment, load_brain
 from bot.chat import ChatConnection
 from bot.config import HARD_MAX_FRAME, Settings
 from bot.embedded_redis import EmbeddedRedis
+from bot.errors import ConfigError
 from bot.hub import Hub
 from bot.learning import Learning
 from bot.metrics import MeteredPipeline, Metrics
@@ -76,6 +83,7 @@ class App:
         self.limits = AddressLimits(rate=settings.rate_ip_messages, window=settings.rate_ip_window,
                                     max_connections=settings.max_connections_per_ip)
         self._watchers: set[asyncio.Future[None]] = set()  # release a connection slot on close
+        self.draining = False  # shutting down: unhealthy, and no new sockets
         # Knowledge learned from agents (bot/learning.py): proposals, and approved entries
         # added to this process's index as any instance approves them.
         self.learning = Learning(store, self.hub, brain.pipeline, getattr(brain, "embed", None),
@@ -109,13 +117,20 @@ class App:
     async def http(self, connection: ServerConnection, request: Request) -> Response | None:
         path = request.path.split("?", 1)[0]
         if path in SOCKETS:
+            if self.draining:
+                # A socket opened now would be closed within seconds, its messages left for
+                # another instance: the client (or nginx, proxy_next_upstream) goes there now.
+                self.metrics.errors.labels("draining").inc()
+                return _response(http.HTTPStatus.SERVICE_UNAVAILABLE, b"shutting down\n",
+                                 "text/plain; charset=utf-8", retry_after=1)
             return self._admit(connection, request)  # None: go on with the websocket handshake
         if path == "/healthz":
             ok = await self.store.ping()
             self.metrics.redis_up.set(1 if ok else 0)
-            body = {"status": "ok" if ok else "unhealthy", "redis": "ok" if ok else "down",
-                    "instance": self.instance}
-            status = http.HTTPStatus.OK if ok else http.HTTPStatus.SERVICE_UNAVAILABLE
+            state = "draining" if self.draining else "ok" if ok else "unhealthy"
+            body = {"status": state, "redis": "ok" if ok else "down", "instance": self.instance}
+            healthy = ok and not self.draining
+            status = http.HTTPStatus.OK if healthy else http.HTTPStatus.SERVICE_UNAVAILABLE
             return _response(status, json.dumps(body).encode(), "application/json")
         if path == "/metrics":
             return _response(http.HTTPStatus.OK, self.metrics.render(),
@@ -199,7 +214,10 @@ def _response(status: http.HTTPStatus, body: bytes, content_type: str, *,
 @contextlib.asynccontextmanager
 async def running(settings: Settings, *, redis_url: str | None = None,
                   brain: Brain | None = None) -> AsyncIterator[tuple[App, Server]]:
-    """Start a server; on exit finish running turns, close sockets and Redis, in that order."""
+    """Start a server. On exit: turn unhealthy and refuse new sockets, finish running
+    turns, close the sockets, then Redis, in that order.
+
+    Raises ConfigError naming DESKMATE_PORT (or DESKMATE_HOST) when it cannot listen."""
     url = redis_url or settings.redis_url
     if url is None:
         raise ValueError("running() needs a Redis URL; start EmbeddedRedis first")
@@ -211,28 +229,56 @@ async def running(settings: Settings, *, redis_url: str | None = None,
     store = Store.from_url(url, prefix=settings.key_prefix, ttl=settings.session_ttl)
     app = App(settings, store, brain)
     app.load_assets()
-    await app.hub.start()
-    await app.learning.start()  # every approved entry is in the index before the first turn
-    sweeper = asyncio.create_task(app.sweep())
-    server = await serve(
-        app.handle, settings.host, settings.port,
-        process_request=app.http,
-        max_size=HARD_MAX_FRAME,
-        ping_interval=20, ping_timeout=20, close_timeout=5,
-        server_header="deskmate",
-    )
+    server: Server | None = None
+    sweeper: asyncio.Task[None] | None = None
     try:
+        await app.hub.start()
+        await app.learning.start()  # every approved entry is in the index before the first turn
+        sweeper = asyncio.create_task(app.sweep())
+        server = await listen(app, settings)
         yield app, server
     finally:
+        # Unhealthy first, while still listening: health checks and new customers get a 503
+        # (not a refused connection that looks like a crash) and go to another instance,
+        # while the turns running here finish and are streamed to their customers.
+        app.draining = True
         await app.runner.drain_all(settings.shutdown_grace)
-        server.close(close_connections=True)
-        await server.wait_closed()
-        sweeper.cancel()
-        with contextlib.suppress(asyncio.CancelledError):
-            await sweeper
+        if server is not None:
+            server.close(close_connections=True)
+            await server.wait_closed()
+        if sweeper is not None:
+            sweeper.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await sweeper
         await app.learning.stop()
         await app.hub.stop()
         await store.close()
+
+
+async def listen(app: App, settings: Settings) -> Server:
+    """The websockets server of ``app`` on the configured address."""
+    try:
+        return await serve(
+            app.handle, settings.host, settings.port,
+            process_request=app.http,
+            max_size=HARD_MAX_FRAME,
+            ping_interval=20, ping_timeout=20, close_timeout=5,
+            server_header="deskmate",
+        )
+    except OSError as exc:
+        # asyncio's message repeats the address; the errno says it shortest. A host name
+        # that does not resolve (socket.gaierror) has a negative errno and its own text.
+        reason = os.strerror(exc.errno) if exc.errno and exc.errno > 0 else exc.strerror or str(exc)
+        where = f"{settings.host}:{settings.port}"
+        if exc.errno == errno.EADDRINUSE:
+            raise ConfigError("DESKMATE_PORT", f"cannot listen on {where}: {reason}; another process "
+                              "(another deskmate?) has the port: stop it, or choose another port "
+                              "(DESKMATE_PORT or --port)") from None
+        if exc.errno == errno.EACCES:
+            raise ConfigError("DESKMATE_PORT", f"cannot listen on {where}: {reason} (ports below 1024 "
+                              "need privileges); choose a port from 1024 up") from None
+        raise ConfigError("DESKMATE_HOST", f"cannot listen on {where}: {reason}; DESKMATE_HOST must be "
+                          "an address of this machine (127.0.0.1, 0.0.0.0, ::)") from None
 
 
 def bound_port(server: Server) -> int:
@@ -244,12 +290,15 @@ async def serve_until_signalled(settings: Settings, redis_url: str, brain: Brain
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, stop.set)
-    async with running(settings, redis_url=redis_url, brain=brain) as (app, server):
-        log.info("deskmate %s listening on http://%s:%d (demo: /demo)", app.instance,
-                 settings.host, bound_port(server), )
-        await stop.wait()
-        log.info("shutting down: finishing running turns, closing connections")
-    await brain.close()
+    try:
+        async with running(settings, redis_url=redis_url, brain=brain) as (app, server):
+            log.info("deskmate %s listening on http://%s:%d (demo: /demo)", app.instance,
+                     settings.host, bound_port(server))
+            await stop.wait()
+            log.info("shutting down: refusing new connections, finishing running turns, "
+                     "then closing connections")
+    finally:
+        await brain.close()
 
 
 def run(settings: Settings) -> None:

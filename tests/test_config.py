@@ -57,3 +57,37 @@ def test_float_settings_must_be_finite(name: str, raw: str) -> None:
     assert name in str(info.value)
     with pytest.raises(ConfigError, match=name):                # a CLI flag is checked too
         Settings().replace(**{name.removeprefix("DESKMATE_").lower(): float(raw)})
+
+
+def test_a_bad_redis_url_names_the_variable_it_came_from() -> None:
+    """Only REDIS_URL set (as Docker and PaaS setups do) and wrong: the message named
+    DESKMATE_REDIS_URL, a variable the operator never set."""
+    with pytest.raises(ConfigError) as info:
+        from_env({"REDIS_URL": "localhost:6379"})
+    assert info.value.name == "REDIS_URL" and str(info.value).startswith("REDIS_URL: ")
+    with pytest.raises(ConfigError) as info:
+        from_env({"DESKMATE_REDIS_URL": "localhost:6379", "REDIS_URL": "redis://fine:6379/0"})
+    assert info.value.name == "DESKMATE_REDIS_URL"
+    with pytest.raises(ConfigError, match="DESKMATE_REDIS_URL"):  # a flag (--redis-url) too
+        Settings().replace(redis_url="localhost:6379")
+
+
+@pytest.mark.parametrize("where", ["default", "flag"])
+def test_bench_load_checks_its_output_folder_before_running(
+        monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str], tmp_path: Path,
+        where: str) -> None:
+    """`deskmate bench load` run outside the repository (no docs/ folder there) used to
+    fail with FileNotFoundError when writing docs/benchmarks.md, after the whole run."""
+    import bot.loadgen
+
+    def run_load(*args: object, **kwargs: object) -> None:
+        raise AssertionError("the load ran before its output file was checked")
+
+    monkeypatch.setattr(bot.loadgen, "run_load", run_load)
+    monkeypatch.chdir(tmp_path)
+    argv = ["bench", "load", "--turns-per-second", "1"]
+    if where == "flag":
+        argv += ["--out", str(tmp_path / "missing" / "bench.md")]
+    assert main(argv) == 2
+    err = capsys.readouterr().err
+    assert "--out" in err and "no such folder" in err

@@ -12,13 +12,21 @@ import subprocess
 import sys
 import urllib.error
 import urllib.request
+from collections.abc import AsyncIterator
+from contextlib import AsyncExitStack
 from pathlib import Path
+from typing import Any
 
 import pytest
 from websockets.asyncio.client import connect
+from websockets.exceptions import InvalidStatus
 
+from bot.brain import Brain
+from bot.config import Settings
 from bot.embedded_redis import EmbeddedRedis
-from tests.conftest import ROOT, TINYBOT, Client, Running, Servers
+from bot.errors import ConfigError
+from bot.server import bound_port, running
+from tests.conftest import ROOT, TINYBOT, Client, Running, Servers, tiny_engine
 
 
 def get(url: str) -> tuple[int, dict[str, str], bytes]:
@@ -178,3 +186,104 @@ async def test_product_pictures_are_served_and_nothing_else_from_disk(server: Ru
                  "/static/", "/web/widget.js"):
         status, _, _ = await aget(f"{server.http}{path}")
         assert status == 404, path
+
+
+class HeldPipeline:
+    """The tiny bot's engine, holding every answer until ``release`` is set: a turn that
+    is still running when the server is asked to stop."""
+
+    def __init__(self) -> None:
+        self.engine = tiny_engine(TINYBOT)
+        self.started = asyncio.Event()
+        self.release = asyncio.Event()
+
+    async def respond(self, conversation: Any, message: Any) -> AsyncIterator[Any]:
+        self.started.set()
+        await self.release.wait()
+        async for out in self.engine.respond(conversation, message):
+            yield out
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self.engine, name)
+
+
+async def test_a_draining_instance_is_unhealthy_and_takes_no_new_sockets(redis_url: str,
+                                                                         key_prefix: str) -> None:
+    """After SIGTERM an instance finishes its running turns (up to DESKMATE_SHUTDOWN_GRACE).
+    It used to answer /healthz with 200 and accept new sockets meanwhile, so load balancers
+    kept sending customers whose messages it would not answer before closing them."""
+    pipeline = HeldPipeline()
+    settings = Settings(host="127.0.0.1", port=0, project=TINYBOT, key_prefix=key_prefix,
+                        shutdown_grace=10.0)
+    stack = AsyncExitStack()
+    _app, server = await stack.enter_async_context(
+        running(settings, redis_url=redis_url, brain=Brain(pipeline)))
+    port = bound_port(server)
+    shutdown: asyncio.Task[None] | None = None
+    try:
+        ws = await connect(f"ws://127.0.0.1:{port}/ws/chat")
+        client = Client(ws)
+        await client.start()
+        await client.send({"type": "message", "client_id": "m1", "text": "hello"})
+        await asyncio.wait_for(pipeline.started.wait(), 10)
+
+        shutdown = asyncio.create_task(stack.aclose())  # what SIGTERM does in `deskmate run`
+        await asyncio.sleep(0.3)
+        assert not shutdown.done()  # still waiting for the held turn
+        status, _, body = await aget(f"http://127.0.0.1:{port}/healthz")
+        assert status == 503 and json.loads(body)["status"] == "draining"
+        with pytest.raises(InvalidStatus) as refused:
+            await connect(f"ws://127.0.0.1:{port}/ws/chat", open_timeout=5)
+        assert refused.value.response.status_code == 503
+
+        # The running turn still finishes and reaches its customer, then the socket closes.
+        pipeline.release.set()
+        # The bot's typing indicator goes off last, after the reply is stored.
+        frames = await client.until(lambda f: f["type"] == "typing" and not f["on"])
+        assert [f for f in frames if f["type"] in ("stream_end", "message") and f.get("role") != "user"]
+        await asyncio.wait_for(shutdown, 15)
+        with pytest.raises(Exception, match="1001"):
+            await client.recv(timeout=5)
+    finally:
+        pipeline.release.set()
+        await (shutdown if shutdown is not None else stack.aclose())
+
+
+async def test_a_port_in_use_is_a_configuration_error(redis_url: str, key_prefix: str) -> None:
+    """It used to end in an OSError traceback from deep inside asyncio."""
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        settings = Settings(host="127.0.0.1", port=port, project=TINYBOT, key_prefix=key_prefix)
+        with pytest.raises(ConfigError) as info:
+            async with running(settings, redis_url=redis_url, brain=Brain(tiny_engine(TINYBOT))):
+                pass
+    assert info.value.name == "DESKMATE_PORT"
+    assert f"127.0.0.1:{port}" in str(info.value) and "in use" in str(info.value)
+    # Nothing started for it keeps running (the hub's reader, the sweeper).
+    await asyncio.sleep(0)
+    leftovers = [t for t in asyncio.all_tasks() if t is not asyncio.current_task() and not t.done()]
+    assert not [t.get_name() for t in leftovers if t.get_name().startswith("hub")]
+
+
+async def test_cli_run_on_a_port_in_use_says_so_and_stops_its_redis(tmp_path: Path,
+                                                                    trained_tinybot: Path) -> None:
+    env = {k: v for k, v in os.environ.items() if k not in ("REDIS_URL", "DESKMATE_REDIS_URL")}
+    env.update(PYTHONPATH=str(ROOT), HF_HUB_OFFLINE="1", DESKMATE_DATA_DIR=str(tmp_path / "var"),
+               DESKMATE_LM_BACKEND="none")
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        result = await asyncio.to_thread(
+            subprocess.run,
+            [sys.executable, "-m", "bot.cli", "run", "--port", str(port), "--project", str(trained_tinybot)],
+            env=env, cwd=ROOT, capture_output=True, text=True, timeout=300)
+    assert result.returncode == 2, result.stderr
+    assert "Traceback" not in result.stderr
+    assert f"configuration error: DESKMATE_PORT: cannot listen on 127.0.0.1:{port}" in result.stderr
+    embedded = EmbeddedRedis(tmp_path / "var")
+    assert embedded.socket.parent.is_dir()  # it was started, and then stopped:
+    assert not embedded._ping()
+    embedded.start().stop()  # and the directory is free again
