@@ -14,8 +14,11 @@ $(BIN)/python:
 	$(PY) -m venv $(VENV)
 	$(BIN)/pip install --quiet --upgrade pip
 
-# torch is pinned and installed first on its own: its CPU build of 2.13.0 is what
-# `pip install torch==2.13.0` finds; an unpinned torch would pull a multi-GB CUDA build.
+# torch is pinned and installed first on its own. On the machines this project runs its
+# tests on, pip's configured wheel source holds the CPU build of 2.13.0, which is what
+# `pip install torch==2.13.0` finds there; from PyPI itself, Linux x86_64 torch wheels are
+# CUDA builds (gigabytes): add `--index-url https://download.pytorch.org/whl/cpu` for a
+# CPU-only install elsewhere (the Dockerfile does). An unpinned torch would pull the latest.
 $(STAMP): pyproject.toml | $(BIN)/python
 	$(BIN)/pip install --quiet torch==2.13.0
 	$(BIN)/pip install --quiet -e '.[dev]'

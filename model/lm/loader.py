@@ -122,6 +122,8 @@ def convert_gguf(gguf: Path, cache: Path) -> Path:
         del model.config.quantization_config
     model.save_pretrained(str(tmp))
     tokenizer.save_pretrained(str(tmp))
+    for path in tmp.iterdir():
+        _readable(path)
     tmp.rename(target)
     log.info("converted in %.1fs", time.perf_counter() - t0)
     return target
@@ -227,6 +229,25 @@ def _load_saved_int8(folder: Path, saved: Path) -> tuple[Any, Any]:
     return model, lean
 
 
+def _readable(path: Path) -> None:
+    """Give a cache file the mode of any file its user saves: safetensors writes its files
+    private (0600), so a cache prepared by one user (an image build) or shared between
+    users could not be read by the others."""
+    path.chmod(0o666 & ~_umask())
+
+
+def _umask() -> int:
+    """The process's umask, read without setting it (os.umask would change it for every
+    thread for a moment); 022 where /proc does not say."""
+    try:
+        for line in Path("/proc/self/status").read_text().splitlines():
+            if line.startswith("Umask:"):
+                return int(line.split()[1], 8)
+    except (OSError, ValueError, IndexError):
+        pass
+    return 0o022
+
+
 def _save_int8(lean: Any, saved: Path) -> None:
     """Keep the int8 forward for later starts (written to a temporary name, then renamed,
     so a killed start never leaves a half-written file that later ones would trust)."""
@@ -236,6 +257,7 @@ def _save_int8(lean: Any, saved: Path) -> None:
     try:
         saved.parent.mkdir(parents=True, exist_ok=True)
         save_file(lean.int8_state(), str(tmp), metadata={"format": "deskmate-int8"})
+        _readable(tmp)
         tmp.replace(saved)
         stem = saved.name.rsplit("-int8-", 1)[0]
         for stale in saved.parent.glob(f"{stem}-int8-*.safetensors"):   # older weights or recipe

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import threading
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -220,3 +221,19 @@ def test_a_float16_cache_is_widened_into_one_reused_buffer() -> None:
     assert again.data_ptr() == keys.data_ptr()                  # the same buffer, refilled
     same, _ = SlotKVCache(1, 1, 2, torch.float32).layer(0, 1, torch.float32)
     assert same.dtype == torch.float32                          # no copy when types match
+
+
+def test_the_int8_cache_file_is_readable_by_other_users(tmp_path: Path) -> None:
+    """safetensors writes its files private (0600): a cache prepared by one user (the image
+    build) could not be read by the server's user."""
+    import torch
+
+    from model.lm.loader import _save_int8
+
+    class Lean:
+        def int8_state(self) -> dict[str, torch.Tensor]:
+            return {"w": torch.zeros(2, 2, dtype=torch.int8)}
+
+    saved = tmp_path / "m-int8-abc.safetensors"
+    _save_int8(Lean(), saved)
+    assert saved.stat().st_mode & 0o777 == 0o644
