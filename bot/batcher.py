@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import contextvars
 import logging
 from collections.abc import Callable
 from typing import Any
@@ -37,11 +38,14 @@ class MicroBatcher:
         self._tasks: list[asyncio.Task[None]] = []
 
     async def __call__(self, text: str) -> dict[str, Any]:
-        if not self._tasks or any(t.done() for t in self._tasks):
-            for t in self._tasks:
-                t.cancel()
-            self._tasks = [asyncio.create_task(self._run(), name=f"nlu-batcher-{i}")
-                           for i in range(self.workers)]
+        # Replace only workers that died: one that is running a batch holds its callers'
+        # futures, and cancelling it would leave them waiting forever.
+        self._tasks = [t for t in self._tasks if not t.done()]
+        while len(self._tasks) < self.workers:
+            # A clean context: the workers serve every conversation, and would otherwise
+            # keep the first caller's (its session id would name all their log lines).
+            self._tasks.append(asyncio.create_task(self._run(), name=f"nlu-batcher-{len(self._tasks)}",
+                                                   context=contextvars.Context()))
         future: asyncio.Future[dict[str, Any]] = asyncio.get_running_loop().create_future()
         await self._queue.put((text, future))
         return await future
@@ -56,12 +60,16 @@ class MicroBatcher:
                 continue
             try:
                 results = await asyncio.to_thread(self.fn, [t for t, _ in live])
+                if len(results) != len(live):
+                    raise ValueError(f"the classifier answered {len(results)} results "
+                                     f"for a batch of {len(live)}")
             except Exception as exc:  # every caller of this batch sees the failure
                 log.exception("classifier batch of %d failed", len(live))
-                for _, future in live:
-                    if not future.done():
-                        future.set_exception(exc)
+                _fail(live, exc)
                 continue
+            except BaseException:  # cancelled (close): its callers must not wait forever
+                _fail(live, RuntimeError("the classifier batcher was closed"))
+                raise
             self.batches += 1
             for (_, future), result in zip(live, results, strict=True):
                 if not future.done():
@@ -72,3 +80,12 @@ class MicroBatcher:
             task.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await task
+        self._tasks = []
+        while not self._queue.empty():  # queued, never to be run
+            _fail([self._queue.get_nowait()], RuntimeError("the classifier batcher was closed"))
+
+
+def _fail(batch: list[tuple[str, asyncio.Future[dict[str, Any]]]], exc: BaseException) -> None:
+    for _, future in batch:
+        if not future.done():
+            future.set_exception(exc)

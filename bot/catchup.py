@@ -11,6 +11,8 @@ feed:
 * a streamed reply whose stored message arrives closes the stream (``stream_end`` with
   the stored id) rather than showing the text twice, and a stream whose stored message a
   replay sent whole gets no late ``stream_start``/``stream_delta`` frames;
+* a stream whose reply will not be stored ends with a live ``stream_end`` that has no
+  ``event_id`` (``dropped``), passed on to a viewer that saw the stream start;
 * a ``resync`` frame from :class:`bot.hub.Hub` (the live subscription was lost and
   renewed) replays what was missed, holding live frames again meanwhile.
 
@@ -148,6 +150,12 @@ class CatchUp:
         elif kind == "stream_delta":
             if frame.get("stream_id") in self.streams:
                 self.on_delta(frame)
+        elif kind == "stream_end":
+            # A reply that will not be stored (an agent took over mid-stream, or its turn
+            # went to another holder): its stream closes where it stopped (docs/protocol.md).
+            if frame.get("stream_id") in self.streams:
+                self.streams.discard(frame["stream_id"])
+                self.send(frame)
         elif kind == "typing":
             self.send(frame)
 

@@ -138,6 +138,10 @@ class ChatConnection(CatchUp):
             return
         if frame.get("role") == "bot":
             self._replied()
+        elif frame.get("role") == "system" and frame.get("name") == "interrupted":
+            # That message gets no answer: a wait measured from its ack would end at the
+            # answer to a later message, and count the time the customer took to write it.
+            self.awaiting_reply = None
         message = {k: frame[k] for k in MESSAGE_FIELDS if k in frame}
         message.setdefault("buttons", [])
         message.setdefault("cards", [])
@@ -247,10 +251,19 @@ class ChatConnection(CatchUp):
             client_id=client_id, fields=fields, reopen=True,
         )
         self.send({"type": "ack", "client_id": client_id, "event_id": result.event_ids[0]})
+        acked = time.perf_counter()
         self.app.metrics.messages.labels(str(result.duplicate).lower()).inc()
-        self.app.metrics.ack_seconds.observe(time.perf_counter() - started)
+        self.app.metrics.ack_seconds.observe(acked - started)
+        if self.status != "bot":
+            # Handoff frames tell this socket when an agent takes the conversation or hands
+            # it back, but not when one closes it (and this write reopened it for the bot):
+            # read it. Only while an agent has (or had) it, so a bot conversation pays nothing.
+            with contextlib.suppress(StoreError):
+                record = await self.store.session(self.sid)
+                if record is not None:
+                    self.status = record.get("status", "bot")
         if not result.duplicate and self.awaiting_reply is None and self.status == "bot":
-            self.awaiting_reply = time.perf_counter()
+            self.awaiting_reply = acked
         # A duplicate too: its first write may have landed with the reply lost (redis-py's
         # retry after a dropped connection, or a resend after `unavailable`), so nothing
         # kicked its turn. A kick with nothing pending costs one claim that finds nothing.

@@ -5,7 +5,9 @@
 ``session_id``, ``exc``) for a log shipper. A customer connection binds its
 conversation's id (:func:`bind_session`) in its task's context once ``start`` is
 answered; every line of that task, and of the turn tasks it starts (they inherit the
-context), carries it as ``session_id``. A call may also pass ``extra={"session_id": …}``.
+context), carries it as ``session_id``. A task that serves every conversation (the
+classifier's batch workers) is started in a clean ``contextvars.Context()``, or it would
+name the session that happened to start it. A call may also pass ``extra={"session_id": …}``.
 Every line goes through :class:`bot.security.LogScrubber` first. (Named ``logs``, not
 ``logging``, so that it never shadows the standard module.)
 """

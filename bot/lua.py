@@ -384,3 +384,21 @@ redis.call('SADD', KEYS[3], ARGV[4])
 redis.call('EXPIRE', KEYS[3], ARGV[3])
 return 1
 """
+
+# KEYS: session; ARGV: turn message id, lock owner token, channel, frames (JSON). Publishes
+# a turn's stream frames only while the bot has the conversation and the turn marker is
+# the caller's, checked in the same step (no delta can follow a takeover's events), in the
+# one round trip a plain PUBLISH costs. Answers "" when published, else why not: "stale"
+# (the turn went to another holder) or the conversation's status.
+SHOW_TURN = r"""
+local mark = redis.call('HMGET', KEYS[1], 'status', 'turn_message', 'turn_owner')
+if mark[2] ~= ARGV[1] or mark[3] ~= ARGV[2] then
+  return 'stale'
+end
+local status = mark[1] or 'bot'
+if status ~= 'bot' then
+  return status
+end
+redis.call('PUBLISH', ARGV[3], ARGV[4])
+return ''
+"""

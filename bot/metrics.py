@@ -7,15 +7,12 @@ is scraped (the embedded engine exposes them; a remote server has its own metric
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator, Iterator
-from contextlib import aclosing
+from collections.abc import Iterator, Sequence
 from typing import Any
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
 from prometheus_client.registry import Collector
-
-from dialogue.types import Conversation, Handoff, Output, Pipeline, UserMessage
 
 # A reason as the dialogue engine words it -> a label with few values.
 HANDOFF_KINDS = (("customer asked", "asked"), ("negative", "negative"), ("not understood", "unclear"),
@@ -59,6 +56,15 @@ class Metrics:
         self.redis_up = Gauge("deskmate_redis_up", "1 when the last Redis health check passed",
                               registry=r)
 
+    def turn_stored(self, seconds: float, handoff_reasons: Sequence[str]) -> None:
+        """A turn's result was stored ``seconds`` after the turn was picked up, asking for a
+        person for each of ``handoff_reasons``. Counted only then: the write can be refused
+        (an agent took over mid-turn), and a refused handoff or answer never happened."""
+        self.turn_seconds.observe(seconds)
+        self.turns.inc()
+        for reason in handoff_reasons:
+            self.handoffs.labels(handoff_kind(reason)).inc()
+
     def watch_model(self, model: Any) -> None:
         """Expose the language model's queue and token count, read at each scrape."""
         if model is not None:
@@ -90,21 +96,3 @@ class ModelCollector(Collector):
 
     def describe(self) -> Iterator[GaugeMetricFamily | CounterMetricFamily]:
         return iter(())  # read at scrape time only; nothing to check at registration
-
-
-class MeteredPipeline:
-    """The dialogue pipeline, with the handoffs it decides counted by kind of reason."""
-
-    def __init__(self, inner: Pipeline, metrics: Metrics) -> None:
-        self.inner = inner
-        self.metrics = metrics
-
-    async def respond(self, conversation: Conversation, message: UserMessage) -> AsyncIterator[Output]:
-        async with aclosing(self.inner.respond(conversation, message)) as outputs:  # type: ignore[type-var]
-            async for out in outputs:
-                if isinstance(out, Handoff):
-                    self.metrics.handoffs.labels(handoff_kind(out.reason)).inc()
-                yield out
-
-    def __getattr__(self, name: str) -> Any:
-        return getattr(self.inner, name)  # engine attributes (project, writer, ...) as before

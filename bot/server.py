@@ -41,7 +41,7 @@ from bot.embedded_redis import EmbeddedRedis
 from bot.errors import ConfigError
 from bot.hub import Hub
 from bot.learning import Learning
-from bot.metrics import MeteredPipeline, Metrics
+from bot.metrics import Metrics
 from bot.security import AddressLimits, OriginPolicy, client_address
 from bot.store import Store
 from bot.turns import TurnRunner
@@ -75,7 +75,7 @@ class App:
         self.model = getattr(brain, "model", None)  # the language model (ads for consoles); None: off
         self.metrics.watch_model(self.model)
         self.hub = Hub(store.redis)
-        self.runner = TurnRunner(store, MeteredPipeline(brain.pipeline, self.metrics), self.metrics,
+        self.runner = TurnRunner(store, brain.pipeline, self.metrics,
                                  understand=brain.understand, lock_ttl=settings.turn_lock_ttl,
                                  nlu_batches=settings.nlu_batches)
         self.assets: dict[str, bytes] = {}

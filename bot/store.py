@@ -173,6 +173,7 @@ class Store:
         self._extend = client.register_script(lua.EXTEND)
         self._claim = client.register_script(lua.CLAIM)
         self._start_turn = client.register_script(lua.START_TURN)
+        self._show_turn = client.register_script(lua.SHOW_TURN)
 
     @classmethod
     def from_url(cls, url: str, *, pool_size: int = 200, pool_timeout: float = 5.0, **kwargs: Any) -> Store:
@@ -390,6 +391,16 @@ class Store:
             await self._release(keys=[self.keys.lock(sid)], args=[owner])
         except (RedisError, OSError) as exc:
             raise StoreError(f"could not release lock: {exc}") from exc
+
+    async def show_turn(self, sid: str, message_id: str, owner: str, frames_json: str) -> str:
+        """Publish a turn's live frames (a JSON array) on the conversation's channel only
+        while the bot has the conversation and the turn marker is ``(message_id, owner)``
+        (``bot.lua.SHOW_TURN``): "" when published, else why not ("stale", or the status)."""
+        try:
+            return str(await self._show_turn(keys=[self.keys.session(sid)],
+                                             args=[message_id, owner, self.keys.channel(sid), frames_json]))
+        except (RedisError, OSError) as exc:
+            raise StoreError(f"could not publish: {exc}") from exc
 
     async def start_turn(self, sid: str, owner: str, message_id: str, history_limit: int,
                          profile_cursor: str | None, frame: Mapping[str, Any] | None = None,

@@ -13,6 +13,12 @@ own. A holder that finds a marker for the message it is about to answer knows
 an earlier holder died (or lost the lock) mid-turn: it does not run the turn
 again, but stores a system message telling the customer to send it again, and
 moves the cursor on.
+
+Streams: a turn's frames go out only while the bot has the conversation and the turn
+is its holder's (checked in the same step as each publish), so a takeover or a lost
+turn stops the reply, and its generation, at the next frame. Every stream a turn
+opens is closed: by the stored message that names it, or, when nothing of the turn is
+stored, by a ``stream_end`` with no ``event_id`` and ``dropped`` true (docs/protocol.md).
 """
 
 from __future__ import annotations
@@ -204,15 +210,11 @@ class TurnRunner:
     async def _process(self, sid: str, owner: str, record: dict[str, str], message: Event,
                        ) -> Claim | None:
         """Answer ``message``; returns what is pending after it when the write said so."""
-        started = time.perf_counter()
         if record.get("status", "bot") != "bot":
             # An agent has the conversation (or it is closed): the bot stays quiet.
             return (await self.store.append(sid, [], cursor=message.event_id, fields=TURN_MARK_CLEARED,
                                             next_owner=owner)).next
-        after = await self._answer(sid, record, message, owner)
-        self.metrics.turn_seconds.observe(time.perf_counter() - started)
-        self.metrics.turns.inc()
-        return after
+        return await self._answer(_Turn(sid, message.event_id, owner), record, message)
 
     async def _conversation(self, sid: str, record: dict[str, str], context: TurnContext,
                             ) -> tuple[Conversation, dict[str, str | None]]:
@@ -258,30 +260,68 @@ class TurnRunner:
             await self.store.save_customer_profile(str(customer_id), merged)
         return merged
 
-    async def _answer(self, sid: str, record: dict[str, str], message: Event, owner: str,
-                      ) -> Claim | None:
+    async def _answer(self, turn: _Turn, record: dict[str, str], message: Event) -> Claim | None:
+        sid, owner = turn.sid, turn.owner
         # Before anything else (and so before a custom action can act), mark the turn
         # started, so that it is never run a second time. The same round trip sends the
         # typing indicator and reads the conversation's recent messages and signals.
         start = await self.store.start_turn(sid, owner, message.event_id, HISTORY_EVENTS,
                                             record.get("profile_cursor") or None, TYPING_ON)
         if isinstance(start, StartedTurn):
-            return await self._interrupted(sid, message, owner, start)
-        text = str(message.data.get("text", ""))
-        events: list[NewEvent] = []
-        typing_ended = False
+            return await self._interrupted(turn, message, start)
+        # Set once a write stored a message for every stream the turn opened (viewers close
+        # each with its stored id) and ended the typing indicator; until then the `finally`
+        # below closes them itself: refused, dropped, failed or cancelled, nothing stays open.
+        closed = False
         after: Claim | None = None
         try:
-            conversation, fields = await self._conversation(sid, record, start)
-            slots = dict(conversation.slots)
-            nlu = vector = None
-            if self.understand is not None:
-                # Batched with other conversations' turns, on a worker thread: the event
-                # loop keeps serving sockets while the model runs.
-                nlu = dict(await self.understand(text))
-                vector = nlu.pop("vector", None)
-            user = UserMessage(message.event_id, text, message.data.get("payload"), nlu, vector)
-            async for out in self.pipeline.respond(conversation, user):
+            try:
+                events, fields = await self._respond(turn, record, message, start)
+            except (asyncio.CancelledError, StoreError, _NotOurs):
+                raise
+            except Exception:
+                log.exception("session %s: pipeline failed on %s", sid, message.event_id)
+                self.metrics.errors.labels("pipeline").inc()
+                events, fields = _failed(turn, message.event_id), {}
+            # One atomic write: the replies and the cursor move together, and only while the
+            # bot still has the conversation (an agent may have taken over mid-turn).
+            # The write also ends the typing indicator.
+            after = await self._finish(turn, events, fields, allow={"bot": "*"}, then_publish=TYPING_OFF)
+            closed = True
+            self._answered(turn, events)
+        except (_NotOurs, Conflict) as exc:
+            log.info("session %s: %s during the turn; the bot's reply is dropped", sid, exc)
+            after = await self._skip(turn)
+        except StaleTurn as exc:
+            log.warning("session %s: the result of the turn for %s is dropped: %s",
+                        sid, message.event_id, exc)
+        finally:
+            if not closed:
+                # Nothing of ours was stored (dropped, refused, or Redis away): close what the
+                # viewers were shown, then end the typing indicator.
+                await self._publish(sid, *turn.dropped(), TYPING_OFF)
+        return after
+
+    async def _respond(self, turn: _Turn, record: dict[str, str], message: Event, start: TurnContext,
+                       ) -> tuple[list[NewEvent], dict[str, str | None]]:
+        """Run the pipeline on ``message``, streaming its replies; the events and session
+        fields to store. The events so far are kept on ``turn`` (see :func:`_failed`)."""
+        sid = turn.sid
+        text = str(message.data.get("text", ""))
+        events = turn.events
+        conversation, fields = await self._conversation(sid, record, start)
+        slots = dict(conversation.slots)
+        nlu = vector = None
+        if self.understand is not None:
+            # Batched with other conversations' turns, on a worker thread: the event
+            # loop keeps serving sockets while the model runs.
+            nlu = dict(await self.understand(text))
+            vector = nlu.pop("vector", None)
+        user = UserMessage(message.event_id, text, message.data.get("payload"), nlu, vector)
+        # Closed on the way out: a turn that stops early (the conversation is no longer the
+        # bot's) stops the pipeline, and the generation it runs, there and then.
+        async with contextlib.aclosing(self.pipeline.respond(conversation, user)) as outputs:  # type: ignore[type-var]
+            async for out in outputs:
                 if isinstance(out, TurnAnalysis):
                     events.append(NewEvent("turn", _analysis(out, message.event_id)))
                     fields["last_intent"] = out.intent
@@ -291,9 +331,9 @@ class TurnRunner:
                     slots[out.name] = out.value
                     events.append(NewEvent("slot", {"name": out.name, "value": out.value}))
                 elif isinstance(out, Reply):
-                    events.append(await self._stream_written(sid, out, message.event_id))
+                    events.append(await self._stream_written(turn, out, message.event_id))
                 elif isinstance(out, StreamedReply):
-                    events.append(await self._stream(sid, out, message.event_id))
+                    events.append(await self._stream(turn, out, message.event_id))
                 elif isinstance(out, StateUpdate):
                     fields["state"] = json.dumps(out.state)
                 elif isinstance(out, Handoff):
@@ -302,40 +342,24 @@ class TurnRunner:
                     fields["handoff_reason"] = out.reason
                     events.append(NewEvent("handoff", {"state": "requested", "agent": None,
                                                        "reason": out.reason}))
-            if slots != conversation.slots:
-                fields["slots"] = json.dumps(slots)
-            last = next((e for e in reversed(events) if e.kind == "message"), None)
-            if last is not None:
-                fields["last_message"] = str(last.data["text"])[:200]
-                fields["last_role"] = "bot"
-            # One atomic write: the replies and the cursor move together, and only while the
-            # bot still has the conversation (an agent may have taken over mid-turn).
-            # The write also ends the typing indicator.
-            try:
-                after = await self._finish(sid, message.event_id, owner, events, fields,
-                                           allow={"bot": "*"}, then_publish=TYPING_OFF)
-            except Conflict as exc:
-                log.info("session %s: %s during the turn; the bot's reply is dropped", sid, exc)
-                after = await self._finish(sid, message.event_id, owner, [], {}, then_publish=TYPING_OFF)
-            typing_ended = True
-        except (asyncio.CancelledError, StoreError):
-            raise
-        except Exception:
-            log.exception("session %s: pipeline failed on %s", sid, message.event_id)
-            self.metrics.errors.labels("pipeline").inc()
-            after = await self._finish(sid, message.event_id, owner,
-                                       [_bot_message(ERROR_TEXT, [], [], message.event_id)], {},
-                                       then_publish=TYPING_OFF)
-            typing_ended = True
-        finally:
-            if not typing_ended:  # the result was not stored by us (refused, or Redis away)
-                await self._publish(sid, TYPING_OFF)
-        return after
+        if slots != conversation.slots:
+            fields["slots"] = json.dumps(slots)
+        last = next((e for e in reversed(events) if e.kind == "message"), None)
+        if last is not None:
+            fields["last_message"] = str(last.data["text"])[:200]
+            fields["last_role"] = "bot"
+        return events, fields
 
-    async def _interrupted(self, sid: str, message: Event, owner: str, earlier: StartedTurn,
-                           ) -> Claim | None:
+    def _answered(self, turn: _Turn, events: list[NewEvent]) -> None:
+        """The turn's result is stored: count it, and the handoff it asked for. Not before:
+        the write can be refused (an agent took over mid-turn), and then nothing was."""
+        self.metrics.turn_stored(time.perf_counter() - turn.started,
+                                 [str(e.data.get("reason", "")) for e in events if e.kind == "handoff"])
+
+    async def _interrupted(self, turn: _Turn, message: Event, earlier: StartedTurn) -> Claim | None:
         """Tell the customer that the turn for ``message`` was cut off, instead of running it
         again (it may have run a custom action already), and move on."""
+        sid = turn.sid
         ago = f", {time.time() - earlier.started_at:.1f}s ago" if earlier.started_at else ""
         reason = f"interrupted: started by {earlier.owner or 'an earlier holder'}{ago} and never finished"
         log.warning("session %s: the turn for %s was %s; telling the customer, not running it again",
@@ -348,34 +372,49 @@ class TurnRunner:
                                      "sentiment_score": None, "policy": "interrupted",
                                      "reason": reason, "sources": [], "actions": [], "entities": [],
                                      "reply_to": message.event_id})
-        return await self._finish(sid, message.event_id, owner, [notice, analysis],
-                           {"last_message": INTERRUPTED_TEXT[:200], "last_role": "system"})
+        try:
+            # The earlier holder's typing indicator may still be on: the notice ends it.
+            after = await self._finish(turn, [notice, analysis],
+                                       {"last_message": INTERRUPTED_TEXT[:200], "last_role": "system"},
+                                       then_publish=TYPING_OFF)
+        except StaleTurn as exc:  # yet another holder got there first (and told the customer)
+            log.warning("session %s: the notice for %s is dropped: %s", sid, message.event_id, exc)
+            return None
+        self._answered(turn, [])
+        return after
 
-    async def _finish(self, sid: str, message_id: str, owner: str, events: list[NewEvent],
-                      fields: dict[str, str | None], *, allow: dict[str, str] | None = None,
+    async def _skip(self, turn: _Turn) -> Claim | None:
+        """Move the cursor past a turn whose reply is dropped, storing nothing; None when the
+        turn is no longer this holder's (its new holder moves it)."""
+        try:
+            return await self._finish(turn, [], {})
+        except StaleTurn as exc:
+            log.warning("session %s: the turn for %s is no longer ours: %s", turn.sid, turn.message_id, exc)
+            return None
+
+    async def _finish(self, turn: _Turn, events: list[NewEvent], fields: dict[str, str | None], *,
+                      allow: dict[str, str] | None = None,
                       then_publish: dict[str, Any] | None = None) -> Claim | None:
-        """Store a turn's result, move the cursor past ``message_id`` and clear the turn marker,
+        """Store a turn's result, move the cursor past its message and clear the turn marker,
         in one write that only the turn's own holder can make.
 
         A Redis restart should not cost a finished answer: the write is retried for up to
         ``RESULT_RETRY`` seconds. A retry after a write that did land is refused (the
         marker is gone), so the result is never stored twice.
 
-        Returns what is pending after the write (read by the write itself), or None when
-        the result was refused."""
+        Returns what is pending after the write (read by the write itself). Raises
+        :class:`StaleTurn` when the turn is no longer this holder's and :class:`Conflict`
+        when ``allow`` refuses the write: nothing was stored."""
+        sid, message_id = turn.sid, turn.message_id
         delay = RETRY_FIRST
         deadline = time.monotonic() + RESULT_RETRY
         while True:
             try:
                 appended = await self.store.append(
                     sid, events, fields={**fields, **TURN_MARK_CLEARED}, cursor=message_id,
-                    allow=allow, turn=(message_id, owner), then_publish=then_publish,
-                    next_owner=owner)
+                    allow=allow, turn=(message_id, turn.owner), then_publish=then_publish,
+                    next_owner=turn.owner)
                 return appended.next
-            except StaleTurn as exc:
-                log.warning("session %s: the result of the turn for %s is dropped: %s",
-                            sid, message_id, exc)
-                return None
             except StoreError as exc:
                 if "expired" in str(exc) or time.monotonic() + delay > deadline:
                     raise
@@ -383,40 +422,104 @@ class TurnRunner:
                 await asyncio.sleep(delay)
                 delay = min(delay * 2, RETRY_MAX)
 
-    async def _publish(self, sid: str, frame: dict[str, Any]) -> bool:
-        """Fan out an ephemeral frame; best effort. When Redis is away, clients miss typing
-        and deltas but get the stored reply once they catch up, so the turn goes on."""
+    async def _publish(self, sid: str, *frames: dict[str, Any]) -> bool:
+        """Fan out ephemeral frames, in order, in one publish; best effort. When Redis is away,
+        clients miss typing and deltas but get the stored reply once they catch up, so the
+        turn goes on."""
         try:
-            await self.store.publish(sid, frame)
+            await self.store.publish_many(sid, frames)
         except StoreError:
             return False
         return True
 
-    async def _stream_written(self, sid: str, reply: Reply, reply_to: str) -> NewEvent:
+    async def _show(self, turn: _Turn, *frames: dict[str, Any]) -> None:
+        """Publish stream frames of ``turn`` (one script: :meth:`Store.show_turn`); raises
+        :class:`_NotOurs`, publishing nothing, once the conversation is no longer the bot's
+        or the turn no longer this holder's. Once a publish fails (Redis away), the rest of
+        the turn's frames are not tried: each try would wait out the client's reconnect
+        attempts."""
+        if not turn.live:
+            return
+        payload = json.dumps([{"session_id": turn.sid, **frame} for frame in frames], ensure_ascii=False)
+        try:
+            refused = await self.store.show_turn(turn.sid, turn.message_id, turn.owner, payload)
+        except StoreError:
+            turn.live = False
+            return
+        if refused == "stale":
+            raise _NotOurs("the turn went to another holder")
+        if refused:
+            raise _NotOurs(f"the conversation became {refused}")
+
+    async def _stream_written(self, turn: _Turn, reply: Reply, reply_to: str) -> NewEvent:
         """A reply whose whole text is known, streamed like generated text (a sentence a
         time, so clients show every reply one way), with its frames in one publish."""
         stream_id = uuid.uuid4().hex
         parts = sentences(reply.text)
-        frames = [{"type": "stream_start", "stream_id": stream_id, "role": "bot"},
-                  *({"type": "stream_delta", "stream_id": stream_id, "text": chunk} for chunk in parts)]
-        with contextlib.suppress(StoreError):  # best effort, as for _publish
-            await self.store.publish_many(sid, frames)
+        deltas = ({"type": "stream_delta", "stream_id": stream_id, "text": chunk} for chunk in parts)
+        await self._show(turn, {"type": "stream_start", "stream_id": stream_id, "role": "bot"}, *deltas)
+        turn.shown[stream_id] = parts
         return _streamed_message(parts, reply, reply_to, stream_id)
 
-    async def _stream(self, sid: str, reply: StreamedReply, reply_to: str) -> NewEvent:
+    async def _stream(self, turn: _Turn, reply: StreamedReply, reply_to: str) -> NewEvent:
         stream_id = uuid.uuid4().hex
-        # Once a publish fails (Redis away) the rest of this reply's deltas are not tried:
-        # each try would wait out the client's reconnect attempts.
-        live = await self._publish(sid, {"type": "stream_start", "stream_id": stream_id, "role": "bot"})
         parts: list[str] = []
-        async for chunk in reply.chunks:
-            if not chunk:
-                continue
-            parts.append(chunk)
-            if live:
-                live = await self._publish(sid, {"type": "stream_delta", "stream_id": stream_id,
-                                                 "text": chunk})
+        try:
+            await self._show(turn, {"type": "stream_start", "stream_id": stream_id, "role": "bot"})
+            turn.shown[stream_id] = parts
+            async for chunk in reply.chunks:
+                if not chunk:
+                    continue
+                await self._show(turn, {"type": "stream_delta", "stream_id": stream_id, "text": chunk})
+                parts.append(chunk)
+        finally:
+            # Stopped early (dropped, failed, cancelled): stop the generation too.
+            close = getattr(reply.chunks, "aclose", None)
+            if close is not None:
+                await close()
         return _streamed_message(parts, reply, reply_to, stream_id)
+
+
+class _NotOurs(Exception):
+    """While a turn ran, an agent took the conversation over (or closed it), or the turn went
+    to another holder: its reply is not shown any further nor stored. Never leaves
+    :meth:`TurnRunner._answer`."""
+
+
+class _Turn:
+    """One turn being answered: who answers it, and the streams it opened so far.
+
+    A stream stays open until the turn's write stores its message (viewers then close it
+    with the stored id); a turn whose reply is not stored closes them with :meth:`dropped`."""
+
+    def __init__(self, sid: str, message_id: str, owner: str) -> None:
+        self.sid = sid
+        self.message_id = message_id  # the customer message it answers
+        self.owner = owner  # the turn lock's owner token
+        self.started = time.perf_counter()
+        self.events: list[NewEvent] = []  # what the pipeline said so far
+        self.shown: dict[str, list[str]] = {}  # stream id -> the text its viewers were sent
+        self.live = True  # False once Redis failed: no more frames are tried
+
+    def dropped(self) -> list[dict[str, Any]]:
+        """``stream_end`` frames for the streams of a reply that will not be stored: no
+        ``event_id``, ``dropped`` true, and the text that was shown (docs/protocol.md)."""
+        return [{"type": "stream_end", "stream_id": stream_id, "event_id": None, "role": "bot",
+                 "text": "".join(parts), "buttons": [], "cards": [], "sources": [], "dropped": True}
+                for stream_id, parts in self.shown.items()]
+
+
+def _failed(turn: _Turn, reply_to: str) -> list[NewEvent]:
+    """What a turn whose pipeline failed stores: the replies the customer was shown whole
+    (their streams close with them), then the error message, under the stream that was cut
+    off when there is one (its viewers see the error text in its place)."""
+    shown = [e for e in turn.events if e.kind == "message"]
+    whole = {e.data.get("stream_id") for e in shown}
+    cut = [stream_id for stream_id in turn.shown if stream_id not in whole]
+    error = _bot_message(ERROR_TEXT, [], [], reply_to)
+    if cut:
+        error = NewEvent("message", {**error.data, "stream_id": cut[-1]})
+    return [*shown, error]
 
 
 def _streamed_message(parts: list[str], reply: Reply | StreamedReply, reply_to: str,

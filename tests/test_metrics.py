@@ -22,8 +22,9 @@ from dialogue.engine import DialogueEngine
 from dialogue.entities import EntityExtractor
 from dialogue.generate import Writer
 from dialogue.project import load_project
-from dialogue.types import Conversation, Output, UserMessage
+from dialogue.types import Conversation, Handoff, Output, UserMessage
 from tests.conftest import ROOT, TINYBOT, Running, Servers
+from tests.test_agent_socket import signed_in
 
 Samples = dict[tuple[str, tuple[tuple[str, str], ...]], float]
 
@@ -120,6 +121,66 @@ async def test_handoffs_are_counted_by_kind_of_reason(servers: Servers) -> None:
     await asks.send({"type": "message", "client_id": "x", "text": "hello?"})
     await asks.until(lambda f: f["type"] == "ack")
     assert value(await ascrape(server), "deskmate_first_reply_seconds_count") == 2
+
+
+async def test_a_handoff_refused_by_a_takeover_is_not_counted(servers: Servers) -> None:
+    reached, go = asyncio.Event(), asyncio.Event()
+
+    class HandsOver:
+        """Decides a handoff once the test has let an agent take over (a stand-in: the real
+        engine cannot be held mid-turn)."""
+
+        async def respond(self, conversation: Conversation, message: UserMessage) -> AsyncIterator[Output]:
+            reached.set()
+            await go.wait()
+            yield Handoff("the customer asked (contact_human_agent)")
+
+    server = await servers.start(Brain(HandsOver()))
+    client = await server.client()
+    await client.start()
+    await client.send({"type": "message", "client_id": "m1", "text": "a person please"})
+    await asyncio.wait_for(reached.wait(), 10)
+    agent = await signed_in(server, "anna")
+    assert (await agent.act({"type": "takeover", "session_id": client.session_id}))["type"] == "ok"
+    go.set()
+    frames = await client.until(lambda f: f["type"] == "typing" and not f["on"])
+    assert not [f for f in frames if f["type"] == "handoff" and f["state"] == "requested"]
+    samples = await ascrape(server)
+    assert value(samples, "deskmate_handoffs_total", reason="asked") == 0
+    assert value(samples, "deskmate_turns_total") == 0  # its result was never stored
+
+
+async def test_first_reply_is_measured_again_once_a_closed_conversation_reopens(server: Running) -> None:
+    client = await server.client()
+    await client.start()
+    await client.say("hello")
+    agent = await signed_in(server, "anna")
+    for action in ("takeover", "close"):
+        assert (await agent.act({"type": action, "session_id": client.session_id}))["type"] == "ok"
+    await client.quiet(0.3)
+    _, frames = await client.say("hello")  # reopens the conversation; the bot answers
+    assert frames[-1]["type"] == "stream_end"
+    assert value(await ascrape(server), "deskmate_first_reply_seconds_count") == 2
+
+
+async def test_an_interrupted_answer_ends_the_wait_for_a_first_reply(server: Running) -> None:
+    client = await server.client()
+    await client.start()
+    sid = client.session_id or ""
+    store = server.app.store
+    # Another holder has the lock, starts the turn for the next message and dies.
+    owner = await store.acquire_lock(sid, 1.0)
+    assert owner is not None
+    await client.send({"type": "message", "client_id": "m1", "text": "hello"})
+    ack = (await client.until(lambda f: f["type"] == "ack"))[-1]
+    await store.start_turn(sid, owner, ack["event_id"], 10, None)
+    frames = await client.until(lambda f: f["type"] == "message" and f["role"] == "system", timeout=5)
+    assert frames[-1]["name"] == "interrupted"
+    await client.quiet(1.0)  # the customer takes a while to write again
+    await client.say("hello")
+    samples = await ascrape(server)
+    assert value(samples, "deskmate_first_reply_seconds_count") == 1
+    assert value(samples, "deskmate_first_reply_seconds_sum") < 0.9  # from the second ack
 
 
 def test_handoff_kinds() -> None:
