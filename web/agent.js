@@ -46,6 +46,12 @@
     return e;
   }
 
+  /** `e` laid out in the direction of its own text (Arabic, Hebrew: right to left). */
+  function bidi(e) {
+    e.dir = "auto";
+    return e;
+  }
+
   function clear(node) {
     while (node.firstChild) node.removeChild(node.firstChild);
   }
@@ -141,7 +147,7 @@
     var para = [];
     function flush() {
       if (!para.length) return;
-      var p = el("p");
+      var p = bidi(el("p"));
       appendInline(p, para.join("\n"));
       container.appendChild(p);
       para = [];
@@ -153,7 +159,7 @@
         flush();
         var type = ul ? "ul" : "ol";
         if (!list || list.tagName.toLowerCase() !== type) container.appendChild((list = el(type)));
-        var li = el("li");
+        var li = bidi(el("li"));
         appendInline(li, (ul || ol)[1]);
         list.appendChild(li);
         return;
@@ -534,8 +540,16 @@
     var showClosed = $("show-closed").checked;
     var all = Array.from(sessions.values()).sort(compareSessions);
     var shown = all.filter(function (s) { return showClosed || s.status !== "closed" || s.session_id === current; });
+    // The list is built anew on every update: an agent moving through it with the keyboard
+    // keeps focus on the same conversation, wherever it moved to.
+    var focused = document.activeElement;
+    var focusedSid = focused && focused.parentNode === list ? focused.dataset.sid : null;
     clear(list);
-    shown.forEach(function (s) { list.appendChild(sessionItem(s)); });
+    shown.forEach(function (s) {
+      var li = sessionItem(s);
+      list.appendChild(li);
+      if (s.session_id === focusedSid) li.focus({ preventScroll: true });
+    });
     $("no-sessions").hidden = shown.length > 0;
     var waiting = all.filter(function (s) { return s.status === "waiting"; }).length;
     $("session-count").textContent = shown.length + (waiting ? " · " + waiting + " waiting" : "");
@@ -682,14 +696,14 @@
     var role = ["user", "bot", "agent", "system"].indexOf(f.role) >= 0 ? f.role : "bot";
     var row = el("div", "msg " + role);
     if (role === "system") {
-      row.appendChild(el("div", "sys", str(f.text)));
+      row.appendChild(bidi(el("div", "sys", str(f.text))));
       return row;
     }
     var head = el("div", "msg-head");
     head.appendChild(el("b", null, whoFor(f)));
     head.appendChild(el("time", null, clock(f.ts)));
     row.appendChild(head);
-    var bubble = el("div", "bubble");
+    var bubble = bidi(el("div", "bubble"));
     if (role === "user") bubble.textContent = str(f.text); // as the customer typed it
     else renderRich(bubble, f.text);
     row.appendChild(bubble);
@@ -706,14 +720,27 @@
     }
     if (Array.isArray(f.buttons) && f.buttons.length) {
       var chips = el("div", "chips");
-      f.buttons.forEach(function (b) { chips.appendChild(el("span", "chip", str(b && b.title))); });
+      f.buttons.forEach(function (b) { chips.appendChild(bidi(el("span", "chip", str(b && b.title)))); });
       row.appendChild(chips);
     }
     if (Array.isArray(f.cards) && f.cards.length) {
       var cards = el("div", "chips cards");
-      f.cards.forEach(function (c) { cards.appendChild(el("span", "chip card", str(c && c.title))); });
+      f.cards.forEach(function (c) { cards.appendChild(cardChip(c)); });
       row.appendChild(cards);
     }
+  }
+
+  /** A card as the customer got it, in short: its title, or "[image]" for a card that is
+   *  only an image (an `image:` response), as a link to the image. */
+  function cardChip(c) {
+    c = c && typeof c === "object" ? c : {};
+    var title = str(c.title);
+    if (title || !c.image) return bidi(el("span", "chip card", title || "[card]"));
+    var image = safeUrl(c.image); // data: images cannot be opened in a tab: a label only
+    if (!image) return el("span", "chip card image", "[image]");
+    var a = link(image, "[image]");
+    a.className = "chip card image";
+    return a;
   }
 
   function stored(f) {
@@ -819,7 +846,7 @@
 
   function onStreamStart(f) {
     if (f.session_id !== current || typeof f.stream_id !== "string") return;
-    var row = messageRow({ role: f.role || "bot", text: "", ts: Date.now() / 1000 });
+    var row = messageRow({ role: f.role || "bot", text: "", agent: f.agent, ts: Date.now() / 1000 });
     row.classList.add("streaming");
     streams.set(f.stream_id, { row: row, bubble: row.querySelector(".bubble"), text: "" });
     append(row);

@@ -49,10 +49,13 @@
   var KEY = "deskmate:v1:" + BASE.origin + BASE.pathname;
   var MAX_LEN = Math.max(1, parseInt(ds.maxLength, 10) || 2000);
   var MAX_FRAME_BYTES = 16 * 1024; // the server's default DESKMATE_MAX_FRAME_BYTES
-  var LOADED_AT = Date.now();
   var BACKOFF_MIN_MS = 500;
   var BACKOFF_MAX_MS = 10000;
   var CONNECT_TIMEOUT_MS = 10000;
+  var STABLE_AFTER_MS = 8000; // a socket up this long after `session` resets the backoff
+  // The replay of a conversation's history has no end marker: it follows `session` at once,
+  // in one burst, so it has ended when the socket has been quiet this long.
+  var REPLAY_QUIET_MS = 300;
   var TYPING_TIMEOUT_MS = 20000; // a lost "typing off" must not leave dots forever
 
   var STRINGS = {
@@ -85,6 +88,8 @@
       newConversation: "Start a new conversation",
       quickReplies: "Suggested replies",
       products: "Products",
+      image: "Image",
+      openImage: "Open the image full size",
       view: "View",
       source: "Source: {titles}",
       sources: "Sources: {titles}",
@@ -122,6 +127,8 @@
       newConversation: "开始新的对话",
       quickReplies: "快捷回复",
       products: "商品",
+      image: "图片",
+      openImage: "查看大图",
       view: "查看",
       source: "来源：{titles}",
       sources: "来源：{titles}",
@@ -152,6 +159,11 @@
     var y = /^(\d+)(?:-(\d+))?$/.exec(b);
     if (!x || !y) return a < b ? -1 : a > b ? 1 : 0;
     return Number(x[1]) - Number(y[1]) || Number(x[2] || 0) - Number(y[2] || 0);
+  }
+
+  /** Characters as the server counts them (code points): an emoji is one, not two. */
+  function charCount(text) {
+    return Array.from(text).length;
   }
 
   function newClientId() {
@@ -204,6 +216,12 @@
     var e = document.createElement(tag);
     if (cls) e.className = cls;
     if (text != null) e.textContent = text;
+    return e;
+  }
+
+  /** `e` laid out in the direction of its own text (Arabic, Hebrew: right to left). */
+  function bidi(e) {
+    e.dir = "auto";
     return e;
   }
 
@@ -277,7 +295,7 @@
     var para = [];
     function flush() {
       if (!para.length) return;
-      var p = el("p");
+      var p = bidi(el("p"));
       appendInline(p, para.join("\n"));
       container.appendChild(p);
       para = [];
@@ -288,8 +306,8 @@
       if (ul || ol) {
         flush();
         var type = ul ? "ul" : "ol";
-        if (!list || list.tagName.toLowerCase() !== type) container.appendChild((list = el(type)));
-        var li = el("li");
+        if (!list || list.tagName.toLowerCase() !== type) container.appendChild((list = bidi(el(type))));
+        var li = bidi(el("li"));
         appendInline(li, (ul || ol)[1]);
         list.appendChild(li);
         return;
@@ -311,7 +329,7 @@
     "--line:#e5e7eb;--bot:#f1f3f6;--agent:#fff7ed;--agent-edge:#f59e0b;--danger:#dc2626;",
     "color-scheme:light;color:var(--fg);font:14px/1.45 system-ui,-apple-system,'Segoe UI',Roboto,",
     "'Helvetica Neue',Arial,'Noto Sans','PingFang SC','Hiragino Sans GB','Microsoft YaHei',sans-serif;",
-    "-webkit-font-smoothing:antialiased;text-align:left}",
+    "-webkit-font-smoothing:antialiased;text-align:start}",
     "button,textarea{font:inherit;color:inherit}",
     "button{cursor:pointer}",
     ".icon{width:22px;height:22px;fill:none;stroke:currentColor;stroke-width:2;stroke-linecap:round;stroke-linejoin:round}",
@@ -380,7 +398,7 @@
     "border-bottom-left-radius:5px}",
     ".bubble:empty{display:none}",
     ".bubble p{margin:0;white-space:pre-wrap}.bubble p+p{margin-top:6px}",
-    ".bubble ul,.bubble ol{margin:4px 0;padding-left:20px}",
+    ".bubble ul,.bubble ol{margin:4px 0;padding-inline-start:20px}",
     ".bubble code{font-family:ui-monospace,Menlo,Consolas,monospace;font-size:12.5px;background:rgba(0,0,0,.06);padding:1px 4px;border-radius:4px}",
     ".bubble a{color:inherit;text-decoration:underline;text-underline-offset:2px}",
     ".agent .bubble{background:var(--agent);box-shadow:inset 3px 0 0 var(--agent-edge)}",
@@ -411,6 +429,10 @@
     ".card{flex:0 0 200px;scroll-snap-align:start;background:#fff;border:1px solid var(--line);border-radius:14px;",
     "overflow:hidden;display:flex;flex-direction:column;box-shadow:0 1px 3px rgba(0,0,0,.05)}",
     ".card img{width:100%;height:120px;object-fit:cover;display:block;background:var(--accent-soft)}",
+    // an image on its own: whole, at its own proportions, no taller than a cap
+    ".card.image-only{flex:0 1 auto;margin:0;max-width:100%;background:var(--accent-soft)}",
+    ".card.image-only img{width:auto;height:auto;max-width:100%;max-height:260px;object-fit:contain;background:none}",
+    ".image-link{display:block;cursor:zoom-in}",
     ".card-body{padding:10px 12px 12px;display:flex;flex-direction:column;gap:3px;flex:1}",
     ".card-title{font-weight:650;font-size:14px;margin:0}",
     ".card-sub{font-size:12.5px;color:var(--muted);margin:0}",
@@ -532,7 +554,7 @@
 
   var form = el("form", "composer");
   form.noValidate = true;
-  var input = el("textarea", "input");
+  var input = bidi(el("textarea", "input"));
   input.rows = 1;
   input.placeholder = t("placeholder");
   input.setAttribute("aria-label", t("inputLabel"));
@@ -746,9 +768,32 @@
     if (stick) scrollToEnd();
   }
 
-  function isLive(frame) {
-    // Replayed history is older than this page; do not count or announce it again.
-    return typeof frame.ts !== "number" || frame.ts * 1000 > LOADED_AT - 2000;
+  /**
+   * Whether a stored event is news to this page (count it, announce it) rather than the
+   * history replayed when the page resumed its conversation. Decided by when it arrives, not
+   * by its `ts`: the server's clock and the device's need not agree (a phone minutes fast
+   * would otherwise hear nothing, a slow one would hear the whole history again).
+   */
+  function isLive() {
+    return !replayingHistory;
+  }
+
+  var replayingHistory = false; // frames now arriving are the history this page resumed
+  var historyShown = false; // this page has had its conversation's history (or had none)
+  var replayTimer = 0;
+
+  /** Called for every frame while `replayingHistory`: the replay lasts while frames come. */
+  function extendReplay() {
+    clearTimeout(replayTimer);
+    replayTimer = setTimeout(endReplay, REPLAY_QUIET_MS);
+  }
+
+  function endReplay(interrupted) {
+    clearTimeout(replayTimer);
+    if (!replayingHistory) return;
+    replayingHistory = false;
+    // Cut off by a closed socket, the rest of the history comes on the next one.
+    if (!interrupted) historyShown = true;
   }
 
   function whoLabel(role, agent) {
@@ -777,13 +822,13 @@
     row.dataset.sender = senderKey(role, agent);
     if (typeof frame.ts === "number") row.title = new Date(frame.ts * 1000).toLocaleString(LANG === "zh" ? "zh-CN" : undefined);
     if (role === "system") {
-      row.appendChild(el("div", "sys", text));
+      row.appendChild(bidi(el("div", "sys", text)));
       return row;
     }
     var body = el("div", "body");
-    var bubble = el("div", "bubble");
+    var bubble = bidi(el("div", "bubble"));
     if (role === "user") {
-      bubble.appendChild(el("p", null, text));
+      bubble.appendChild(bidi(el("p", null, text)));
       body.appendChild(el("span", "sr", t("you") + ":"));
     } else {
       row.appendChild(avatarFor(role, agent));
@@ -837,7 +882,7 @@
     if (!b || typeof b !== "object") return null;
     var title = str(b.title) || str(b.payload);
     if (typeof b.payload === "string" && b.payload) {
-      var btn = el("button", "chip", title);
+      var btn = bidi(el("button", "chip", title));
       btn.type = "button";
       btn.addEventListener("click", function () {
         if (group) {
@@ -852,35 +897,65 @@
     }
     var href = safeUrl(b.url);
     if (!href) return null;
-    var a = link(href, title);
+    var a = bidi(link(href, title));
     a.className = "chip";
     a.appendChild(icon("external"));
     return a;
   }
 
+  /** A card that is nothing but an image: what a response's `image:` becomes on the wire. */
+  function imageOnly(c) {
+    return !!safeImage(c.image) && !str(c.title) && !str(c.subtitle) && !safeUrl(c.url) &&
+      !(Array.isArray(c.buttons) && c.buttons.length);
+  }
+
+  function cardImage(src, alt) {
+    var im = el("img");
+    im.alt = alt;
+    im.loading = "lazy";
+    im.decoding = "async";
+    im.referrerPolicy = "no-referrer";
+    im.addEventListener("error", function () { im.hidden = true; });
+    im.addEventListener("load", function () { if (nearBottom()) scrollToEnd(); });
+    im.src = src;
+    return im;
+  }
+
   function buildCards(cards) {
+    cards = cards.filter(function (c) { return c && typeof c === "object"; });
     var wrap = el("div", "cards");
-    wrap.setAttribute("role", "list");
-    wrap.setAttribute("aria-label", t("products"));
+    // Images alone are pictures in the conversation, not a list of products.
+    var products = !cards.every(imageOnly);
+    if (products) {
+      wrap.setAttribute("role", "list");
+      wrap.setAttribute("aria-label", t("products"));
+    }
     cards.forEach(function (c) {
-      if (!c || typeof c !== "object") return;
-      var card = el("article", "card");
-      card.setAttribute("role", "listitem");
+      var card = el(products ? "article" : "figure", "card");
+      if (products) card.setAttribute("role", "listitem");
       var img = safeImage(c.image);
-      if (img) {
-        var im = el("img");
-        im.alt = str(c.title);
-        im.loading = "lazy";
-        im.decoding = "async";
-        im.referrerPolicy = "no-referrer";
-        im.addEventListener("error", function () { im.hidden = true; });
-        im.addEventListener("load", function () { if (nearBottom()) scrollToEnd(); });
-        im.src = img;
-        card.appendChild(im);
+      if (imageOnly(c)) {
+        // Shown whole (not cropped to a thumbnail), and opened full size where it has an
+        // address a new tab can show (browsers refuse to open data: URLs there).
+        card.classList.add("image-only");
+        var im = cardImage(img, t("image"));
+        var full = safeUrl(c.image);
+        if (full) {
+          var a = link(full, null);
+          a.className = "image-link";
+          a.title = t("openImage");
+          a.appendChild(im);
+          card.appendChild(a);
+        } else {
+          card.appendChild(im);
+        }
+        wrap.appendChild(card);
+        return;
       }
+      if (img) card.appendChild(cardImage(img, str(c.title)));
       var bodyEl = el("div", "card-body");
-      bodyEl.appendChild(el("h3", "card-title", str(c.title)));
-      if (c.subtitle) bodyEl.appendChild(el("p", "card-sub", str(c.subtitle)));
+      if (str(c.title)) bodyEl.appendChild(bidi(el("h3", "card-title", str(c.title))));
+      if (c.subtitle) bodyEl.appendChild(bidi(el("p", "card-sub", str(c.subtitle))));
       var actions = el("div", "card-actions");
       var href = safeUrl(c.url);
       if (href) {
@@ -914,8 +989,8 @@
     afterChange(true);
   }
 
-  function countUnread(frame) {
-    if (isOpen || !isLive(frame)) return;
+  function countUnread() {
+    if (isOpen || !isLive()) return;
     unread++;
     updateLauncher();
   }
@@ -960,12 +1035,12 @@
     }
     // An agent's other system line may come with a change of status that this socket is not
     // told about in a frame of its own (closing the conversation): read the status again.
-    if (f.role === "system" && str(f.agent) && isLive(f) && !closedRow) refreshStatus();
+    if (f.role === "system" && str(f.agent) && isLive() && !closedRow) refreshStatus();
     if (f.role !== "user") {
       hideTyping();
       var who = f.role === "agent" ? str(f.agent) || t("anAgent") : f.role === "bot" ? t("assistant") : "";
-      if (isLive(f)) announce(who ? who + ": " + str(f.text) : str(f.text));
-      if (f.role !== "system") countUnread(f);
+      if (isLive()) announce(who ? who + ": " + str(f.text) : str(f.text));
+      if (f.role !== "system") countUnread();
     }
   }
 
@@ -1074,7 +1149,7 @@
       rendered.set(id, s.row);
       noteEventId(id);
       announce((s.row.classList.contains("agent") ? currentAgent || t("anAgent") : t("assistant")) + ": " + text);
-      countUnread({});
+      countUnread(); // streams are never replayed: always live
     }
     afterChange(stick);
   }
@@ -1128,7 +1203,7 @@
       noteEventId(id);
     }
     if (f.state === "agent_joined") joinedLine = { agent: str(f.agent), row: row };
-    if (isLive(f)) announce(text);
+    if (isLive()) announce(text);
     if (connState === "online") setConn("online");
   }
 
@@ -1144,6 +1219,13 @@
     // (a resend, or failed), a later error that names none is not about it.
     if (f.client_id) inflight = inflight.filter(function (c) { return c !== str(f.client_id); });
 
+    if (!started) {
+      // Only `start` goes out before `session`, so this error answers it (Redis away, say)
+      // and nothing more will come on this socket: close it, and onclose tries again with
+      // backoff. Left open, the widget would wait for a `session` that never comes.
+      if (ws) ws.close();
+      return;
+    }
     if (code === "session_expired") {
       // Reconnecting with the stale id makes the server start a new conversation; the
       // outbox is delivered into that one.
@@ -1199,6 +1281,12 @@
 
   function onSession(f) {
     var sid = str(f.session_id);
+    // Resuming the conversation it asked for, a page that has not shown its history yet gets
+    // it now: what arrives until the replay ends is not news. A new conversation has none,
+    // and a reconnect replays only what this page has not seen, which is news.
+    replayingHistory = !historyShown && !!saved.session_id && saved.session_id === sid;
+    if (replayingHistory) extendReplay();
+    else historyShown = true;
     if (saved.session_id !== sid && (saved.session_id || rendered.size)) {
       // The server started a new conversation (ours expired or was unknown).
       clearTranscript();
@@ -1206,7 +1294,11 @@
     saved = { session_id: sid, token: str(f.token) };
     save("localStorage", KEY, saved);
     started = true;
-    attempt = 0;
+    // The backoff starts over only once this socket has stayed up a while: a server that
+    // answers `session` and then closes (1013 when history cannot be read) is retried slower
+    // and slower, not every half second.
+    clearTimeout(stableTimer);
+    stableTimer = setTimeout(function () { attempt = 0; }, STABLE_AFTER_MS);
     setConn("online");
     if (awaitingHistory) {
       // The replay follows `session` at once; after a beat, an empty history is just empty.
@@ -1249,8 +1341,12 @@
     save("localStorage", KEY, null);
     clearTranscript();
     showClosed(false);
-    if (ws) ws.close(); // onclose reconnects at once with session_id null
-    else connect();
+    if (ws) {
+      refreshing = true; // onclose reconnects at once, with session_id null
+      ws.close();
+    } else {
+      connect();
+    }
     input.focus();
   }
 
@@ -1274,6 +1370,7 @@
   var wanted = false; // connect lazily: on open, on track, or when a conversation exists
   var attempt = 0;
   var retryTimer = 0;
+  var stableTimer = 0; // resets `attempt` once a started socket has stayed up STABLE_AFTER_MS
 
   function connect() {
     wanted = true;
@@ -1311,6 +1408,7 @@
       if (!f || typeof f !== "object" || typeof f.type !== "string") return;
       var handler = FRAME_HANDLERS[f.type];
       if (!handler) return; // newer server, newer frame types: ignore
+      if (replayingHistory) extendReplay();
       try {
         handler(f);
       } catch (err) {
@@ -1323,6 +1421,8 @@
       if (ws !== sock) return;
       ws = null;
       started = false;
+      clearTimeout(stableTimer);
+      endReplay(true);
       inflight = [];
       if (awaitingHistory) {
         awaitingHistory = false;
@@ -1406,7 +1506,7 @@
   function sendText(text) {
     text = str(text).replace(/^\s+|\s+$/g, "");
     if (!text) return false;
-    if (text.length > MAX_LEN) {
+    if (charCount(text) > MAX_LEN) {
       toast(t("tooLong", { n: MAX_LEN }));
       return false;
     }
@@ -1473,7 +1573,7 @@
     input.style.height = "auto";
     input.style.height = Math.min(input.scrollHeight + 3, 120) + "px";
     sendBtn.disabled = !input.value.trim();
-    var n = input.value.length;
+    var n = charCount(input.value);
     counter.hidden = n < MAX_LEN * 0.9;
     counter.textContent = n + " / " + MAX_LEN;
     counter.classList.toggle("over", n > MAX_LEN);

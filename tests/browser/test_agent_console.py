@@ -496,3 +496,68 @@ def test_admins_read_the_insights_report_in_the_console(
     expect(report.locator("h1")).to_contain_text("insights", ignore_case=True)
     assert admin.page.locator("#report-frame").get_attribute("sandbox") == ""
     admin.page.screenshot(path=artifacts / "console-insights.png")
+
+
+FOCUSED_SID = "() => document.activeElement && document.activeElement.dataset.sid || null"
+
+
+def test_keyboard_focus_stays_on_its_conversation_while_the_list_updates(
+        server: DeskmateServer, new_console: Callable[..., Console],
+        agent_name: Callable[[str], str]) -> None:
+    console, _ = signed_in(server, new_console, agent_name, "kim")
+    chat(server, ["hello"])
+    chat(server, ["do you ship to Germany?"])
+    expect(console.items.nth(1)).to_be_visible()
+    focused = console.items.nth(1)
+    sid = focused.get_attribute("data-sid")
+    focused.focus()
+    assert console.page.evaluate(FOCUSED_SID) == sid
+    updates = len([f for f in console.received if f["type"] == "session_update"])
+    chat(server, ["what sizes do you have?"])  # a new conversation: the list is rebuilt
+    console.page.wait_for_function(
+        "n => document.querySelectorAll('#session-list li.session').length > n",
+        arg=console.items.count() - 1)
+    assert len([f for f in console.received if f["type"] == "session_update"]) > updates
+    assert console.page.evaluate(FOCUSED_SID) == sid
+    console.page.keyboard.press("Enter")  # and the keyboard carries on from there
+    expect(console.item(str(sid))).to_have_class(re.compile(r"\bactive\b"))
+
+
+def test_an_image_card_and_a_streaming_agent_show_in_the_console(
+        server: DeskmateServer, new_widget: Callable[..., Widget],
+        new_console: Callable[..., Console], agent_name: Callable[[str], str]) -> None:
+    """The agent socket is relayed through Playwright's websocket routing so that the bot's
+    reply carries an image-only card (what an `image:` response becomes; the shop bot has
+    none) and an agent's reply streams (the server streams only the bot's today)."""
+    console = new_console()
+    sockets: list[Any] = []
+
+    def relay(page_side: Any) -> None:
+        server_side = page_side.connect_to_server()
+        sockets.append(page_side)
+
+        def down(raw: str | bytes) -> None:
+            if isinstance(raw, str):
+                frame = json.loads(raw)
+                if frame.get("type") == "message" and frame.get("role") == "bot":
+                    frame["cards"] = [{"title": "", "subtitle": "", "image": "/img/size-chart.png",
+                                       "url": "", "buttons": []}]
+                    raw = json.dumps(frame)
+            page_side.send(raw)
+        server_side.on_message(down)
+        page_side.on_message(server_side.send)
+
+    console.page.route_web_socket(re.compile(r".*/ws/agent$"), relay)
+    name = agent_name("lea")
+    console.goto(server.url)
+    console.sign_in(name, server.add_agent(name))
+    customer = greeted(server, new_widget)
+    sid = customer.session_id()
+    console.open(sid)
+    chip = console.rows(".bot").first.locator(".cards .chip")
+    expect(chip).to_have_text("[image]")
+    expect(chip).to_have_attribute("href", server.url + "/img/size-chart.png")
+
+    sockets[-1].send(json.dumps({"type": "stream_start", "session_id": sid, "stream_id": "s-1",
+                                 "role": "agent", "agent": "zoe"}))
+    expect(console.rows(".agent.streaming .msg-head b")).to_have_text("zoe")

@@ -1,0 +1,151 @@
+"""The widget's connection when the server cannot serve it yet, and what it counts as news.
+
+Two of these tests answer the widget from a scripted socket (Playwright's websocket routing)
+on the real server's /demo page: the answers they script are what the server sends while its
+Redis is away, and stopping the shared server's embedded Redis would take every other test's
+server down with it. The clock tests use the real server and skew only the page's clock.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+import time
+from collections.abc import Callable
+from typing import TYPE_CHECKING, Any
+
+from playwright.sync_api import expect
+
+if TYPE_CHECKING:  # fixtures' types; conftest is not imported at run time
+    from conftest import AgentClient, DeskmateServer, Widget
+
+SESSION = {"type": "session", "session_id": "s-scripted", "token": "t", "status": "bot"}
+
+# The device's clock runs `off` milliseconds fast (negative: slow). Date only: timers and
+# the server's clock are untouched.
+SKEWED_CLOCK = """(off => { const D = Date;
+  class Skewed extends D {
+    constructor(...a) { super(...(a.length ? a : [D.now() + off])); }
+    static now() { return D.now() + off; }
+  }
+  window.Date = Skewed; })(%d);"""
+
+ANNOUNCED = """() => Array.from(document.getElementById('deskmate-widget').shadowRoot
+  .querySelectorAll('.dm > .sr > div')).map(d => d.textContent)"""
+
+
+def scripted(widget: Widget, on_start: Callable[[Any, int], None]) -> list[float]:
+    """Answer the widget's sockets from ``on_start(ws, n)`` (n: how many `start` frames so
+    far, this one included); acks every message. The times the `start` frames came."""
+    starts: list[float] = []
+
+    def socket(ws: Any) -> None:
+        def on_message(raw: str | bytes) -> None:
+            frame = json.loads(raw)
+            if frame["type"] == "start":
+                starts.append(time.monotonic())
+                on_start(ws, len(starts))
+            elif frame["type"] == "message":
+                ws.send(json.dumps({"type": "ack", "client_id": frame["client_id"],
+                                    "event_id": f"{len(starts)}-0"}))
+        ws.on_message(on_message)
+
+    widget.page.route_web_socket(re.compile(r".*/ws/chat$"), socket)
+    return starts
+
+
+def test_an_error_answering_start_is_retried(server: DeskmateServer, widget: Widget) -> None:
+    """Redis away when the widget starts: the server answers `start` with `unavailable` and
+    leaves the socket open. The widget starts again on a new socket until it gets a session."""
+    def on_start(ws: Any, n: int) -> None:
+        if n < 3:
+            ws.send(json.dumps({"type": "error", "code": "unavailable",
+                                "message": "the chat is briefly unavailable; please retry"}))
+        else:
+            ws.send(json.dumps(SESSION))
+
+    starts = scripted(widget, on_start)
+    widget.goto(server.url)
+    widget.open()
+    widget.send("hello")
+    expect(widget.status).to_have_text("Online")
+    widget.wait_sent()
+    assert len(starts) == 3
+
+
+def test_a_server_that_closes_after_session_is_retried_with_backoff(
+        server: DeskmateServer, widget: Widget) -> None:
+    """The server answers `session`, then closes with 1013 (it could not read the history).
+    That socket never worked: the widget backs off as after any failed connection, instead
+    of starting over every half second."""
+    def on_start(ws: Any, n: int) -> None:
+        ws.send(json.dumps(SESSION))
+        ws.close(code=1013, reason="try again: the conversation is briefly unavailable")
+
+    starts = scripted(widget, on_start)
+    widget.goto(server.url)
+    widget.open()
+    widget.page.wait_for_timeout(6500)
+    # Backoff doubles from 0.25-0.5 s: the fifth retry comes 7.75 s after the first start at
+    # the earliest. Without it, a retry every 0.25-0.5 s: over a dozen.
+    assert 3 <= len(starts) <= 5, len(starts)
+    gaps = [b - a for a, b in zip(starts, starts[1:], strict=False)]
+    assert gaps[2] > gaps[0], gaps
+
+
+def skewed(new_widget: Callable[..., Widget], skew_ms: int) -> Widget:
+    widget = new_widget()
+    widget.page.context.add_init_script(SKEWED_CLOCK % skew_ms)
+    return widget
+
+
+def test_news_counts_on_a_device_whose_clock_is_fast(
+        server: DeskmateServer, new_widget: Callable[..., Widget],
+        new_agent: Callable[..., AgentClient]) -> None:
+    """Three minutes fast: an agent's message still raises the badge and is announced, and
+    the agent closing the conversation still shows."""
+    widget = skewed(new_widget, 180_000)
+    widget.goto(server.url)
+    widget.open()
+    widget.send("hello")
+    widget.wait_sent()
+    widget.wait_bot_replies(1)
+    widget.page.keyboard.press("Escape")
+    sid = widget.session_id()
+    agent = new_agent("ines")
+    agent.do("takeover", sid)
+    agent.say(sid, "Hi, I'm here to help with your order.")
+    badge = widget.page.locator("#deskmate-widget .badge")
+    expect(badge).to_have_text("1")
+    assert f"{agent.name}: Hi, I'm here to help with your order." in widget.page.evaluate(ANNOUNCED)
+    widget.launcher.click()
+    agent.do("close", sid)
+    expect(widget.page.locator("#deskmate-widget .closed-note")).to_be_visible()
+
+
+def test_history_is_not_news_on_a_device_whose_clock_is_slow(
+        server: DeskmateServer, new_widget: Callable[..., Widget],
+        new_agent: Callable[..., AgentClient]) -> None:
+    """Three minutes slow: after a reload the history replayed is neither counted nor read
+    out again; what comes after it is."""
+    widget = skewed(new_widget, -180_000)
+    widget.goto(server.url)
+    widget.open()
+    widget.send("hello")
+    widget.wait_sent()
+    widget.wait_bot_replies(1)
+    widget.page.keyboard.press("Escape")  # stays closed across the reload
+    rows = widget.rows().count()
+    widget.page.reload()
+    widget.page.wait_for_function("() => window.deskmate && window.deskmate.version")
+    expect(widget.rows()).to_have_count(rows)
+    widget.page.wait_for_timeout(1000)  # the replay is over
+    badge = widget.page.locator("#deskmate-widget .badge")
+    expect(badge).to_be_hidden()
+    assert widget.page.evaluate(ANNOUNCED) == []
+    sid = widget.session_id()
+    agent = new_agent("jon")
+    agent.do("takeover", sid)
+    agent.say(sid, "Anything else?")
+    expect(badge).to_have_text("1")
+    assert f"{agent.name}: Anything else?" in widget.page.evaluate(ANNOUNCED)
