@@ -187,7 +187,8 @@ def build_engine(project: Project, *, embed: Callable[[list[str]], Any] | None,
         # The canned responses rules give, embedded to tell when a knowledge entry is more specific.
         # Also without knowledge/ entries: an agent's approved answer creates the index later
         # (bot/learning.py) and must be able to override a rule as a project's own entry can.
-        names = sorted({a for acts in project.rules.values() for a in acts if a in project.responses})
+        # Every rule's, conditioned and multi-turn ones too: the engine asks about the rule that matched.
+        names = sorted({a for rule in project.rule_list for a in rule.actions if a in project.responses})
         texts = [(n, str(v.get("text") or "")) for n in names for v in project.responses[n]]
         vectors: Any = embed([t for _, t in texts]) if texts else []
         for name in names:

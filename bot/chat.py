@@ -223,8 +223,11 @@ class ChatConnection(CatchUp):
         self.status = record.get("status", "bot")
         try:
             await self.app.hub.subscribe(self.store.keys.channel(sid), self.on_live)
-            self.send({"type": "session", "session_id": sid, "token": token, "status": self.status})
             replay = await self.store.events(sid, after, kinds=CUSTOMER_KINDS)
+            # history_to: the last event the replay below sends; what comes after it is live
+            # (a client need not compare clocks, or wait for a pause, to tell them apart).
+            self.send({"type": "session", "session_id": sid, "token": token, "status": self.status,
+                       "history_to": replay[-1].event_id if replay else None})
         except (StoreError, RedisError, OSError, TimeoutError) as exc:
             # Without its history (or live frames) the client would carry on with a gap, and
             # later frames would move it past the missing events. Closed, it resumes from

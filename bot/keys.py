@@ -55,7 +55,8 @@ class Keys:
     # Agent names never contain ':' (bot.agents.NAME), so these keys cannot collide.
 
     def agent(self, name: str) -> str:
-        """Hash: one agent account (role, salted scrypt password hash, created_at)."""
+        """Hash: one agent account (role, salted scrypt password hash, created_at,
+        generation: new with the account and every password reset)."""
         return f"{self.prefix}agent:{name}"
 
     def agent_index(self) -> str:
@@ -67,7 +68,8 @@ class Keys:
         return f"{self.prefix}agent:{name}:tokens"
 
     def agent_token(self, digest: str) -> str:
-        """String: the agent name a login token (by SHA-256 digest) opens; expires with it."""
+        """String: ``name:generation``, the agent account a login token (by SHA-256 digest)
+        opens while that account's generation is unchanged; expires with it."""
         return f"{self.prefix}agent-token:{digest}"
 
     def agent_logins(self, name: str) -> str:

@@ -82,7 +82,7 @@ def load_sentiment(
     if not (folder / artifacts.META).is_file():
         raise DeskmateError(
             f"{folder}: default sentiment model missing; "
-            "run: deskmate train sentiment --data CSV [CSV...]"
+            "run: deskmate train sentiment --out model/artifacts/sentiment --data CSV [CSV...]"
         )
     return artifacts.load(folder, encoder)
 

@@ -233,9 +233,9 @@ async def test_a_history_that_cannot_be_read_closes_the_socket_and_the_client_re
 
     monkeypatch.setattr(server.app.store, "events", events)
     cut = await server.client()
-    await cut.start(first.session_id, first.token)
+    await cut.send({"type": "start", "session_id": first.session_id, "token": first.token})
     with pytest.raises(ConnectionClosed) as closed:
-        await cut.recv()
+        await cut.recv()  # no `session`: it would come with history_to, which is unknown
     assert closed.value.rcvd is not None and closed.value.rcvd.code == 1013
     # The client resumes as usual and gets its whole history.
     again = await server.client()
@@ -273,3 +273,16 @@ async def test_a_resent_message_whose_first_write_landed_unanswered_is_answered(
         client_id="c-lost", fields={"last_message": "hello", "last_role": "user"}, reopen=True)
     ack, frames = await client.say("hello", client_id="c-lost")
     assert [f for f in frames if f["type"] in ("message", "stream_end") and f.get("role", "bot") == "bot"]
+
+
+async def test_session_names_the_last_event_of_its_replay(server: Running) -> None:
+    """A client tells history from live frames by history_to, not by clocks or pauses."""
+    first = await server.client()
+    await first.start()
+    await first.say("hello")
+    again = await server.client()
+    session = await again.start(first.session_id, first.token)
+    history = await again.quiet(0.7)
+    assert session["history_to"] == history[-1]["event_id"]
+    fresh = await server.client()
+    assert (await fresh.start())["history_to"] is None

@@ -866,6 +866,7 @@
     if (!s || f.session_id !== current) return;
     streams.delete(f.stream_id);
     s.row.classList.remove("streaming");
+    if (f.dropped === true) s.row.classList.add("interrupted"); // cut off, never stored
     renderRich(s.bubble, f.text);
     extras(s.row, f);
     if (typeof f.event_id === "string") rendered.set(f.event_id, s.row);

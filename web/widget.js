@@ -781,6 +781,7 @@
   var replayingHistory = false; // frames now arriving are the history this page resumed
   var historyShown = false; // this page has had its conversation's history (or had none)
   var replayTimer = 0;
+  var historyTo; // the session's history_to: "" none, undefined not told (older server)
 
   /** Called for every frame while `replayingHistory`: the replay lasts while frames come. */
   function extendReplay() {
@@ -1140,6 +1141,7 @@
     renderRich(s.bubble, text);
     attachExtras(s.row, f);
     s.row.classList.remove("streaming");
+    if (f.dropped === true) s.row.classList.add("interrupted"); // cut off, never stored
     var id = typeof f.event_id === "string" ? f.event_id : null;
     if (id && rendered.has(id)) {
       s.row.parentNode.removeChild(s.row); // the stored message got here first
@@ -1285,8 +1287,12 @@
     // it now: what arrives until the replay ends is not news. A new conversation has none,
     // and a reconnect replays only what this page has not seen, which is news.
     replayingHistory = !historyShown && !!saved.session_id && saved.session_id === sid;
-    if (replayingHistory) extendReplay();
-    else historyShown = true;
+    // The server names the last event its replay sends: the replay ends there. Without that
+    // field (an older server) it ends after a pause in the frames.
+    historyTo = typeof f.history_to === "string" ? f.history_to : f.history_to === null ? "" : undefined;
+    if (replayingHistory && historyTo === "") endReplay();
+    else if (replayingHistory && historyTo === undefined) extendReplay();
+    else if (!replayingHistory) historyShown = true;
     if (saved.session_id !== sid && (saved.session_id || rendered.size)) {
       // The server started a new conversation (ours expired or was unknown).
       clearTranscript();
@@ -1408,13 +1414,14 @@
       if (!f || typeof f !== "object" || typeof f.type !== "string") return;
       var handler = FRAME_HANDLERS[f.type];
       if (!handler) return; // newer server, newer frame types: ignore
-      if (replayingHistory) extendReplay();
+      if (replayingHistory && historyTo === undefined && f.type !== "session") extendReplay();
       try {
         handler(f);
       } catch (err) {
         // One odd frame must not take the conversation down with it.
         if (window.console) console.error("[deskmate] could not handle frame", f.type, err);
       }
+      if (replayingHistory && historyTo && f.event_id === historyTo) endReplay(); // the last of it
     };
     sock.onclose = function () {
       clearTimeout(openTimer);

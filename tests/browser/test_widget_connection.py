@@ -149,3 +149,34 @@ def test_history_is_not_news_on_a_device_whose_clock_is_slow(
     agent.say(sid, "Anything else?")
     expect(badge).to_have_text("1")
     assert f"{agent.name}: Anything else?" in widget.page.evaluate(ANNOUNCED)
+
+
+def test_the_replay_ends_at_the_event_the_session_names(server: DeskmateServer, widget: Widget) -> None:
+    """`session` names the last event of its replay (history_to). An agent's message right
+    behind the replay is news (a pause-based guess took it for history), and the replay is
+    never news however long it takes."""
+    def message(event_id: str, role: str, text: str) -> str:
+        return json.dumps({"type": "message", "session_id": "s-scripted", "event_id": event_id,
+                           "ts": 1.0, "role": role, "text": text, "buttons": [], "cards": [],
+                           "agent": "ines" if role == "agent" else None})
+
+    def on_start(ws: Any, n: int) -> None:
+        ws.send(json.dumps({**SESSION, "history_to": "2-0"}))
+        ws.send(message("1-0", "user", "hello"))
+        ws.send(message("2-0", "bot", "Hi! How can I help?"))
+        ws.send(message("3-0", "agent", "Ines here: your parcel left today."))
+
+    scripted(widget, on_start)
+    # A page coming back to the conversation it had: its history is replayed.
+    widget.page.context.add_init_script(
+        "Object.keys(localStorage).filter(k => k.startsWith('deskmate:'))"
+        ".forEach(k => localStorage.removeItem(k));"
+        "localStorage.setItem('deskmate:v1:' + location.origin + '/',"
+        " JSON.stringify({session_id: 's-scripted', token: 't'}));")
+    widget.goto(server.url)
+    expect(widget.rows()).to_have_count(3)
+    badge = widget.page.locator("#deskmate-widget .badge")
+    expect(badge).to_have_text("1")  # the agent's message, not the history
+    announced = widget.page.evaluate(ANNOUNCED)
+    assert any("your parcel left today" in line for line in announced), announced
+    assert not any("How can I help" in line for line in announced), announced
