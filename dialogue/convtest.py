@@ -28,8 +28,6 @@ may be listed as deskmate reports them (the form, then ``utter_ask_*``) or as Ra
 
 from __future__ import annotations
 
-import json
-import re
 import uuid
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
@@ -39,6 +37,7 @@ from typing import Any
 import yaml
 
 from bot.errors import ProjectError
+from dialogue.entities import marked_entities
 from dialogue.project import compose_yaml, parse_yaml
 from dialogue.rasa_nlu import strip_entities
 from dialogue.recommend import TRACK_KINDS
@@ -63,7 +62,6 @@ ANY_VALUE = object()  # ``slot_was_set: [name]``: set to something
 ASKS = ("utter_ask_", "action_ask_")  # a form's questions, said by the form action in Rasa
 
 # [text](entity), [text](entity:value), [text]{"entity": ..., "value": ...}
-_ANNOTATION = re.compile(r"\[(?P<text>[^\]]+)\](?:\((?P<short>[^)]*)\)|(?P<json>\{[^}]*\}))")
 
 
 @dataclass
@@ -127,22 +125,10 @@ def _line_map(path: Path) -> dict[tuple[int, int], int]:
 
 
 def _annotations(text: str) -> list[tuple[str, str, str]]:
-    """The entities marked up in a test story's message: (entity, value, text)."""
-    out = []
-    for m in _ANNOTATION.finditer(text):
-        surface, entity, value = m.group("text").strip(), "", ""
-        if m.group("short") is not None:
-            entity, _, value = m.group("short").partition(":")
-        else:
-            try:
-                spec = json.loads(m.group("json"))
-            except json.JSONDecodeError:
-                continue
-            if isinstance(spec, dict):
-                entity, value = str(spec.get("entity") or ""), str(spec.get("value") or "")
-        if entity.strip():
-            out.append((entity.strip(), value.strip() or surface, surface))
-    return out
+    """The entities marked up in a test story's message: (entity, value, text), the value
+    being the text itself where the markup names none."""
+    return [(entity, (value or "").strip() or surface, surface)
+            for entity, value, surface in marked_entities(text)]
 
 
 def _user_turn(step: dict[str, Any], line: int) -> Turn:

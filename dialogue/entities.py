@@ -295,9 +295,11 @@ def _numbered_examples(path: str, item: dict[str, Any], node: yaml.Node) -> list
     raise ProjectError(path, "'examples' must be a block or a list", examples_node.start_mark.line + 1)
 
 
-def _add_annotations(sources: _Sources, text: str) -> None:
-    """Record ``[text](entity)`` annotations: the entity exists, its text is a lookup
-    value, and an annotated ``value`` that differs is a synonym (as Rasa learns them)."""
+def marked_entities(text: str) -> list[tuple[str, str | None, str]]:
+    """The entities marked up in a Rasa message, ``[text](entity)``, ``[text](entity:value)``
+    or ``[text]{"entity": ..., "value": ...}``: ``(entity, value or None, text)`` each;
+    markup without an entity name is skipped."""
+    out: list[tuple[str, str | None, str]] = []
     for m in _ANNOTATION.finditer(text):
         surface = m.group("text").strip()
         entity: Any = None
@@ -311,10 +313,16 @@ def _add_annotations(sources: _Sources, text: str) -> None:
                 continue
             if isinstance(spec, dict):
                 entity, value = spec.get("entity"), spec.get("value")
-        if not isinstance(entity, str) or not entity.strip():
-            continue
-        entity = entity.strip()
+        if isinstance(entity, str) and entity.strip():
+            out.append((entity.strip(), None if value in (None, "") else str(value), surface))
+    return out
+
+
+def _add_annotations(sources: _Sources, text: str) -> None:
+    """Record ``[text](entity)`` annotations: the entity exists, its text is a lookup
+    value, and an annotated ``value`` that differs is a synonym (as Rasa learns them)."""
+    for entity, value, surface in marked_entities(text):
         sources.entities.add(entity)
         sources.add_lookup(sources.annotated, entity, surface)
-        if value not in (None, "") and str(value) != surface:
-            sources.synonyms.setdefault(_key(surface), str(value))
+        if value is not None and value != surface:
+            sources.synonyms.setdefault(_key(surface), value)
