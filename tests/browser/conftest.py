@@ -259,6 +259,29 @@ class Widget:
         page.on("pageerror", lambda exc: self.errors.append(f"pageerror: {exc}"))
         page.on("console", self._on_console)
 
+    def script_chat(self, on_start: Callable[[Any, int], None]) -> tuple[list[float], list[dict[str, Any]]]:
+        """Answer this page's chat sockets from a script (Playwright's websocket routing)
+        instead of the server: ``on_start(ws, n)`` for each `start` frame (n: how many so far,
+        this one included); every message is acked. The times the `start` frames came, and
+        every frame the widget sent to the script."""
+        starts: list[float] = []
+        sent: list[dict[str, Any]] = []
+
+        def socket(ws: Any) -> None:
+            def on_message(raw: str | bytes) -> None:
+                frame = json.loads(raw)
+                sent.append(frame)
+                if frame["type"] == "start":
+                    starts.append(time.monotonic())
+                    on_start(ws, len(starts))
+                elif frame["type"] == "message":
+                    ws.send(json.dumps({"type": "ack", "client_id": frame["client_id"],
+                                        "event_id": f"1732890009999-{len(sent)}"}))
+            ws.on_message(on_message)
+
+        self.page.route_web_socket(re.compile(r".*/ws/chat$"), socket)
+        return starts, sent
+
     def _watch_socket(self, ws: Any) -> None:
         def sent(payload: str | bytes) -> None:
             if isinstance(payload, str):

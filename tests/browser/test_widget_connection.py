@@ -9,8 +9,6 @@ server down with it. The clock tests use the real server and skew only the page'
 from __future__ import annotations
 
 import json
-import re
-import time
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
@@ -35,23 +33,9 @@ ANNOUNCED = """() => Array.from(document.getElementById('deskmate-widget').shado
 
 
 def scripted(widget: Widget, on_start: Callable[[Any, int], None]) -> list[float]:
-    """Answer the widget's sockets from ``on_start(ws, n)`` (n: how many `start` frames so
-    far, this one included); acks every message. The times the `start` frames came."""
-    starts: list[float] = []
-
-    def socket(ws: Any) -> None:
-        def on_message(raw: str | bytes) -> None:
-            frame = json.loads(raw)
-            if frame["type"] == "start":
-                starts.append(time.monotonic())
-                on_start(ws, len(starts))
-            elif frame["type"] == "message":
-                ws.send(json.dumps({"type": "ack", "client_id": frame["client_id"],
-                                    "event_id": f"{len(starts)}-0"}))
-        ws.on_message(on_message)
-
-    widget.page.route_web_socket(re.compile(r".*/ws/chat$"), socket)
-    return starts
+    """The widget's sockets answered by ``on_start`` (see Widget.script_chat); the times
+    the `start` frames came."""
+    return widget.script_chat(on_start)[0]
 
 
 def test_an_error_answering_start_is_retried(server: DeskmateServer, widget: Widget) -> None:

@@ -32,24 +32,13 @@ def message(n: int, role: str, text: str, **fields: Any) -> dict[str, Any]:
 def scripted(widget: Widget, frames: list[dict[str, Any]]) -> list[dict[str, Any]]:
     """A socket that answers `start` with a session and ``frames``, and acks every message.
     The frames the widget sent."""
-    sent: list[dict[str, Any]] = []
+    def on_start(ws: Any, n: int) -> None:
+        ws.send(json.dumps({"type": "session", "session_id": "s-scripted", "token": "t",
+                            "status": "bot"}))
+        for f in frames:
+            ws.send(json.dumps(f))
 
-    def socket(ws: Any) -> None:
-        def on_message(raw: str | bytes) -> None:
-            frame = json.loads(raw)
-            sent.append(frame)
-            if frame["type"] == "start":
-                ws.send(json.dumps({"type": "session", "session_id": "s-scripted", "token": "t",
-                                    "status": "bot"}))
-                for f in frames:
-                    ws.send(json.dumps(f))
-            elif frame["type"] == "message":
-                ws.send(json.dumps({"type": "ack", "client_id": frame["client_id"],
-                                    "event_id": f"1732890009999-{len(sent)}"}))
-        ws.on_message(on_message)
-
-    widget.page.route_web_socket(re.compile(r".*/ws/chat$"), socket)
-    return sent
+    return widget.script_chat(on_start)[1]
 
 
 def test_an_image_response_shows_the_whole_image(server: DeskmateServer, widget: Widget) -> None:
