@@ -19,7 +19,7 @@ from bot.keys import Keys
 from bot.store import NewEvent
 from bot.turns import ERROR_TEXT, INTERRUPTED_TEXT, TYPING_ON
 from dialogue.types import Conversation, Output, Reply, StreamedReply, TurnAnalysis, UserMessage
-from tests.conftest import Running, Servers
+from tests.conftest import Client, Running, Servers
 from tests.test_agent_socket import signed_in
 
 Frame = dict[str, Any]
@@ -101,14 +101,20 @@ async def test_a_takeover_mid_stream_stops_the_stream_and_closes_it(
     assert record["cursor"] == frames[0]["event_id"] and "turn_message" not in record
 
 
-async def test_a_failure_after_a_streamed_reply_closes_its_stream_with_the_stored_reply(
-        servers: Servers, sync_redis: redis.Redis, key_prefix: str) -> None:
-    bot = Paused("raise")
+async def failing_turn(servers: Servers, how: str) -> tuple[Client, list[dict[str, Any]]]:
+    """A customer whose one turn fails as ``how`` says (see Paused); what it was sent."""
+    bot = Paused(how)
     bot.go.set()
     server = await servers.start(brain=Brain(bot))
     customer = await server.client()
     await customer.start()
     _, frames = await customer.say("hi")
+    return customer, frames
+
+
+async def test_a_failure_after_a_streamed_reply_closes_its_stream_with_the_stored_reply(
+        servers: Servers, sync_redis: redis.Redis, key_prefix: str) -> None:
+    customer, frames = await failing_turn(servers, "raise")
     start = next(f for f in frames if f["type"] == "stream_start")
     end = next(f for f in frames if f["type"] == "stream_end")
     assert end["stream_id"] == start["stream_id"] and end["text"] == "Hello there. More text."
@@ -122,12 +128,7 @@ async def test_a_failure_after_a_streamed_reply_closes_its_stream_with_the_store
 
 async def test_a_stream_cut_by_a_failure_ends_with_the_error_text(
         servers: Servers, sync_redis: redis.Redis, key_prefix: str) -> None:
-    bot = Paused("cut")
-    bot.go.set()
-    server = await servers.start(brain=Brain(bot))
-    customer = await server.client()
-    await customer.start()
-    _, frames = await customer.say("hi")
+    customer, frames = await failing_turn(servers, "cut")
     start = next(f for f in frames if f["type"] == "stream_start")
     assert frames[-1]["type"] == "stream_end" and frames[-1]["stream_id"] == start["stream_id"]
     assert frames[-1]["text"] == ERROR_TEXT and isinstance(frames[-1]["event_id"], str)
