@@ -4,9 +4,11 @@ real websocket clients. Every test gets its own key prefix and deletes only its 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import os
 import shutil
+import socket
 import subprocess
 import sys
 import time
@@ -19,6 +21,7 @@ from typing import Any
 import pytest
 import redis
 from websockets.asyncio.client import ClientConnection, connect
+from websockets.exceptions import ConnectionClosed
 
 from bot.config import Settings
 from bot.embedded_redis import EmbeddedRedis, find_redis_server
@@ -172,6 +175,34 @@ class Running:
             connect(f"ws://127.0.0.1:{self.port}/ws/chat", max_size=None,
                     max_queue=None))  # unread frames must not stall the close handshake
         return Client(ws)
+
+    async def flood_without_reading(self, socket_name: str, opening: str, junk: str) -> int:
+        """Open ``/ws/<socket_name>`` on a socket that never reads, send ``opening``, then
+        ``junk`` until the server drops the connection; returns how many frames that took.
+        Fails if the server still holds the connection after its close handshake timed out."""
+        sock = socket.socket()
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)  # a small window: the server blocks
+        sock.connect(("127.0.0.1", self.port))
+        ws = await self.stack.enter_async_context(
+            connect(f"ws://127.0.0.1:{self.port}/ws/{socket_name}", sock=sock, max_queue=1))  # reads nothing
+        await ws.send(opening)
+
+        def open_sockets() -> float | None:
+            return self.app.metrics.registry.get_sample_value("deskmate_connections", {"socket": socket_name})
+
+        sent = 0
+        with contextlib.suppress(ConnectionClosed):
+            # How many frames it takes depends on the kernel's socket buffers: send until dropped.
+            while sent < 60_000 and open_sockets() != 0:
+                await asyncio.gather(*(ws.send(junk) for _ in range(200)))
+                sent += 200
+        for _ in range(1200):  # the close handshake times out (the client is not reading)
+            if open_sockets() == 0:
+                break
+            await asyncio.sleep(0.05)
+        assert open_sockets() == 0, sent
+        ws.transport.abort()  # no close handshake with a server that is gone
+        return sent
 
 
 @pytest.fixture

@@ -5,7 +5,6 @@ and personal data kept out of logs and out of a remote model's prompts, prompt i
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import io
 import json
 import logging
@@ -237,28 +236,8 @@ async def test_a_flood_without_reading_is_dropped_not_buffered(servers: Servers)
     """A client that floods and never reads: its answers stop piling up in the server at
     MAX_QUEUED frames, and the server drops it (it could resume), instead of buffering."""
     server = await servers.start(rate_messages=1, rate_window=3600.0, rate_ip_messages=0)
-    sock = socket.socket()
-    sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)  # a small window: the server blocks
-    sock.connect(("127.0.0.1", server.port))
-    ws = await server.stack.enter_async_context(
-        connect(f"ws://127.0.0.1:{server.port}/ws/chat", sock=sock, max_queue=1))  # reads nothing
-    await ws.send(json.dumps({"type": "start"}))
-
-    def open_chats() -> float | None:
-        return server.app.metrics.registry.get_sample_value("deskmate_connections", {"socket": "chat"})
-
-    sent = 0
-    with contextlib.suppress(ConnectionClosed):
-        # How many frames it takes depends on the kernel's socket buffers: send until dropped.
-        while sent < 60_000 and open_chats() != 0:
-            await asyncio.gather(*(ws.send('{"type": "track", "name": "x"}') for _ in range(200)))
-            sent += 200
-    for _ in range(1200):  # the close handshake times out (the client is not reading)
-        if open_chats() == 0:
-            break
-        await asyncio.sleep(0.05)
-    assert open_chats() == 0, sent
-    ws.transport.abort()  # no close handshake with a server that is gone
+    await server.flood_without_reading("chat", json.dumps({"type": "start"}),
+                                       json.dumps({"type": "track", "name": "x"}))
 
 
 def test_client_address_and_forwarded_for() -> None:
